@@ -1,0 +1,61 @@
+// Maps runtime dtypes and flags to kernel template instantiations.
+#pragma once
+
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "core/overlap_kernels.h"
+#include "core/overlap_math.h"
+
+namespace fastiou {
+
+template <typename F>
+void dispatch_bool(bool flag, F&& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+// Calls f(T{}) with the storage type of a prediction dtype; false if the dtype
+// is not one.
+template <typename F>
+bool dispatch_pred_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat16: f(f16_t{}); return true;
+    case DType::kBFloat16: f(bf16_t{}); return true;
+    case DType::kFloat32: f(float{}); return true;
+    case DType::kFloat64: f(double{}); return true;
+    default: return false;
+  }
+}
+
+template <typename F>
+bool dispatch_label_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kBool: f(bool{}); return true;
+    case DType::kUInt8: f(uint8_t{}); return true;
+    case DType::kInt32: f(int32_t{}); return true;
+    case DType::kInt64: f(int64_t{}); return true;
+    default: return dispatch_pred_dtype(dtype, std::forward<F>(f));
+  }
+}
+
+// Runs Kernel<TP, TT>::run(args...) for the prediction and target dtypes.
+template <template <typename, typename> class Kernel, typename... Args>
+std::string dispatch_pred_true(DType pred, DType tru, Args&&... args) {
+  bool ran = false;
+  dispatch_pred_dtype(pred, [&](auto p) {
+    dispatch_label_dtype(tru, [&](auto t) {
+      Kernel<decltype(p), decltype(t)>::run(args...);
+      ran = true;
+    });
+  });
+  if (ran) return std::string();
+  return std::string("unsupported dtypes: y_pred ") + dtype_name(pred) + ", y_true " +
+         dtype_name(tru);
+}
+
+}  // namespace fastiou

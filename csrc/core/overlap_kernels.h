@@ -1,0 +1,104 @@
+// Framework-neutral declarations of fastiou's overlap kernels.
+//
+// Tensors are channels-last and seen as [batch, pixels, channels]; every
+// adapter (TensorFlow ops, XLA FFI handlers, the Python module) validates its
+// inputs, fills these structs and calls the kernels below.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace fastiou {
+
+enum class DType : int {
+  kBool,
+  kUInt8,
+  kInt32,
+  kInt64,
+  kFloat16,
+  kBFloat16,
+  kFloat32,
+  kFloat64,
+};
+
+const char* dtype_name(DType dtype);
+bool is_prediction_dtype(DType dtype);  // float16, bfloat16, float32, float64
+bool is_label_dtype(DType dtype);       // every DType
+
+// Geometry of a binary/multi-label overlap problem.
+struct OverlapGeometry {
+  int64_t batch = 0;
+  int64_t pixels = 0;    // elements per image and channel (product of the spatial dims)
+  int64_t channels = 0;
+  // Weights have one value per pixel, shared by its channels (shape [..., 1]),
+  // instead of one per element.
+  bool weights_per_pixel = false;
+
+  int64_t elements() const { return batch * pixels * channels; }
+  // Pixels in one reduction chunk. The partition into chunks depends on the
+  // shape alone, never on the thread count, so sums are bitwise reproducible.
+  int64_t chunk_pixels() const;
+  int64_t chunks_per_image() const;
+  int64_t chunks() const { return batch * chunks_per_image(); }
+  // Number of groups the sums are reported for: batch*channels or channels.
+  int64_t groups(bool per_image) const { return per_image ? batch * channels : channels; }
+};
+
+// Work elements aimed at per chunk.
+constexpr int64_t kChunkElements = 32768;
+
+struct StatsArgs {
+  OverlapGeometry geometry;
+  bool from_logits = false;
+  bool per_image = true;
+  DType pred_dtype = DType::kFloat32;
+  DType true_dtype = DType::kFloat32;
+  const void* y_pred = nullptr;
+  const void* y_true = nullptr;
+  const void* weights = nullptr;  // pred_dtype, or nullptr for unit weights
+  // Outputs of groups(per_image) values each, in double for float64
+  // predictions and float otherwise.
+  void* intersection = nullptr;
+  void* pred_sum = nullptr;
+  void* true_sum = nullptr;
+  // Caller-provided scratch of stats_workspace_doubles() doubles.
+  double* workspace = nullptr;
+};
+
+// Doubles of scratch the stats kernel needs: 3 per chunk and channel.
+int64_t stats_workspace_doubles(const OverlapGeometry& geometry);
+
+struct GradArgs {
+  OverlapGeometry geometry;
+  bool from_logits = false;
+  bool per_image = true;
+  // false: write dL/dy_pred; true: write dL/dy_true (in pred_dtype).
+  bool wrt_true = false;
+  DType pred_dtype = DType::kFloat32;
+  DType true_dtype = DType::kFloat32;
+  const void* y_pred = nullptr;
+  const void* y_true = nullptr;
+  const void* weights = nullptr;
+  // dL/dI, dL/dP, dL/dT per group, in the stats' accumulation type.
+  const void* grad_intersection = nullptr;
+  const void* grad_pred_sum = nullptr;
+  const void* grad_true_sum = nullptr;
+  void* output = nullptr;  // pred_dtype, same shape as y_pred
+};
+
+// Runs fn(begin, end) over [0, units) on some threads; every unit costs about
+// cost_per_unit cycles. Results never depend on how units are split up.
+using ParallelFor =
+    std::function<void(int64_t units, int64_t cost_per_unit,
+                       const std::function<void(int64_t, int64_t)>& fn)>;
+
+// Runs everything on the calling thread.
+ParallelFor serial_parallel_for();
+
+// CPU kernels. Inputs are assumed validated; they return an empty string on
+// success and a message otherwise (an unsupported dtype combination).
+std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for);
+std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for);
+
+}  // namespace fastiou

@@ -1,0 +1,183 @@
+// Per-element math shared by every fastiou back end.
+//
+// Everything a kernel does to one element (load and convert, activation,
+// accumulation into the overlap sums, the gradient and the activation's
+// Jacobian) lives here as inline host/device functions, so the C++ and CUDA
+// kernels compile the same formulas and cannot drift apart.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define FASTIOU_HD __host__ __device__ __forceinline__
+#else
+#define FASTIOU_HD inline
+#endif
+
+namespace fastiou {
+
+// 16-bit float storage types. They are layout-compatible with Eigen::half,
+// Eigen::bfloat16, __half and __nv_bfloat16, so any framework's buffer can be
+// read through them; the arithmetic is always done in float or double.
+struct f16_t {
+  uint16_t bits;
+};
+struct bf16_t {
+  uint16_t bits;
+};
+
+FASTIOU_HD float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+FASTIOU_HD uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+FASTIOU_HD float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  const uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0x1fu) return bits_to_float(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent != 0) return bits_to_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  // Zero or subnormal: mantissa units of 2^-24, exact in float.
+  const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+  return bits_to_float(sign | float_to_bits(magnitude));
+}
+
+// Round to nearest, ties to even; overflow gives infinity, NaN stays NaN.
+FASTIOU_HD uint16_t float_to_half_bits(float f) {
+  const uint32_t x = float_to_bits(f);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);
+  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520
+  if (ax >= 0x38800000u) {  // normal half range, >= 2^-14
+    const uint32_t rem = ax & 0x1fffu;
+    uint32_t h = (((ax >> 23) - 112u) << 10) | ((ax >> 13) & 0x3ffu);
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry moves into the exponent
+    return static_cast<uint16_t>(sign | h);
+  }
+  if (ax < 0x33000000u) return static_cast<uint16_t>(sign);  // < 2^-25 rounds to zero
+  const uint32_t mantissa = (ax & 0x7fffffu) | 0x800000u;
+  const uint32_t shift = 126u - (ax >> 23);  // 14..24
+  const uint32_t halfway = 1u << (shift - 1);
+  const uint32_t rem = mantissa & ((1u << shift) - 1u);
+  uint32_t h = mantissa >> shift;
+  if (rem > halfway || (rem == halfway && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
+FASTIOU_HD uint16_t float_to_bfloat16_bits(float f) {
+  const uint32_t x = float_to_bits(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
+  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+// Load one stored value as the accumulation type.
+template <typename Acc, typename T>
+FASTIOU_HD Acc load_as(T v) {
+  return static_cast<Acc>(v);
+}
+template <>
+FASTIOU_HD float load_as<float, f16_t>(f16_t v) {
+  return half_bits_to_float(v.bits);
+}
+template <>
+FASTIOU_HD float load_as<float, bf16_t>(bf16_t v) {
+  return bits_to_float(static_cast<uint32_t>(v.bits) << 16);
+}
+template <>
+FASTIOU_HD double load_as<double, f16_t>(f16_t v) {
+  return half_bits_to_float(v.bits);
+}
+template <>
+FASTIOU_HD double load_as<double, bf16_t>(bf16_t v) {
+  return bits_to_float(static_cast<uint32_t>(v.bits) << 16);
+}
+
+// Store one computed value in the tensor's type.
+template <typename T, typename Acc>
+FASTIOU_HD T store_as(Acc v) {
+  return static_cast<T>(v);
+}
+template <>
+FASTIOU_HD f16_t store_as<f16_t, float>(float v) {
+  return f16_t{float_to_half_bits(v)};
+}
+template <>
+FASTIOU_HD bf16_t store_as<bf16_t, float>(float v) {
+  return bf16_t{float_to_bfloat16_bits(v)};
+}
+
+// Accumulation type for a prediction type: float64 predictions accumulate in
+// double, every narrower type in float.
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+FASTIOU_HD float exp_(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  return std::exp(x);
+#endif
+}
+FASTIOU_HD double exp_(double x) { return std::exp(x); }
+
+// 1 / (1 + e^-z): exp overflows to +inf for very negative z and the result is
+// then exactly 0, never NaN, so no branch is needed.
+template <typename Acc>
+FASTIOU_HD Acc sigmoid(Acc z) {
+  return Acc(1) / (Acc(1) + exp_(-z));
+}
+
+// The probability an element's prediction stands for.
+template <bool kFromLogits, typename Acc>
+FASTIOU_HD Acc probability(Acc x) {
+  if constexpr (kFromLogits) {
+    return sigmoid(x);
+  } else {
+    return x;
+  }
+}
+
+// One element's share of I = sum w t p, P = sum w p, T = sum w t.
+template <typename Acc>
+FASTIOU_HD void accumulate_overlap(Acc p, Acc t, Acc w, Acc& sum_i, Acc& sum_p, Acc& sum_t) {
+  const Acc wp = w * p;
+  sum_i += wp * t;
+  sum_p += wp;
+  sum_t += w * t;
+}
+
+// dL/dy_pred for one element, given g_I = dL/dI and g_P = dL/dP of its group:
+// dL/dp = w (g_I t + g_P), times the sigmoid's Jacobian p (1 - p) for logits.
+template <bool kFromLogits, typename Acc>
+FASTIOU_HD Acc pred_gradient(Acc p, Acc t, Acc w, Acc g_i, Acc g_p) {
+  const Acc dp = w * (g_i * t + g_p);
+  if constexpr (kFromLogits) {
+    return dp * p * (Acc(1) - p);
+  } else {
+    return dp;
+  }
+}
+
+// dL/dy_true for one element: w (g_I p + g_T).
+template <typename Acc>
+FASTIOU_HD Acc true_gradient(Acc p, Acc w, Acc g_i, Acc g_t) {
+  return w * (g_i * p + g_t);
+}
+
+}  // namespace fastiou

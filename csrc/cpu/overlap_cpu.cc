@@ -1,0 +1,205 @@
+// C++ kernels for the binary/multi-label overlap statistics and gradient.
+//
+// One pass over the masks: each chunk of pixels accumulates its sums in
+// registers and writes 3 doubles per channel to the workspace; a short serial
+// pass then adds the chunks of every group in a fixed order. The chunking
+// depends on the shape alone, so results are bitwise the same on any number of
+// threads.
+#include <algorithm>
+#include <vector>
+
+#include "core/dispatch.h"
+#include "core/overlap_kernels.h"
+#include "core/overlap_math.h"
+
+namespace fastiou {
+namespace {
+
+// Lanes of independent partial sums in the single-channel loop: they break the
+// floating-point dependency chain so the loop pipelines and vectorizes.
+constexpr int kLanes = 8;
+
+struct ChunkRange {
+  int64_t image;
+  int64_t first_pixel;
+  int64_t pixels;
+};
+
+ChunkRange chunk_range(const OverlapGeometry& g, int64_t chunk) {
+  const int64_t per_image = g.chunks_per_image();
+  const int64_t cp = g.chunk_pixels();
+  ChunkRange r;
+  r.image = chunk / per_image;
+  r.first_pixel = (chunk % per_image) * cp;
+  r.pixels = std::min(cp, g.pixels - r.first_pixel);
+  return r;
+}
+
+template <bool kLogits, bool kWeights, typename TP, typename TT>
+void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial) {
+  using A = typename AccOf<TP>::type;
+  const OverlapGeometry& g = a.geometry;
+  const int64_t C = g.channels;
+  const ChunkRange r = chunk_range(g, chunk);
+  const int64_t base = (r.image * g.pixels + r.first_pixel) * C;
+  const TP* pred = static_cast<const TP*>(a.y_pred) + base;
+  const TT* tru = static_cast<const TT*>(a.y_true) + base;
+  const int64_t w_stride = g.weights_per_pixel ? 1 : C;
+  const TP* w = kWeights ? static_cast<const TP*>(a.weights) +
+                               (r.image * g.pixels + r.first_pixel) * w_stride
+                         : nullptr;
+  if (C == 1) {
+    A si[kLanes] = {}, sp[kLanes] = {}, st[kLanes] = {};
+    const int64_t n = r.pixels;
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const A p = probability<kLogits>(load_as<A>(pred[i + l]));
+        const A wv = kWeights ? load_as<A>(w[i + l]) : A(1);
+        accumulate_overlap(p, load_as<A>(tru[i + l]), wv, si[l], sp[l], st[l]);
+      }
+    }
+    for (int l = 0; i < n; ++i, ++l) {
+      const A p = probability<kLogits>(load_as<A>(pred[i]));
+      const A wv = kWeights ? load_as<A>(w[i]) : A(1);
+      accumulate_overlap(p, load_as<A>(tru[i]), wv, si[l], sp[l], st[l]);
+    }
+    double sums[3] = {0.0, 0.0, 0.0};
+    for (int l = 0; l < kLanes; ++l) {
+      sums[0] += si[l];
+      sums[1] += sp[l];
+      sums[2] += st[l];
+    }
+    std::copy(sums, sums + 3, partial);
+    return;
+  }
+  std::vector<A> acc(static_cast<size_t>(3 * C), A(0));
+  for (int64_t px = 0; px < r.pixels; ++px) {
+    const TP* pp = pred + px * C;
+    const TT* tp = tru + px * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const A p = probability<kLogits>(load_as<A>(pp[c]));
+      const A wv = kWeights ? load_as<A>(w[px * w_stride + (g.weights_per_pixel ? 0 : c)]) : A(1);
+      accumulate_overlap(p, load_as<A>(tp[c]), wv, acc[3 * c], acc[3 * c + 1], acc[3 * c + 2]);
+    }
+  }
+  for (int64_t j = 0; j < 3 * C; ++j) partial[j] = acc[j];
+}
+
+// Adds the chunk partials of every group in a fixed order and writes the sums.
+template <typename A>
+void reduce_partials(const StatsArgs& a) {
+  const OverlapGeometry& g = a.geometry;
+  const int64_t C = g.channels;
+  const int64_t per_image = g.chunks_per_image();
+  A* out[3] = {static_cast<A*>(a.intersection), static_cast<A*>(a.pred_sum),
+               static_cast<A*>(a.true_sum)};
+  const int64_t groups = g.groups(a.per_image);
+  std::vector<double> total(static_cast<size_t>(3 * groups), 0.0);
+  for (int64_t b = 0; b < g.batch; ++b) {
+    const int64_t row = a.per_image ? b * C : 0;
+    for (int64_t k = 0; k < per_image; ++k) {
+      const double* part = a.workspace + (b * per_image + k) * C * 3;
+      for (int64_t c = 0; c < C; ++c)
+        for (int j = 0; j < 3; ++j) total[3 * (row + c) + j] += part[3 * c + j];
+    }
+  }
+  for (int64_t q = 0; q < groups; ++q)
+    for (int j = 0; j < 3; ++j) out[j][q] = static_cast<A>(total[3 * q + j]);
+}
+
+int64_t cycles_per_element(bool from_logits) { return from_logits ? 24 : 6; }
+
+template <typename TP, typename TT>
+struct StatsCpu {
+  static void run(const StatsArgs& a, const ParallelFor& parallel_for) {
+    using A = typename AccOf<TP>::type;
+    const OverlapGeometry& g = a.geometry;
+    auto body = [&](auto logits, auto weights) {
+      constexpr bool kLogits = decltype(logits)::value;
+      constexpr bool kWeights = decltype(weights)::value;
+      parallel_for(g.chunks(), g.chunk_pixels() * g.channels * cycles_per_element(kLogits),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t chunk = begin; chunk < end; ++chunk)
+                       stats_chunk<kLogits, kWeights, TP, TT>(
+                           a, chunk, a.workspace + chunk * g.channels * 3);
+                   });
+    };
+    dispatch_bool(a.from_logits, [&](auto logits) {
+      dispatch_bool(a.weights != nullptr, [&](auto weights) { body(logits, weights); });
+    });
+    reduce_partials<A>(a);
+  }
+};
+
+template <bool kLogits, bool kWeights, bool kWrtTrue, typename TP, typename TT>
+void grad_chunk(const GradArgs& a, int64_t chunk) {
+  using A = typename AccOf<TP>::type;
+  const OverlapGeometry& g = a.geometry;
+  const int64_t C = g.channels;
+  const ChunkRange r = chunk_range(g, chunk);
+  const int64_t base = (r.image * g.pixels + r.first_pixel) * C;
+  const TP* pred = static_cast<const TP*>(a.y_pred) + base;
+  const TT* tru = static_cast<const TT*>(a.y_true) + base;
+  TP* out = static_cast<TP*>(a.output) + base;
+  const int64_t w_stride = g.weights_per_pixel ? 1 : C;
+  const TP* w = kWeights ? static_cast<const TP*>(a.weights) +
+                               (r.image * g.pixels + r.first_pixel) * w_stride
+                         : nullptr;
+  const int64_t row = a.per_image ? r.image * C : 0;
+  const A* gi = static_cast<const A*>(a.grad_intersection) + row;
+  const A* gp = static_cast<const A*>(a.grad_pred_sum) + row;
+  const A* gt = static_cast<const A*>(a.grad_true_sum) + row;
+  // Probabilities need the prediction only for the sigmoid's Jacobian or for
+  // the gradient with respect to the target.
+  constexpr bool kNeedsPred = kLogits || kWrtTrue;
+  auto element = [&](int64_t i, int64_t c, int64_t wi) -> TP {
+    const A p = kNeedsPred ? probability<kLogits>(load_as<A>(pred[i])) : A(0);
+    const A wv = kWeights ? load_as<A>(w[wi]) : A(1);
+    if constexpr (kWrtTrue) {
+      return store_as<TP>(true_gradient(p, wv, gi[c], gt[c]));
+    } else {
+      return store_as<TP>(pred_gradient<kLogits>(p, load_as<A>(tru[i]), wv, gi[c], gp[c]));
+    }
+  };
+  if (C == 1) {
+    for (int64_t i = 0; i < r.pixels; ++i) out[i] = element(i, 0, i);
+    return;
+  }
+  for (int64_t px = 0; px < r.pixels; ++px)
+    for (int64_t c = 0; c < C; ++c)
+      out[px * C + c] = element(px * C + c, c, px * w_stride + (g.weights_per_pixel ? 0 : c));
+}
+
+template <typename TP, typename TT>
+struct GradCpu {
+  static void run(const GradArgs& a, const ParallelFor& parallel_for) {
+    const OverlapGeometry& g = a.geometry;
+    dispatch_bool(a.from_logits, [&](auto logits) {
+      dispatch_bool(a.weights != nullptr, [&](auto weights) {
+        dispatch_bool(a.wrt_true, [&](auto wrt_true) {
+          constexpr bool kLogits = decltype(logits)::value;
+          constexpr bool kWeights = decltype(weights)::value;
+          constexpr bool kWrtTrue = decltype(wrt_true)::value;
+          parallel_for(g.chunks(), g.chunk_pixels() * g.channels * cycles_per_element(kLogits),
+                       [&](int64_t begin, int64_t end) {
+                         for (int64_t chunk = begin; chunk < end; ++chunk)
+                           grad_chunk<kLogits, kWeights, kWrtTrue, TP, TT>(a, chunk);
+                       });
+        });
+      });
+    });
+  }
+};
+
+}  // namespace
+
+std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for) {
+  return dispatch_pred_true<StatsCpu>(args.pred_dtype, args.true_dtype, args, parallel_for);
+}
+
+std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for) {
+  return dispatch_pred_true<GradCpu>(args.pred_dtype, args.true_dtype, args, parallel_for);
+}
+
+}  // namespace fastiou

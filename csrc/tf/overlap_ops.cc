@@ -1,0 +1,262 @@
+// TensorFlow custom ops for the binary/multi-label overlap statistics and their
+// gradient. The kernels validate every input and hand the work to the
+// framework-neutral C++ kernels on TensorFlow's intra-op thread pool.
+#include <string>
+
+#include "core/overlap_kernels.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+namespace fastiou_tf {
+
+using tensorflow::DataType;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+#define FASTIOU_PRED_TYPES "{half, bfloat16, float, double}"
+#define FASTIOU_TRUE_TYPES "{bool, uint8, int32, int64, half, bfloat16, float, double}"
+
+// Shape of the sums: [batch, channels] per image, [channels] over the batch.
+absl::Status StatsShape(InferenceContext* c, ShapeHandle pred, ShapeHandle* out) {
+  bool per_image = true;
+  TF_RETURN_IF_ERROR(c->GetAttr("per_image", &per_image));
+  if (!c->RankKnown(pred)) {
+    *out = c->UnknownShape();
+    return absl::OkStatus();
+  }
+  DimensionHandle channels = c->Dim(pred, -1);
+  *out = per_image ? c->Matrix(c->Dim(pred, 0), channels) : c->Vector(channels);
+  return absl::OkStatus();
+}
+
+absl::Status MergeInputs(InferenceContext* c, ShapeHandle* pred) {
+  TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(1), 2, pred));
+  ShapeHandle merged;
+  TF_RETURN_IF_ERROR(c->Merge(c->input(0), *pred, &merged));
+  *pred = merged;
+  return absl::OkStatus();
+}
+
+REGISTER_OP("FastiouOverlapStats")
+    .Input("y_true: Ttrue")
+    .Input("y_pred: T")
+    .Input("weights: T")
+    .Output("intersection: Tacc")
+    .Output("pred_sum: Tacc")
+    .Output("true_sum: Tacc")
+    .Attr("T: " FASTIOU_PRED_TYPES)
+    .Attr("Ttrue: " FASTIOU_TRUE_TYPES)
+    .Attr("Tacc: {float, double}")
+    .Attr("from_logits: bool = false")
+    .Attr("per_image: bool = true")
+    .Attr("has_weights: bool = false")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle pred, out;
+      TF_RETURN_IF_ERROR(MergeInputs(c, &pred));
+      TF_RETURN_IF_ERROR(StatsShape(c, pred, &out));
+      for (int i = 0; i < 3; ++i) c->set_output(i, out);
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Soft overlap sums of channels-last masks in one pass:
+I = sum w*t*p, P = sum w*p, T = sum w*t per (image, channel), or per channel
+over the whole batch when per_image is false. With from_logits the sigmoid is
+applied to y_pred on the fly. Tacc is float64 for float64 y_pred, else float32.
+)doc");
+
+REGISTER_OP("FastiouOverlapGrad")
+    .Input("y_true: Ttrue")
+    .Input("y_pred: T")
+    .Input("weights: T")
+    .Input("grad_intersection: Tacc")
+    .Input("grad_pred_sum: Tacc")
+    .Input("grad_true_sum: Tacc")
+    .Output("grad: T")
+    .Attr("T: " FASTIOU_PRED_TYPES)
+    .Attr("Ttrue: " FASTIOU_TRUE_TYPES)
+    .Attr("Tacc: {float, double}")
+    .Attr("from_logits: bool = false")
+    .Attr("per_image: bool = true")
+    .Attr("has_weights: bool = false")
+    .Attr("wrt_true: bool = false")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle pred;
+      TF_RETURN_IF_ERROR(MergeInputs(c, &pred));
+      c->set_output(0, pred);
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Gradient of the overlap sums, in one pass: given dL/dI, dL/dP and dL/dT per
+group, writes dL/dy_pred = w*(dL/dI*t + dL/dP) (times p*(1-p) with
+from_logits), or with wrt_true dL/dy_true = w*(dL/dI*p + dL/dT).
+)doc");
+
+fastiou::DType ToDType(DataType dt) {
+  switch (dt) {
+    case tensorflow::DT_BOOL: return fastiou::DType::kBool;
+    case tensorflow::DT_UINT8: return fastiou::DType::kUInt8;
+    case tensorflow::DT_INT32: return fastiou::DType::kInt32;
+    case tensorflow::DT_INT64: return fastiou::DType::kInt64;
+    case tensorflow::DT_HALF: return fastiou::DType::kFloat16;
+    case tensorflow::DT_BFLOAT16: return fastiou::DType::kBFloat16;
+    case tensorflow::DT_FLOAT: return fastiou::DType::kFloat32;
+    default: return fastiou::DType::kFloat64;  // the op's type constraints admit nothing else
+  }
+}
+
+fastiou::ParallelFor ThreadPoolFor(OpKernelContext* ctx) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  return [pool](int64_t units, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
+    if (units <= 0) return;
+    if (units == 1) {
+      fn(0, 1);
+      return;
+    }
+    pool->ParallelFor(units, cost, fn);
+  };
+}
+
+// Attributes and input checks shared by the stats and gradient kernels.
+class OverlapOpBase : public OpKernel {
+ public:
+  explicit OverlapOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("from_logits", &from_logits_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("per_image", &per_image_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("has_weights", &has_weights_));
+    DataType pred, acc;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("T", &pred));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("Tacc", &acc));
+    const DataType expected = pred == tensorflow::DT_DOUBLE ? tensorflow::DT_DOUBLE : tensorflow::DT_FLOAT;
+    OP_REQUIRES(ctx, acc == expected,
+                InvalidArgument("Tacc must be ", tensorflow::DataTypeString(expected), " for y_pred of type ",
+                                tensorflow::DataTypeString(pred), ", got ",
+                                tensorflow::DataTypeString(acc)));
+  }
+
+ protected:
+  // Checks y_true, y_pred and weights and derives the geometry.
+  absl::Status ValidateInputs(OpKernelContext* ctx, fastiou::OverlapGeometry* g) const {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    const Tensor& weights = ctx->input(2);
+    const TensorShape& shape = y_pred.shape();
+    if (shape.dims() < 2) {
+      return InvalidArgument("fastiou: y_pred must have rank >= 2 (batch, ..., channels), got shape ",
+                             shape.DebugString());
+    }
+    if (y_true.shape() != shape) {
+      return InvalidArgument("fastiou: y_true shape ", y_true.shape().DebugString(),
+                             " does not match y_pred shape ", shape.DebugString());
+    }
+    g->batch = shape.dim_size(0);
+    g->channels = shape.dim_size(shape.dims() - 1);
+    g->pixels = 1;
+    for (int d = 1; d + 1 < shape.dims(); ++d) g->pixels *= shape.dim_size(d);
+    g->weights_per_pixel = false;
+    if (has_weights_) {
+      TensorShape per_pixel = shape;
+      per_pixel.set_dim(shape.dims() - 1, 1);
+      if (weights.shape() != shape && weights.shape() != per_pixel) {
+        return InvalidArgument("fastiou: weights shape ", weights.shape().DebugString(),
+                               " must equal y_pred shape ", shape.DebugString(), " or ",
+                               per_pixel.DebugString());
+      }
+      g->weights_per_pixel = weights.shape() != shape;
+    }
+    return absl::OkStatus();
+  }
+
+  TensorShape StatsShape(const fastiou::OverlapGeometry& g) const {
+    return per_image_ ? TensorShape({g.batch, g.channels}) : TensorShape({g.channels});
+  }
+
+  bool from_logits_ = false;
+  bool per_image_ = true;
+  bool has_weights_ = false;
+};
+
+class OverlapStatsOp : public OverlapOpBase {
+ public:
+  using OverlapOpBase::OverlapOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    fastiou::OverlapGeometry g;
+    OP_REQUIRES_OK(ctx, ValidateInputs(ctx, &g));
+    Tensor* out[3];
+    for (int i = 0; i < 3; ++i) OP_REQUIRES_OK(ctx, ctx->allocate_output(i, StatsShape(g), &out[i]));
+    Tensor workspace;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_DOUBLE,
+                                           TensorShape({fastiou::stats_workspace_doubles(g)}),
+                                           &workspace));
+    fastiou::StatsArgs a;
+    a.geometry = g;
+    a.from_logits = from_logits_;
+    a.per_image = per_image_;
+    a.pred_dtype = ToDType(ctx->input(1).dtype());
+    a.true_dtype = ToDType(ctx->input(0).dtype());
+    a.y_true = ctx->input(0).data();
+    a.y_pred = ctx->input(1).data();
+    a.weights = has_weights_ ? ctx->input(2).data() : nullptr;
+    a.intersection = out[0]->data();
+    a.pred_sum = out[1]->data();
+    a.true_sum = out[2]->data();
+    a.workspace = static_cast<double*>(workspace.data());
+    const std::string err = fastiou::overlap_stats_cpu(a, ThreadPoolFor(ctx));
+    OP_REQUIRES(ctx, err.empty(), InvalidArgument("fastiou: ", err));
+  }
+};
+
+class OverlapGradOp : public OverlapOpBase {
+ public:
+  explicit OverlapGradOp(OpKernelConstruction* ctx) : OverlapOpBase(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("wrt_true", &wrt_true_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    fastiou::OverlapGeometry g;
+    OP_REQUIRES_OK(ctx, ValidateInputs(ctx, &g));
+    const TensorShape expected = StatsShape(g);
+    static const char* kNames[3] = {"grad_intersection", "grad_pred_sum", "grad_true_sum"};
+    for (int i = 0; i < 3; ++i) {
+      OP_REQUIRES(ctx, ctx->input(3 + i).shape() == expected,
+                  InvalidArgument("fastiou: ", kNames[i], " shape ", ctx->input(3 + i).shape().DebugString(),
+                                  " must be ", expected.DebugString()));
+    }
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &out));
+    fastiou::GradArgs a;
+    a.geometry = g;
+    a.from_logits = from_logits_;
+    a.per_image = per_image_;
+    a.wrt_true = wrt_true_;
+    a.pred_dtype = ToDType(ctx->input(1).dtype());
+    a.true_dtype = ToDType(ctx->input(0).dtype());
+    a.y_true = ctx->input(0).data();
+    a.y_pred = ctx->input(1).data();
+    a.weights = has_weights_ ? ctx->input(2).data() : nullptr;
+    a.grad_intersection = ctx->input(3).data();
+    a.grad_pred_sum = ctx->input(4).data();
+    a.grad_true_sum = ctx->input(5).data();
+    a.output = out->data();
+    const std::string err = fastiou::overlap_grad_cpu(a, ThreadPoolFor(ctx));
+    OP_REQUIRES(ctx, err.empty(), InvalidArgument("fastiou: ", err));
+  }
+
+ private:
+  bool wrt_true_ = false;
+};
+
+REGISTER_KERNEL_BUILDER(Name("FastiouOverlapStats").Device(tensorflow::DEVICE_CPU), OverlapStatsOp);
+REGISTER_KERNEL_BUILDER(Name("FastiouOverlapGrad").Device(tensorflow::DEVICE_CPU), OverlapGradOp);
+
+}  // namespace fastiou_tf

@@ -1,0 +1,161 @@
+"""Loading of fastiou's TensorFlow op library, input checks and gradients.
+
+`overlap_stats` is the single entry every loss goes through: it validates the
+inputs, runs the fused statistics op (or, inside an XLA cluster, plain TF ops
+computing the same sums) and returns I, P, T.
+"""
+
+import os
+
+import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
+from tensorflow.python.ops import control_flow_util
+
+_LIB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fastiou_ops.so")
+try:
+    _lib = tf.load_op_library(_LIB_PATH)
+except (tf.errors.NotFoundError, OSError) as err:  # pragma: no cover - install problem
+    raise ImportError(
+        f"fastiou could not load its op library {_LIB_PATH}: {err}. fastiou is built for "
+        f"TensorFlow 2.21 and this is TensorFlow {tf.__version__}; reinstall fastiou "
+        "against the TensorFlow you run."
+    ) from err
+
+PRED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+TRUE_DTYPES = (tf.bool, tf.uint8, tf.int32, tf.int64) + PRED_DTYPES
+
+
+def accumulation_dtype(pred_dtype):
+    """float64 for float64 predictions, float32 for every narrower float."""
+    return tf.float64 if pred_dtype == tf.float64 else tf.float32
+
+
+def in_xla_context():
+    """True while building a function compiled by XLA (jit_compile=True)."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+
+
+def _static_dims(x):
+    return x.shape.as_list() if x.shape.rank is not None else None
+
+
+def prepare_inputs(y_true, y_pred, weights=None):
+    """Converts and checks inputs; returns (y_true, y_pred, weights).
+
+    A y_true or weights missing only the trailing channel axis of a
+    single-channel y_pred gets it back (a free reshape). Weights are cast to
+    y_pred's dtype.
+    """
+    y_pred = tf.convert_to_tensor(y_pred)
+    y_true = tf.convert_to_tensor(y_true)
+    if y_pred.dtype not in PRED_DTYPES:
+        raise TypeError(
+            f"fastiou: y_pred must be float16, bfloat16, float32 or float64, got {y_pred.dtype.name}"
+        )
+    if y_true.dtype not in TRUE_DTYPES:
+        raise TypeError(
+            "fastiou: y_true must be bool, uint8, int32, int64 or a float type, "
+            f"got {y_true.dtype.name}"
+        )
+    rank = y_pred.shape.rank
+    if rank is not None and rank < 2:
+        raise ValueError(
+            f"fastiou: y_pred must have rank >= 2 (batch, ..., channels), got shape {y_pred.shape}"
+        )
+    if rank is not None and y_true.shape.rank == rank - 1 and y_pred.shape[-1] == 1:
+        y_true = tf.expand_dims(y_true, -1)
+    if not y_true.shape.is_compatible_with(y_pred.shape):
+        raise ValueError(
+            f"fastiou: y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}"
+        )
+    if weights is not None:
+        weights = tf.convert_to_tensor(weights)
+        if not weights.dtype.is_floating and not weights.dtype.is_integer and weights.dtype != tf.bool:
+            raise TypeError(f"fastiou: weights must be numeric, got {weights.dtype.name}")
+        if weights.dtype != y_pred.dtype:
+            weights = tf.cast(weights, y_pred.dtype)
+        if rank is not None and weights.shape.rank == rank - 1:
+            weights = tf.expand_dims(weights, -1)
+        per_pixel = y_pred.shape[:-1].concatenate([1]) if rank is not None else None
+        if rank is not None and not (
+            weights.shape.is_compatible_with(y_pred.shape)
+            or weights.shape.is_compatible_with(per_pixel)
+        ):
+            raise ValueError(
+                f"fastiou: weights shape {weights.shape} must equal y_pred shape {y_pred.shape} "
+                f"or {per_pixel}"
+            )
+    return y_true, y_pred, weights
+
+
+def _plain_stats(y_true, y_pred, weights, from_logits, per_image):
+    """The same sums with ordinary TF ops, for XLA clusters (no XLA kernel yet)."""
+    acc = accumulation_dtype(y_pred.dtype)
+    p = tf.cast(y_pred, acc)
+    if from_logits:
+        p = tf.sigmoid(p)
+    t = tf.cast(y_true, acc)
+    rank = y_pred.shape.rank
+    axes = list(range(1, rank - 1)) if per_image else list(range(rank - 1))
+    if weights is not None:
+        w = tf.cast(weights, acc)
+        wp = w * p
+        return tf.reduce_sum(wp * t, axes), tf.reduce_sum(wp, axes), tf.reduce_sum(w * t, axes)
+    return tf.reduce_sum(p * t, axes), tf.reduce_sum(p, axes), tf.reduce_sum(t, axes)
+
+
+def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=True):
+    """Soft overlap sums I = sum(w*t*p), P = sum(w*p), T = sum(w*t).
+
+    Args:
+      y_true: targets, bool, integer or float, same shape as y_pred (or that
+        shape without a trailing channel axis of 1).
+      y_pred: probabilities, or logits with `from_logits=True`; channels-last,
+        rank >= 2: (B, C), (B, H, W, C), (B, D, H, W, C), ...
+      weights: optional per-element weights, shape of y_pred or of y_pred with
+        a channel axis of 1 (one weight per pixel).
+      from_logits: apply the sigmoid to y_pred inside the kernel.
+      per_image: sums per (image, channel), shape (B, C); otherwise per channel
+        over the whole batch, shape (C,).
+
+    Returns:
+      (I, P, T) in float32, or float64 for float64 y_pred.
+    """
+    y_true, y_pred, weights = prepare_inputs(y_true, y_pred, weights)
+    if in_xla_context():
+        return _plain_stats(y_true, y_pred, weights, from_logits, per_image)
+    has_weights = weights is not None
+    if not has_weights:
+        weights = tf.zeros([0], y_pred.dtype)
+    return _lib.fastiou_overlap_stats(
+        y_true,
+        y_pred,
+        weights,
+        Tacc=accumulation_dtype(y_pred.dtype),
+        from_logits=from_logits,
+        per_image=per_image,
+        has_weights=has_weights,
+    )
+
+
+@tf.RegisterGradient("FastiouOverlapStats")
+def _overlap_stats_grad(op, grad_i, grad_p, grad_t):
+    y_true, y_pred, weights = op.inputs
+    grads = [
+        g if g is not None else tf.zeros_like(op.outputs[k])
+        for k, g in enumerate((grad_i, grad_p, grad_t))
+    ]
+    attrs = dict(
+        from_logits=op.get_attr("from_logits"),
+        per_image=op.get_attr("per_image"),
+        has_weights=op.get_attr("has_weights"),
+    )
+    grad_pred = _lib.fastiou_overlap_grad(y_true, y_pred, weights, *grads, wrt_true=False, **attrs)
+    grad_true = None
+    if y_true.dtype.is_floating:
+        # A separate op: graphs that never use it prune it, so integer-free
+        # training pays for one gradient pass only.
+        grad_true = _lib.fastiou_overlap_grad(y_true, y_pred, weights, *grads, wrt_true=True, **attrs)
+        if grad_true.dtype != y_true.dtype:
+            grad_true = tf.cast(grad_true, y_true.dtype)
+    return [grad_true, grad_pred, None]

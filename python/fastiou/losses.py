@@ -1,0 +1,310 @@
+"""Overlap losses for segmentation on fused kernels: Jaccard/IoU, Dice, Tversky.
+
+Every loss is a small function of three soft sums per group (image and
+channel, or channel over the whole batch), computed by one fused pass over the
+masks:
+
+    I = sum(w * t * p)    P = sum(w * p)    T = sum(w * t)
+
+with p the predicted probability (the sigmoid of the logits with
+`from_logits=True`, applied inside the kernel), t the target and w optional
+per-element weights. With s = `smooth`, FP = P - I and FN = T - I:
+
+    Jaccard  J  = (I + s) / (T + P - I + s)             loss = 1 - J
+    Dice     D  = (2I + s) / (T + P + s)                loss = 1 - D
+    Tversky  TI = (I + s) / (I + a FP + b FN + s)       loss = (1 - TI) ** gamma
+
+`log_loss=True` gives -log(index) instead. The per-group losses are averaged
+over channels (weighted by `class_weights`), then over images by Keras'
+reduction when `per_image=True`.
+
+Empty masks: a group whose denominator is zero (empty target and empty
+prediction with smooth=0) counts as a perfect match, index 1 and loss 0, with
+zero gradient. With smooth=0, an empty target and a non-empty prediction give
+index 0 whatever the prediction's size, so nothing pulls the prediction down:
+keep smooth > 0 (default 1) when images without foreground are common.
+"""
+
+import keras
+import tensorflow as tf
+
+from fastiou._ops import overlap_stats
+
+try:  # Keras' own weighting and reduction, so sample_weight behaves as usual.
+    from keras.src.losses.loss import reduce_weighted_values as _reduce_weighted_values
+except ImportError:  # pragma: no cover - older or reorganized Keras
+    _reduce_weighted_values = None
+
+
+def _index(kind, I, P, T, smooth, alpha, beta):
+    s = tf.constant(smooth, I.dtype)
+    if kind == "jaccard":
+        num, den = I + s, T + P - I + s
+    elif kind == "dice":
+        num, den = 2.0 * I + s, T + P + s
+    else:
+        num = I + s
+        den = I + tf.constant(alpha, I.dtype) * (P - I) + tf.constant(beta, I.dtype) * (T - I) + s
+    # A zero denominator means nothing predicted and nothing there: a perfect
+    # match. The safe denominator keeps the unused branch's gradient finite.
+    empty = den <= keras.config.epsilon()
+    return tf.where(empty, tf.ones_like(num), num / tf.where(empty, tf.ones_like(den), den))
+
+
+def _group_loss(index, gamma, log_loss):
+    eps = tf.constant(keras.config.epsilon(), index.dtype)
+    if log_loss:
+        return -tf.math.log(tf.maximum(index, eps))
+    base = tf.maximum(1.0 - index, 0.0)
+    if gamma == 1.0:
+        return base
+    # d/dx x**gamma is unbounded at x = 0 for gamma < 1: keep that point out.
+    positive = base > 0
+    safe = tf.where(positive, base, tf.ones_like(base))
+    return tf.where(positive, tf.pow(safe, tf.constant(gamma, base.dtype)), tf.zeros_like(base))
+
+
+def _reduce_channels(loss, class_weights):
+    if class_weights is None:
+        return tf.reduce_mean(loss, axis=-1)
+    cw = tf.constant(class_weights, dtype=loss.dtype)
+    cw = tf.reshape(cw, [-1])
+    if loss.shape[-1] is not None and cw.shape[0] != loss.shape[-1]:
+        raise ValueError(
+            f"fastiou: class_weights has {cw.shape[0]} entries but y_pred has {loss.shape[-1]} channels"
+        )
+    return tf.reduce_sum(loss * cw, axis=-1) / tf.reduce_sum(cw)
+
+
+def _check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights):
+    if smooth < 0:
+        raise ValueError(f"fastiou: smooth must be >= 0, got {smooth}")
+    if kind == "tversky":
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"fastiou: alpha and beta must be >= 0, got {alpha}, {beta}")
+        if gamma <= 0:
+            raise ValueError(f"fastiou: gamma must be > 0, got {gamma}")
+        if log_loss and gamma != 1.0:
+            raise ValueError("fastiou: log_loss and gamma != 1 cannot be combined")
+    if class_weights is not None and any(w < 0 for w in _flat(class_weights)):
+        raise ValueError("fastiou: class_weights must be >= 0")
+
+
+def _flat(values):
+    if hasattr(values, "numpy"):
+        values = values.numpy()
+    try:
+        return [float(v) for v in values]
+    except TypeError:
+        return [float(values)]
+
+
+def overlap_loss(
+    kind,
+    y_true,
+    y_pred,
+    *,
+    from_logits=False,
+    smooth=1.0,
+    per_image=False,
+    class_weights=None,
+    log_loss=False,
+    alpha=0.5,
+    beta=0.5,
+    gamma=1.0,
+    weights=None,
+):
+    """Shared body of the functional losses; `kind` is jaccard, dice or tversky."""
+    _check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights)
+    I, P, T = overlap_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image)
+    index = _index(kind, I, P, T, smooth, alpha, beta)
+    return _reduce_channels(_group_loss(index, gamma, log_loss), class_weights)
+
+
+_ARGS_DOC = """
+    Args:
+      y_true: targets in [0, 1]: bool, uint8, int32, int64 or float; the
+        shape of y_pred, or that shape without a trailing channel axis of 1.
+      y_pred: probabilities, or logits with `from_logits=True`; float16,
+        bfloat16, float32 or float64; channels-last, rank >= 2.
+      from_logits: y_pred holds logits; the sigmoid runs inside the kernels.
+      smooth: s, added to numerator and denominator.
+      per_image: sums per image (the result has one loss per image, shape
+        (B,)); otherwise sums over the whole batch (a scalar).
+      class_weights: weights of the channels in their mean; None for equal.
+      log_loss: -log(index) instead of 1 - index.
+      weights: optional per-element weights, the shape of y_pred or with a
+        channel axis of 1 (one weight per pixel).
+
+    Returns:
+      Loss per image, shape (B,), with `per_image=True`; a scalar otherwise.
+      float32, or float64 for float64 y_pred.
+"""
+
+
+def jaccard_loss(y_true, y_pred, *, from_logits=False, smooth=1.0, per_image=False,
+                 class_weights=None, log_loss=False, weights=None):
+    return overlap_loss("jaccard", y_true, y_pred, from_logits=from_logits, smooth=smooth,
+                        per_image=per_image, class_weights=class_weights, log_loss=log_loss,
+                        weights=weights)
+
+
+def dice_loss(y_true, y_pred, *, from_logits=False, smooth=1.0, per_image=False,
+              class_weights=None, log_loss=False, weights=None):
+    return overlap_loss("dice", y_true, y_pred, from_logits=from_logits, smooth=smooth,
+                        per_image=per_image, class_weights=class_weights, log_loss=log_loss,
+                        weights=weights)
+
+
+def tversky_loss(y_true, y_pred, *, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False,
+                 smooth=1.0, per_image=False, class_weights=None, log_loss=False, weights=None):
+    return overlap_loss("tversky", y_true, y_pred, from_logits=from_logits, smooth=smooth,
+                        per_image=per_image, class_weights=class_weights, log_loss=log_loss,
+                        alpha=alpha, beta=beta, gamma=gamma, weights=weights)
+
+
+jaccard_loss.__doc__ = "Soft Jaccard (IoU) loss, 1 - (I + s) / (T + P - I + s).\n" + _ARGS_DOC
+dice_loss.__doc__ = "Soft Dice loss, 1 - (2I + s) / (T + P + s).\n" + _ARGS_DOC
+tversky_loss.__doc__ = (
+    "Tversky loss, (1 - (I + s) / (I + alpha FP + beta FN + s)) ** gamma.\n\n"
+    "    alpha weighs false positives FP = P - I, beta false negatives FN = T - I;\n"
+    "    alpha = beta = 0.5 is Dice, alpha = beta = 1 is Jaccard, and gamma != 1\n"
+    "    is the focal Tversky loss (gamma < 1 stresses hard, poorly overlapping\n"
+    "    groups).\n" + _ARGS_DOC
+)
+
+
+class _OverlapLoss(keras.losses.Loss):
+    """Keras wrapper of a fused overlap loss."""
+
+    _kind = None
+
+    def __init__(self, *, from_logits=False, smooth=1.0, per_image=False, class_weights=None,
+                 log_loss=False, reduction="sum_over_batch_size", name=None, dtype=None,
+                 **options):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
+        self.smooth = float(smooth)
+        self.per_image = bool(per_image)
+        self.class_weights = None if class_weights is None else _flat(class_weights)
+        self.log_loss = bool(log_loss)
+        self._options = {k: float(v) for k, v in options.items()}
+        _check_options(self._kind, self.smooth, self._options.get("alpha", 0.5),
+                       self._options.get("beta", 0.5), self._options.get("gamma", 1.0),
+                       self.log_loss, self.class_weights)
+
+    def call(self, y_true, y_pred):
+        return overlap_loss(self._kind, y_true, y_pred, from_logits=self.from_logits,
+                            smooth=self.smooth, per_image=self.per_image,
+                            class_weights=self.class_weights, log_loss=self.log_loss,
+                            **self._options)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras' Loss.__call__ casts y_true and y_pred to the loss dtype first:
+        # a full extra pass and a mask-sized copy for uint8 masks and float16
+        # predictions. The kernels read those dtypes directly, so skip it.
+        with tf.name_scope(self.name):
+            losses = self.call(y_true, y_pred)
+            if _reduce_weighted_values is None:  # pragma: no cover
+                return tf.reduce_mean(losses)
+            return _reduce_weighted_values(losses, sample_weight=sample_weight,
+                                           reduction=self.reduction, dtype=self.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(from_logits=self.from_logits, smooth=self.smooth, per_image=self.per_image,
+                      class_weights=self.class_weights, log_loss=self.log_loss)
+        config.update(self._options)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="fastiou")
+class JaccardLoss(_OverlapLoss):
+    """Soft Jaccard (IoU) loss on fused kernels: 1 - (I + s) / (T + P - I + s).
+
+    Drop-in Keras loss:
+
+        model.compile(optimizer="adam", loss=fastiou.losses.JaccardLoss(from_logits=True))
+
+    Args:
+      from_logits: y_pred holds logits; the sigmoid runs inside the kernels.
+      smooth: s, added to numerator and denominator (default 1).
+      per_image: one Jaccard per image, averaged by `reduction`; otherwise
+        one Jaccard over the whole batch (default).
+      class_weights: weights of the channels in their mean.
+      log_loss: -log(J) instead of 1 - J.
+      reduction, name, dtype: as for any Keras loss. `sample_weight` weighs
+        images and needs `per_image=True`.
+    """
+
+    _kind = "jaccard"
+
+    def __init__(self, from_logits=False, smooth=1.0, per_image=False, class_weights=None,
+                 log_loss=False, reduction="sum_over_batch_size", name="jaccard_loss",
+                 dtype=None):
+        super().__init__(from_logits=from_logits, smooth=smooth, per_image=per_image,
+                         class_weights=class_weights, log_loss=log_loss, reduction=reduction,
+                         name=name, dtype=dtype)
+
+
+IoULoss = JaccardLoss
+
+
+@keras.saving.register_keras_serializable(package="fastiou")
+class DiceLoss(_OverlapLoss):
+    """Soft Dice loss on fused kernels: 1 - (2I + s) / (T + P + s).
+
+    Same arguments as `JaccardLoss`.
+    """
+
+    _kind = "dice"
+
+    def __init__(self, from_logits=False, smooth=1.0, per_image=False, class_weights=None,
+                 log_loss=False, reduction="sum_over_batch_size", name="dice_loss", dtype=None):
+        super().__init__(from_logits=from_logits, smooth=smooth, per_image=per_image,
+                         class_weights=class_weights, log_loss=log_loss, reduction=reduction,
+                         name=name, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="fastiou")
+class TverskyLoss(_OverlapLoss):
+    """Tversky and focal Tversky loss on fused kernels.
+
+    loss = (1 - TI) ** gamma with TI = (I + s) / (I + alpha FP + beta FN + s),
+    FP = P - I, FN = T - I. alpha weighs false positives, beta false
+    negatives: beta > alpha favours recall, the usual choice for small
+    structures (e.g. alpha=0.3, beta=0.7). gamma != 1 is the focal Tversky
+    loss. Other arguments as for `JaccardLoss`.
+    """
+
+    _kind = "tversky"
+
+    def __init__(self, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False, smooth=1.0,
+                 per_image=False, class_weights=None, log_loss=False,
+                 reduction="sum_over_batch_size", name="tversky_loss", dtype=None):
+        super().__init__(from_logits=from_logits, smooth=smooth, per_image=per_image,
+                         class_weights=class_weights, log_loss=log_loss, reduction=reduction,
+                         name=name, dtype=dtype, alpha=alpha, beta=beta, gamma=gamma)
+
+    @property
+    def alpha(self):
+        return self._options["alpha"]
+
+    @property
+    def beta(self):
+        return self._options["beta"]
+
+    @property
+    def gamma(self):
+        return self._options["gamma"]
+
+
+__all__ = [
+    "JaccardLoss",
+    "IoULoss",
+    "DiceLoss",
+    "TverskyLoss",
+    "jaccard_loss",
+    "dice_loss",
+    "tversky_loss",
+]

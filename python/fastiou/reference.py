@@ -1,0 +1,85 @@
+"""The overlap losses written the plain way, in keras.ops.
+
+This is the pure-Keras formulation users copy into their projects: activate,
+cast, multiply and sum over the full mask tensors. fastiou uses it as the
+oracle in its tests (values, and gradients through autodiff) and as the
+baseline in its benchmarks. Same arguments and results as the functional
+losses in `fastiou.losses`.
+"""
+
+import keras
+from keras import ops
+
+
+def _inputs(y_true, y_pred, weights, from_logits):
+    y_pred = ops.convert_to_tensor(y_pred)
+    dtype = "float64" if keras.backend.standardize_dtype(y_pred.dtype) == "float64" else "float32"
+    p = ops.cast(y_pred, dtype)
+    if from_logits:
+        p = ops.sigmoid(p)
+    t = ops.cast(ops.convert_to_tensor(y_true), dtype)
+    if len(t.shape) == len(p.shape) - 1:
+        t = ops.expand_dims(t, -1)
+    w = None
+    if weights is not None:
+        w = ops.cast(ops.convert_to_tensor(weights), dtype)
+        if len(w.shape) == len(p.shape) - 1:
+            w = ops.expand_dims(w, -1)
+    return t, p, w
+
+
+def _sums(y_true, y_pred, weights, from_logits, per_image):
+    t, p, w = _inputs(y_true, y_pred, weights, from_logits)
+    axes = tuple(range(1 if per_image else 0, len(p.shape) - 1))
+    if w is None:
+        w = ops.ones_like(p)
+    intersection = ops.sum(w * t * p, axis=axes)
+    pred_sum = ops.sum(w * p, axis=axes)
+    true_sum = ops.sum(w * t, axis=axes)
+    return intersection, pred_sum, true_sum
+
+
+def _finish(numerator, denominator, gamma, log_loss, per_image, class_weights):
+    eps = keras.config.epsilon()
+    empty = denominator <= eps
+    score = ops.where(empty, 1.0, numerator / ops.where(empty, 1.0, denominator))
+    if log_loss:
+        loss = -ops.log(ops.maximum(score, eps))
+    else:
+        loss = ops.maximum(1.0 - score, 0.0)
+        if gamma != 1.0:
+            positive = loss > 0
+            loss = ops.where(positive, ops.power(ops.where(positive, loss, 1.0), gamma), 0.0)
+    if class_weights is None:
+        return ops.mean(loss, axis=-1)
+    cw = ops.cast(ops.convert_to_tensor(class_weights), loss.dtype)
+    return ops.sum(loss * cw, axis=-1) / ops.sum(cw)
+
+
+def jaccard_loss(y_true, y_pred, *, from_logits=False, smooth=1.0, per_image=False,
+                 class_weights=None, log_loss=False, weights=None):
+    """Reference soft Jaccard loss, 1 - (I + s) / (T + P - I + s)."""
+    inter, psum, tsum = _sums(y_true, y_pred, weights, from_logits, per_image)
+    union = tsum + psum - inter
+    return _finish(inter + smooth, union + smooth, 1.0, log_loss, per_image, class_weights)
+
+
+def dice_loss(y_true, y_pred, *, from_logits=False, smooth=1.0, per_image=False,
+              class_weights=None, log_loss=False, weights=None):
+    """Reference soft Dice loss, 1 - (2I + s) / (T + P + s)."""
+    inter, psum, tsum = _sums(y_true, y_pred, weights, from_logits, per_image)
+    return _finish(2.0 * inter + smooth, tsum + psum + smooth, 1.0, log_loss, per_image,
+                   class_weights)
+
+
+def tversky_loss(y_true, y_pred, *, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False,
+                 smooth=1.0, per_image=False, class_weights=None, log_loss=False, weights=None):
+    """Reference (focal) Tversky loss, (1 - (I + s) / (I + a FP + b FN + s)) ** gamma."""
+    inter, psum, tsum = _sums(y_true, y_pred, weights, from_logits, per_image)
+    false_pos = psum - inter
+    false_neg = tsum - inter
+    den = inter + alpha * false_pos + beta * false_neg + smooth
+    return _finish(inter + smooth, den, gamma, log_loss, per_image, class_weights)
+
+
+LOSSES = {"jaccard": jaccard_loss, "dice": dice_loss, "tversky": tversky_loss}
