@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Forward+backward time and peak extra memory: fused fastiou vs pure Keras.
+
+Each (case, implementation) runs in its own process so that peak memory is
+measured cleanly: the process builds its inputs, warms the step up (tracing
+and XLA compilation), resets the kernel's peak-RSS counter, runs one step and
+reads the new peak, then times `--repeats` steps and keeps the median.
+
+Implementations:
+  fused        fastiou's loss, tf.function (the fused custom ops)
+  fused-xla    fastiou's loss, tf.function(jit_compile=True); fastiou has no XLA
+               kernel yet, so this runs its plain-TF fallback
+  keras        fastiou.reference (keras.ops), tf.function
+  keras-xla    fastiou.reference, tf.function(jit_compile=True)
+
+Usage:
+  python benchmarks/bench_losses.py                 # full CPU run
+  python benchmarks/bench_losses.py --quick         # smaller cases, a minute or two
+  python benchmarks/bench_losses.py --json out.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+CASES = {
+    "16x256x256x1": (16, 256, 256, 1),
+    "16x512x512x1": (16, 512, 512, 1),
+    "8x128x128x128x1": (8, 128, 128, 128, 1),
+}
+QUICK_CASES = {
+    "16x256x256x1": (16, 256, 256, 1),
+    "2x128x128x128x1": (2, 128, 128, 128, 1),
+}
+IMPLEMENTATIONS = ["fused", "keras", "fused-xla", "keras-xla"]
+BASELINE = "keras"
+
+
+def _rss_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_one(shape, impl, inputs, mask_dtype, repeats):
+    """Runs in the child process; returns the measurements as a dict."""
+    import numpy as np
+    import tensorflow as tf
+
+    import fastiou
+
+    rng = np.random.default_rng(0)
+    logits = inputs == "logits"
+    z = rng.normal(scale=2.0, size=shape).astype(np.float32)
+    y_pred = tf.constant(z if logits else 1.0 / (1.0 + np.exp(-z)))
+    y_true = tf.constant((rng.random(shape, dtype=np.float32) < 0.05).astype(mask_dtype))
+    del z
+    fn = fastiou.jaccard_loss if impl.startswith("fused") else fastiou.reference.jaccard_loss
+
+    def step(t, p):
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            loss = fn(t, p, from_logits=logits)
+        return loss, tape.gradient(loss, p)
+
+    step = tf.function(step, jit_compile=impl.endswith("xla"))
+    for _ in range(2):
+        loss, grad = step(y_true, y_pred)
+        _ = float(loss), grad.shape
+    del loss, grad
+    base = _rss_kib("VmRSS")
+    peak_ok = _reset_peak_rss()
+    loss, grad = step(y_true, y_pred)
+    float(loss)
+    peak = _rss_kib("VmHWM") if peak_ok else None
+    del loss, grad
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        loss, grad = step(y_true, y_pred)
+        float(loss)
+        times.append(time.perf_counter() - start)
+        del loss, grad
+    elements = int(np.prod(shape))
+    return {
+        "time_s": float(np.median(times)),
+        "times_s": times,
+        "peak_extra_bytes": None if peak is None else (peak - base) * 1024,
+        "elements": elements,
+    }
+
+
+def machine_description():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gib = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    import tensorflow as tf
+    import keras
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def child(args):
+    result = run_one(tuple(args.shape), args.impl, args.inputs, args.mask_dtype, args.repeats)
+    print("RESULT " + json.dumps(result))
+
+
+def spawn(shape, impl, inputs, mask_dtype, repeats):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               # A fixed mmap threshold returns big freed buffers to the OS at once,
+               # so resident memory follows the live tensors.
+               MALLOC_MMAP_THRESHOLD_="131072")
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--impl", impl, "--inputs", inputs,
+           "--mask-dtype", mask_dtype, "--repeats", str(repeats), "--shape", *map(str, shape)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"{impl} {shape} failed:\n{proc.stderr[-3000:]}")
+
+
+def fmt_mib(b):
+    return "n/a" if b is None else f"{b / 2**20:8.1f}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller cases, logits only, 3 repeats")
+    parser.add_argument("--cases", nargs="*", help=f"subset of {list(CASES)}")
+    parser.add_argument("--inputs", nargs="*", default=None, choices=["logits", "probabilities"])
+    parser.add_argument("--impls", nargs="*", default=IMPLEMENTATIONS, choices=IMPLEMENTATIONS)
+    parser.add_argument("--mask-dtype", default="float32", choices=["float32", "uint8"])
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--json", default=None, help="write results here (default: benchmarks/results/cpu-latest.json)")
+    # Internal: one measurement in a fresh process.
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", nargs="*", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    cases = QUICK_CASES if args.quick else CASES
+    if args.cases:
+        unknown = set(args.cases) - set(CASES) - set(QUICK_CASES)
+        if unknown:
+            parser.error(f"unknown cases {sorted(unknown)}")
+        cases = {k: {**CASES, **QUICK_CASES}[k] for k in args.cases}
+    inputs = args.inputs or (["logits"] if args.quick else ["logits", "probabilities"])
+    repeats = args.repeats or (3 if args.quick else 7)
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    machine = machine_description()
+    print(f"fastiou benchmark on {machine['cpu']} ({machine['cores']} cores), "
+          f"TensorFlow {machine['tensorflow']}, y_pred float32, y_true {args.mask_dtype}")
+    print("forward+backward of the Jaccard loss, median of", repeats, "runs\n")
+    header = (f"{'case':<18}{'inputs':<14}{'impl':<11}{'time ms':>10}{'speedup':>9}"
+              f"{'peak extra MiB':>16}{'x mask':>8}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    total = len(cases) * len(inputs) * len(args.impls)
+    done = 0
+    for case, shape in cases.items():
+        for inp in inputs:
+            results = {}
+            for impl in args.impls:
+                done += 1
+                print(f"  [{done}/{total}] {case} {inp} {impl}...", end="\r", file=sys.stderr, flush=True)
+                results[impl] = spawn(shape, impl, inp, args.mask_dtype, repeats)
+            base = results.get(BASELINE)
+            for impl, r in results.items():
+                r.update(case=case, shape=list(shape), inputs=inp, impl=impl,
+                         mask_dtype=args.mask_dtype, pred_dtype="float32")
+                r["speedup_vs_keras"] = base["time_s"] / r["time_s"] if base else None
+                mask_bytes = r["elements"] * 4
+                r["peak_extra_masks"] = (None if r["peak_extra_bytes"] is None
+                                         else r["peak_extra_bytes"] / mask_bytes)
+                rows.append(r)
+                speed = f"{r['speedup_vs_keras']:8.2f}x" if base else "      n/a"
+                masks = "n/a" if r["peak_extra_masks"] is None else f"{r['peak_extra_masks']:7.2f}"
+                print(f"{case:<18}{inp:<14}{impl:<11}{r['time_s'] * 1e3:>10.1f}{speed:>9}"
+                      f"{fmt_mib(r['peak_extra_bytes']):>16}{masks:>8}")
+    print(" " * 60, end="\r", file=sys.stderr)
+    print("\nspeedup: keras (graph) time / this time. x mask: peak extra memory in float32 "
+          "mask-sized tensors (the gradient itself is one).")
+    out = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                    "cpu-latest.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"machine": machine, "quick": args.quick, "results": rows}, f, indent=1)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
