@@ -18,10 +18,6 @@
 namespace fastiou {
 namespace {
 
-// Lanes of independent partial sums in the single-channel loop: they break the
-// floating-point dependency chain so the loop pipelines and vectorizes.
-constexpr int kLanes = 8;
-
 struct ChunkRange {
   int64_t image;
   int64_t first_pixel;
@@ -52,28 +48,20 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial) {
                                (r.image * g.pixels + r.first_pixel) * w_stride
                          : nullptr;
   if (C == 1) {
-    A si[kLanes] = {}, sp[kLanes] = {}, st[kLanes] = {};
+    // A SIMD reduction: the compiler keeps one partial sum per vector lane and
+    // adds the lanes in a fixed order, so the result depends on the build's
+    // vector width only, never on the run or the thread count.
+    A si = 0, sp = 0, st = 0;
     const int64_t n = r.pixels;
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        const A p = probability<kLogits>(load_as<A>(pred[i + l]));
-        const A wv = kWeights ? load_as<A>(w[i + l]) : A(1);
-        accumulate_overlap(p, load_as<A>(tru[i + l]), wv, si[l], sp[l], st[l]);
-      }
-    }
-    for (int l = 0; i < n; ++i, ++l) {
+#pragma omp simd reduction(+ : si, sp, st)
+    for (int64_t i = 0; i < n; ++i) {
       const A p = probability<kLogits>(load_as<A>(pred[i]));
       const A wv = kWeights ? load_as<A>(w[i]) : A(1);
-      accumulate_overlap(p, load_as<A>(tru[i]), wv, si[l], sp[l], st[l]);
+      accumulate_overlap(p, load_as<A>(tru[i]), wv, si, sp, st);
     }
-    double sums[3] = {0.0, 0.0, 0.0};
-    for (int l = 0; l < kLanes; ++l) {
-      sums[0] += si[l];
-      sums[1] += sp[l];
-      sums[2] += st[l];
-    }
-    std::copy(sums, sums + 3, partial);
+    partial[0] = si;
+    partial[1] = sp;
+    partial[2] = st;
     return;
   }
   std::vector<A> acc(static_cast<size_t>(3 * C), A(0));
