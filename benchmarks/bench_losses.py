@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Forward+backward time and peak extra memory: fused fastiou vs pure Keras.
 
-Each (case, implementation) runs in its own process so that peak memory is
-measured cleanly: the process builds its inputs, warms the step up (tracing
-and XLA compilation), resets the kernel's peak-RSS counter, runs one step and
-reads the new peak, then times `--repeats` steps and keeps the median.
+Each (case, implementation) runs in two fresh processes. The first measures
+peak memory: it builds its inputs, warms the step up (tracing and XLA
+compilation), resets the kernel's peak-RSS counter, runs one step and reads
+the new peak, with malloc told to return big buffers to the OS at once so that
+resident memory follows the live tensors. The second, with the default
+allocator, times `--repeats` steps after the warm-up and keeps the median.
 
 Implementations:
   fused        fastiou's loss, tf.function (the fused custom ops)
@@ -57,7 +59,7 @@ def _reset_peak_rss():
         return False
 
 
-def run_one(shape, impl, inputs, mask_dtype, repeats):
+def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
     """Runs in the child process; returns the measurements as a dict."""
     import numpy as np
     import tensorflow as tf
@@ -83,12 +85,22 @@ def run_one(shape, impl, inputs, mask_dtype, repeats):
         loss, grad = step(y_true, y_pred)
         _ = float(loss), grad.shape
     del loss, grad
-    base = _rss_kib("VmRSS")
-    peak_ok = _reset_peak_rss()
+    elements = int(np.prod(shape))
+    if measure == "memory":
+        base = _rss_kib("VmRSS")
+        peak_ok = _reset_peak_rss()
+        loss, grad = step(y_true, y_pred)
+        float(loss)
+        peak = _rss_kib("VmHWM") if peak_ok else None
+        return {"peak_extra_bytes": None if peak is None else (peak - base) * 1024,
+                "elements": elements}
+    # Short steps are noisy: repeat them for at least about a second.
+    start = time.perf_counter()
     loss, grad = step(y_true, y_pred)
     float(loss)
-    peak = _rss_kib("VmHWM") if peak_ok else None
+    once = time.perf_counter() - start
     del loss, grad
+    repeats = int(min(200, max(repeats, 1.0 / max(once, 1e-6))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -96,13 +108,7 @@ def run_one(shape, impl, inputs, mask_dtype, repeats):
         float(loss)
         times.append(time.perf_counter() - start)
         del loss, grad
-    elements = int(np.prod(shape))
-    return {
-        "time_s": float(np.median(times)),
-        "times_s": times,
-        "peak_extra_bytes": None if peak is None else (peak - base) * 1024,
-        "elements": elements,
-    }
+    return {"time_s": float(np.median(times)), "times_s": times, "elements": elements}
 
 
 def machine_description():
@@ -136,22 +142,45 @@ def machine_description():
 
 
 def child(args):
-    result = run_one(tuple(args.shape), args.impl, args.inputs, args.mask_dtype, args.repeats)
+    result = run_one(tuple(args.shape), args.impl, args.inputs, args.mask_dtype, args.repeats,
+                     args.measure)
     print("RESULT " + json.dumps(result))
 
 
-def spawn(shape, impl, inputs, mask_dtype, repeats):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               # A fixed mmap threshold returns big freed buffers to the OS at once,
-               # so resident memory follows the live tensors.
-               MALLOC_MMAP_THRESHOLD_="131072")
+def spawn(shape, impl, inputs, mask_dtype, repeats, measure):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if measure == "memory":
+        # A fixed mmap threshold returns big freed buffers to the OS at once,
+        # so resident memory follows the live tensors.
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--impl", impl, "--inputs", inputs,
-           "--mask-dtype", mask_dtype, "--repeats", str(repeats), "--shape", *map(str, shape)]
+           "--mask-dtype", mask_dtype, "--repeats", str(repeats), "--measure", measure,
+           "--shape", *map(str, shape)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     raise RuntimeError(f"{impl} {shape} failed:\n{proc.stderr[-3000:]}")
+
+
+def markdown_table(rows, machine, mask_dtype):
+    lines = [f"Forward + backward of the Jaccard loss (median over at least 1 s) on {machine['cpu']} ({machine['cores']} cores), "
+             f"TensorFlow {machine['tensorflow']}, float32 y_pred, {mask_dtype} y_true; time in ms "
+             "(median), speedup over the pure-Keras graph version, peak extra memory in "
+             "mask-sized float32 tensors.", "",
+             "| case | inputs | fused | keras | fused-xla | keras-xla | fused speedup | fused / keras memory |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["inputs"]), {})[r["impl"]] = r
+    for (case, inp), g in groups.items():
+        t = {k: f"{v['time_s'] * 1e3:.1f}" for k, v in g.items()}
+        mem = lambda k: "n/a" if k not in g or g[k]["peak_extra_masks"] is None else f"{g[k]['peak_extra_masks']:.2f}"
+        speed = f"{g['fused']['speedup_vs_keras']:.2f}x" if "fused" in g and "keras" in g else "n/a"
+        lines.append(f"| {case} | {inp} | {t.get('fused', 'n/a')} | {t.get('keras', 'n/a')} | "
+                     f"{t.get('fused-xla', 'n/a')} | {t.get('keras-xla', 'n/a')} | {speed} | "
+                     f"{mem('fused')} / {mem('keras')} |")
+    return "\n".join(lines)
 
 
 def fmt_mib(b):
@@ -166,10 +195,12 @@ def main(argv=None):
     parser.add_argument("--impls", nargs="*", default=IMPLEMENTATIONS, choices=IMPLEMENTATIONS)
     parser.add_argument("--mask-dtype", default="float32", choices=["float32", "uint8"])
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument("--json", default=None, help="write results here (default: benchmarks/results/cpu-latest.json)")
     # Internal: one measurement in a fresh process.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--shape", nargs="*", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -187,7 +218,7 @@ def main(argv=None):
     machine = machine_description()
     print(f"fastiou benchmark on {machine['cpu']} ({machine['cores']} cores), "
           f"TensorFlow {machine['tensorflow']}, y_pred float32, y_true {args.mask_dtype}")
-    print("forward+backward of the Jaccard loss, median of", repeats, "runs\n")
+    print(f"forward+backward of the Jaccard loss, median of at least {repeats} runs (and of 1 s)\n")
     header = (f"{'case':<18}{'inputs':<14}{'impl':<11}{'time ms':>10}{'speedup':>9}"
               f"{'peak extra MiB':>16}{'x mask':>8}")
     print(header)
@@ -201,7 +232,8 @@ def main(argv=None):
             for impl in args.impls:
                 done += 1
                 print(f"  [{done}/{total}] {case} {inp} {impl}...", end="\r", file=sys.stderr, flush=True)
-                results[impl] = spawn(shape, impl, inp, args.mask_dtype, repeats)
+                results[impl] = spawn(shape, impl, inp, args.mask_dtype, repeats, "time")
+                results[impl].update(spawn(shape, impl, inp, args.mask_dtype, repeats, "memory"))
             base = results.get(BASELINE)
             for impl, r in results.items():
                 r.update(case=case, shape=list(shape), inputs=inp, impl=impl,
@@ -218,6 +250,8 @@ def main(argv=None):
     print(" " * 60, end="\r", file=sys.stderr)
     print("\nspeedup: keras (graph) time / this time. x mask: peak extra memory in float32 "
           "mask-sized tensors (the gradient itself is one).")
+    if args.markdown:
+        print(markdown_table(rows, machine, args.mask_dtype))
     out = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                     "cpu-latest.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -18,13 +18,6 @@ const char* dtype_name(DType dtype) {
   return "unknown";
 }
 
-bool is_prediction_dtype(DType dtype) {
-  return dtype == DType::kFloat16 || dtype == DType::kBFloat16 || dtype == DType::kFloat32 ||
-         dtype == DType::kFloat64;
-}
-
-bool is_label_dtype(DType dtype) { return static_cast<int>(dtype) >= 0 && dtype <= DType::kFloat64; }
-
 int64_t OverlapGeometry::chunk_pixels() const {
   return std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, channels));
 }

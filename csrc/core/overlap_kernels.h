@@ -23,8 +23,6 @@ enum class DType : int {
 };
 
 const char* dtype_name(DType dtype);
-bool is_prediction_dtype(DType dtype);  // float16, bfloat16, float32, float64
-bool is_label_dtype(DType dtype);       // every DType
 
 // Geometry of a binary/multi-label overlap problem.
 struct OverlapGeometry {
