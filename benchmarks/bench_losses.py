@@ -231,7 +231,9 @@ def main(argv=None):
             results = {}
             for impl in args.impls:
                 done += 1
-                print(f"  [{done}/{total}] {case} {inp} {impl}...", end="\r", file=sys.stderr, flush=True)
+                if sys.stderr.isatty():
+                    print(f"  [{done}/{total}] {case} {inp} {impl}...", end="\r", file=sys.stderr,
+                          flush=True)
                 results[impl] = spawn(shape, impl, inp, args.mask_dtype, repeats, "time")
                 results[impl].update(spawn(shape, impl, inp, args.mask_dtype, repeats, "memory"))
             base = results.get(BASELINE)
@@ -247,7 +249,8 @@ def main(argv=None):
                 masks = "n/a" if r["peak_extra_masks"] is None else f"{r['peak_extra_masks']:7.2f}"
                 print(f"{case:<18}{inp:<14}{impl:<11}{r['time_s'] * 1e3:>10.1f}{speed:>9}"
                       f"{fmt_mib(r['peak_extra_bytes']):>16}{masks:>8}")
-    print(" " * 60, end="\r", file=sys.stderr)
+    if sys.stderr.isatty():
+        print(" " * 60, end="\r", file=sys.stderr)
     print("\nspeedup: keras (graph) time / this time. x mask: peak extra memory in float32 "
           "mask-sized tensors (the gradient itself is one).")
     if args.markdown:
