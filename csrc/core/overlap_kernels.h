@@ -46,8 +46,23 @@ struct OverlapGeometry {
 // Work elements aimed at per chunk.
 constexpr int64_t kChunkElements = 32768;
 
+// How y_pred becomes probabilities and how y_true names the targets.
+struct LabelOptions {
+  // With from_logits: softmax over the channels instead of a sigmoid per
+  // channel. Without from_logits y_pred already holds probabilities.
+  bool softmax = false;
+  // y_true holds one integer class index per pixel instead of one value per
+  // element; it is compared with the channel index, never expanded.
+  bool sparse = false;
+  // Sparse pixels whose label equals ignore_index count nowhere and get a zero
+  // gradient.
+  bool has_ignore = false;
+  int64_t ignore_index = 0;
+};
+
 struct StatsArgs {
   OverlapGeometry geometry;
+  LabelOptions labels;
   bool from_logits = false;
   bool per_image = true;
   DType pred_dtype = DType::kFloat32;
@@ -69,6 +84,7 @@ int64_t stats_workspace_doubles(const OverlapGeometry& geometry);
 
 struct GradArgs {
   OverlapGeometry geometry;
+  LabelOptions labels;
   bool from_logits = false;
   bool per_image = true;
   // false: write dL/dy_pred; true: write dL/dy_true (in pred_dtype).
@@ -94,8 +110,10 @@ using ParallelFor =
 // Runs everything on the calling thread.
 ParallelFor serial_parallel_for();
 
-// CPU kernels. Inputs are assumed validated; they return an empty string on
-// success and a message otherwise (an unsupported dtype combination).
+// CPU kernels. Shapes are assumed validated; they return an empty string on
+// success and a message otherwise: an unsupported dtype combination, or (stats)
+// a sparse label outside [0, channels) that is not ignore_index. The gradient
+// kernel treats such a label as matching no channel; it never indexes by it.
 std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for);
 std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for);
 

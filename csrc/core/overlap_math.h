@@ -206,4 +206,28 @@ FASTIOU_HD Acc true_gradient(Acc p, Acc w, Acc g_i, Acc g_t) {
   return w * (g_i * p + g_t);
 }
 
+// Softmax over one pixel's C channels, in place, with the maximum subtracted
+// first so that no exponent overflows.
+template <typename Acc>
+FASTIOU_HD void softmax_inplace(Acc* x, int64_t channels) {
+  Acc m = x[0];
+  for (int64_t c = 1; c < channels; ++c) m = x[c] > m ? x[c] : m;
+  Acc sum = 0;
+  for (int64_t c = 0; c < channels; ++c) {
+    x[c] = exp_(x[c] - m);
+    sum += x[c];
+  }
+  const Acc inv = Acc(1) / sum;
+  for (int64_t c = 0; c < channels; ++c) x[c] *= inv;
+}
+
+// Softmax Jacobian applied to dL/dp of one pixel, in place:
+// dL/dz_k = p_k (dL/dp_k - sum_c p_c dL/dp_c).
+template <typename Acc>
+FASTIOU_HD void softmax_backward_inplace(const Acc* p, Acc* dp, int64_t channels) {
+  Acc dot = 0;
+  for (int64_t c = 0; c < channels; ++c) dot += p[c] * dp[c];
+  for (int64_t c = 0; c < channels; ++c) dp[c] = p[c] * (dp[c] - dot);
+}
+
 }  // namespace fastiou

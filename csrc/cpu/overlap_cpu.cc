@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/dispatch.h"
@@ -34,8 +35,33 @@ ChunkRange chunk_range(const OverlapGeometry& g, int64_t chunk) {
   return r;
 }
 
+// The first out-of-range sparse label a chunk met.
+struct BadLabel {
+  int64_t pixel = -1;  // within its image
+  int64_t value = 0;
+};
+
+// One pixel's probabilities: softmax or sigmoid of logits, or as stored.
+template <bool kLogits, typename TP, typename A>
+void pixel_probabilities(const TP* pred, int64_t C, bool softmax, A* p) {
+  for (int64_t c = 0; c < C; ++c) p[c] = load_as<A>(pred[c]);
+  if constexpr (kLogits) {
+    if (softmax) {
+      softmax_inplace(p, C);
+    } else {
+      for (int64_t c = 0; c < C; ++c) p[c] = sigmoid(p[c]);
+    }
+  }
+}
+
+// Whether the single-channel loop applies: one channel, element targets and a
+// sigmoid (a softmax over one channel is constant).
+bool single_channel_path(const OverlapGeometry& g, const LabelOptions& lab) {
+  return g.channels == 1 && !lab.sparse && !lab.softmax;
+}
+
 template <bool kLogits, bool kWeights, typename TP, typename TT>
-void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial) {
+void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* bad) {
   using A = typename AccOf<TP>::type;
   const OverlapGeometry& g = a.geometry;
   const int64_t C = g.channels;
@@ -47,7 +73,7 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial) {
   const TP* w = kWeights ? static_cast<const TP*>(a.weights) +
                                (r.image * g.pixels + r.first_pixel) * w_stride
                          : nullptr;
-  if (C == 1) {
+  if (single_channel_path(g, a.labels)) {
     // A SIMD reduction: the compiler keeps one partial sum per vector lane and
     // adds the lanes in a fixed order, so the result depends on the build's
     // vector width only, never on the run or the thread count.
@@ -65,13 +91,25 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial) {
     return;
   }
   std::vector<A> acc(static_cast<size_t>(3 * C), A(0));
+  std::vector<A> p(static_cast<size_t>(C));
+  const LabelOptions& lab = a.labels;
+  const TT* labels = static_cast<const TT*>(a.y_true) + r.image * g.pixels + r.first_pixel;
   for (int64_t px = 0; px < r.pixels; ++px) {
-    const TP* pp = pred + px * C;
+    int64_t label = -1;
+    if (lab.sparse) {
+      label = static_cast<int64_t>(load_as<double>(labels[px]));
+      if (lab.has_ignore && label == lab.ignore_index) continue;
+      if (label < 0 || label >= C) {
+        if (bad->pixel < 0) *bad = BadLabel{r.first_pixel + px, label};
+        continue;
+      }
+    }
+    pixel_probabilities<kLogits>(pred + px * C, C, lab.softmax, p.data());
     const TT* tp = tru + px * C;
     for (int64_t c = 0; c < C; ++c) {
-      const A p = probability<kLogits>(load_as<A>(pp[c]));
+      const A t = lab.sparse ? A(c == label ? 1 : 0) : load_as<A>(tp[c]);
       const A wv = kWeights ? load_as<A>(w[px * w_stride + (g.weights_per_pixel ? 0 : c)]) : A(1);
-      accumulate_overlap(p, load_as<A>(tp[c]), wv, acc[3 * c], acc[3 * c + 1], acc[3 * c + 2]);
+      accumulate_overlap(p[c], t, wv, acc[3 * c], acc[3 * c + 1], acc[3 * c + 2]);
     }
   }
   for (int64_t j = 0; j < 3 * C; ++j) partial[j] = acc[j];
@@ -120,9 +158,10 @@ int64_t cycles_per_element(bool from_logits) { return from_logits ? 24 : 6; }
 
 template <typename TP, typename TT>
 struct StatsCpu {
-  static void run(const StatsArgs& a, const ParallelFor& parallel_for) {
+  static void run(const StatsArgs& a, const ParallelFor& parallel_for, std::string* error) {
     using A = typename AccOf<TP>::type;
     const OverlapGeometry& g = a.geometry;
+    std::vector<BadLabel> bad(static_cast<size_t>(a.labels.sparse ? g.chunks() : 0));
     auto body = [&](auto logits, auto weights) {
       constexpr bool kLogits = decltype(logits)::value;
       constexpr bool kWeights = decltype(weights)::value;
@@ -130,12 +169,24 @@ struct StatsCpu {
                    [&](int64_t begin, int64_t end) {
                      for (int64_t chunk = begin; chunk < end; ++chunk)
                        stats_chunk<kLogits, kWeights, TP, TT>(
-                           a, chunk, a.workspace + chunk * g.channels * 3);
+                           a, chunk, a.workspace + chunk * g.channels * 3,
+                           a.labels.sparse ? &bad[chunk] : nullptr);
                    });
     };
     dispatch_bool(a.from_logits, [&](auto logits) {
       dispatch_bool(a.weights != nullptr, [&](auto weights) { body(logits, weights); });
     });
+    for (int64_t chunk = 0; chunk < static_cast<int64_t>(bad.size()); ++chunk) {
+      if (bad[chunk].pixel < 0) continue;
+      *error = "label " + std::to_string(bad[chunk].value) + " at batch index " +
+               std::to_string(chunk / g.chunks_per_image()) + ", pixel " +
+               std::to_string(bad[chunk].pixel) +
+               " (flat index over the spatial axes) is outside [0, " + std::to_string(g.channels) +
+               ")" +
+               (a.labels.has_ignore ? " and is not ignore_index " + std::to_string(a.labels.ignore_index)
+                                    : std::string());
+      return;
+    }
     reduce_partials<A>(a);
   }
 };
@@ -170,21 +221,46 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
       return store_as<TP>(pred_gradient<kLogits>(p, load_as<A>(tru[i]), wv, g_i, g_p));
     }
   };
-  if (C == 1) {
+  if (single_channel_path(g, a.labels)) {
     // The group's gradients in registers: the loop then vectorizes.
     const A g_i = gi[0], g_p = gp[0], g_t = gt[0];
     for (int64_t i = 0; i < r.pixels; ++i) out[i] = element(i, i, g_i, g_p, g_t);
     return;
   }
-  for (int64_t px = 0; px < r.pixels; ++px)
-    for (int64_t c = 0; c < C; ++c)
-      out[px * C + c] = element(px * C + c, px * w_stride + (g.weights_per_pixel ? 0 : c), gi[c],
-                                gp[c], gt[c]);
+  const LabelOptions& lab = a.labels;
+  const TT* labels = static_cast<const TT*>(a.y_true) + r.image * g.pixels + r.first_pixel;
+  std::vector<A> p(static_cast<size_t>(C)), d(static_cast<size_t>(C));
+  for (int64_t px = 0; px < r.pixels; ++px) {
+    TP* o = out + px * C;
+    int64_t label = -1;
+    if (lab.sparse) {
+      label = static_cast<int64_t>(load_as<double>(labels[px]));
+      if (lab.has_ignore && label == lab.ignore_index) {
+        for (int64_t c = 0; c < C; ++c) o[c] = store_as<TP>(A(0));
+        continue;
+      }
+    }
+    pixel_probabilities<kLogits>(pred + px * C, C, lab.softmax, p.data());
+    const TT* tp = tru + px * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const A wv = kWeights ? load_as<A>(w[px * w_stride + (g.weights_per_pixel ? 0 : c)]) : A(1);
+      if constexpr (kWrtTrue) {
+        d[c] = true_gradient(p[c], wv, gi[c], gt[c]);
+      } else {
+        const A t = lab.sparse ? A(c == label ? 1 : 0) : load_as<A>(tp[c]);
+        // The sigmoid's Jacobian is per element; the softmax's couples the channels.
+        d[c] = (kLogits && !lab.softmax) ? pred_gradient<true>(p[c], t, wv, gi[c], gp[c])
+                                         : pred_gradient<false>(p[c], t, wv, gi[c], gp[c]);
+      }
+    }
+    if (kLogits && !kWrtTrue && lab.softmax) softmax_backward_inplace(p.data(), d.data(), C);
+    for (int64_t c = 0; c < C; ++c) o[c] = store_as<TP>(d[c]);
+  }
 }
 
 template <typename TP, typename TT>
 struct GradCpu {
-  static void run(const GradArgs& a, const ParallelFor& parallel_for) {
+  static void run(const GradArgs& a, const ParallelFor& parallel_for, std::string*) {
     const OverlapGeometry& g = a.geometry;
     advise_huge_pages(a.output, g.elements() * static_cast<int64_t>(sizeof(TP)));
     dispatch_bool(a.from_logits, [&](auto logits) {
@@ -207,11 +283,17 @@ struct GradCpu {
 }  // namespace
 
 std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for) {
-  return dispatch_pred_true<StatsCpu>(args.pred_dtype, args.true_dtype, args, parallel_for);
+  std::string error;
+  const std::string dispatch =
+      dispatch_pred_true<StatsCpu>(args.pred_dtype, args.true_dtype, args, parallel_for, &error);
+  return dispatch.empty() ? error : dispatch;
 }
 
 std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for) {
-  return dispatch_pred_true<GradCpu>(args.pred_dtype, args.true_dtype, args, parallel_for);
+  std::string error;
+  const std::string dispatch =
+      dispatch_pred_true<GradCpu>(args.pred_dtype, args.true_dtype, args, parallel_for, &error);
+  return dispatch.empty() ? error : dispatch;
 }
 
 }  // namespace fastiou

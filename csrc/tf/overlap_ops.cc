@@ -41,6 +41,9 @@ absl::Status StatsShape(InferenceContext* c, ShapeHandle pred, ShapeHandle* out)
 
 absl::Status MergeInputs(InferenceContext* c, ShapeHandle* pred) {
   TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(1), 2, pred));
+  bool sparse = false;
+  TF_RETURN_IF_ERROR(c->GetAttr("sparse", &sparse));
+  if (sparse) return absl::OkStatus();  // class indices: checked by the kernel
   ShapeHandle merged;
   TF_RETURN_IF_ERROR(c->Merge(c->input(0), *pred, &merged));
   *pred = merged;
@@ -60,6 +63,10 @@ REGISTER_OP("FastiouOverlapStats")
     .Attr("from_logits: bool = false")
     .Attr("per_image: bool = true")
     .Attr("has_weights: bool = false")
+    .Attr("softmax: bool = false")
+    .Attr("sparse: bool = false")
+    .Attr("has_ignore: bool = false")
+    .Attr("ignore_index: int = 0")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle pred, out;
       TF_RETURN_IF_ERROR(MergeInputs(c, &pred));
@@ -71,7 +78,11 @@ REGISTER_OP("FastiouOverlapStats")
 Soft overlap sums of channels-last masks in one pass:
 I = sum w*t*p, P = sum w*p, T = sum w*t per (image, channel), or per channel
 over the whole batch when per_image is false. With from_logits the sigmoid is
-applied to y_pred on the fly. Tacc is float64 for float64 y_pred, else float32.
+applied to y_pred on the fly (a softmax over the channels with softmax). With
+sparse, y_true holds one class index per pixel (shape of y_pred without its
+channel axis, or with a channel axis of 1) and t = (index == channel); pixels
+labelled ignore_index (with has_ignore) count nowhere. Tacc is float64 for
+float64 y_pred, else float32.
 )doc");
 
 REGISTER_OP("FastiouOverlapGrad")
@@ -89,6 +100,10 @@ REGISTER_OP("FastiouOverlapGrad")
     .Attr("per_image: bool = true")
     .Attr("has_weights: bool = false")
     .Attr("wrt_true: bool = false")
+    .Attr("softmax: bool = false")
+    .Attr("sparse: bool = false")
+    .Attr("has_ignore: bool = false")
+    .Attr("ignore_index: int = 0")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle pred;
       TF_RETURN_IF_ERROR(MergeInputs(c, &pred));
@@ -133,7 +148,16 @@ class OverlapOpBase : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("from_logits", &from_logits_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("per_image", &per_image_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("has_weights", &has_weights_));
-    DataType pred, acc;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("softmax", &labels_.softmax));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("sparse", &labels_.sparse));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("has_ignore", &labels_.has_ignore));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_index", &labels_.ignore_index));
+    DataType pred, acc, tru;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("Ttrue", &tru));
+    OP_REQUIRES(ctx, !labels_.sparse || tru == tensorflow::DT_UINT8 || tru == tensorflow::DT_INT32 ||
+                         tru == tensorflow::DT_INT64,
+                InvalidArgument("fastiou: sparse labels must be uint8, int32 or int64, got ",
+                                tensorflow::DataTypeString(tru)));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("T", &pred));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("Tacc", &acc));
     const DataType expected = pred == tensorflow::DT_DOUBLE ? tensorflow::DT_DOUBLE : tensorflow::DT_FLOAT;
@@ -154,7 +178,17 @@ class OverlapOpBase : public OpKernel {
       return InvalidArgument("fastiou: y_pred must have rank >= 2 (batch, ..., channels), got shape ",
                              shape.DebugString());
     }
-    if (y_true.shape() != shape) {
+    TensorShape per_pixel = shape;
+    per_pixel.set_dim(shape.dims() - 1, 1);
+    if (labels_.sparse) {
+      TensorShape no_channel = shape;
+      no_channel.RemoveLastDims(1);
+      if (y_true.shape() != no_channel && y_true.shape() != per_pixel) {
+        return InvalidArgument("fastiou: sparse y_true shape ", y_true.shape().DebugString(),
+                               " must be ", no_channel.DebugString(), " or ", per_pixel.DebugString(),
+                               " for y_pred shape ", shape.DebugString());
+      }
+    } else if (y_true.shape() != shape) {
       return InvalidArgument("fastiou: y_true shape ", y_true.shape().DebugString(),
                              " does not match y_pred shape ", shape.DebugString());
     }
@@ -164,8 +198,6 @@ class OverlapOpBase : public OpKernel {
     for (int d = 1; d + 1 < shape.dims(); ++d) g->pixels *= shape.dim_size(d);
     g->weights_per_pixel = false;
     if (has_weights_) {
-      TensorShape per_pixel = shape;
-      per_pixel.set_dim(shape.dims() - 1, 1);
       if (weights.shape() != shape && weights.shape() != per_pixel) {
         return InvalidArgument("fastiou: weights shape ", weights.shape().DebugString(),
                                " must equal y_pred shape ", shape.DebugString(), " or ",
@@ -183,6 +215,7 @@ class OverlapOpBase : public OpKernel {
   bool from_logits_ = false;
   bool per_image_ = true;
   bool has_weights_ = false;
+  fastiou::LabelOptions labels_;
 };
 
 class OverlapStatsOp : public OverlapOpBase {
@@ -200,6 +233,7 @@ class OverlapStatsOp : public OverlapOpBase {
                                            &workspace));
     fastiou::StatsArgs a;
     a.geometry = g;
+    a.labels = labels_;
     a.from_logits = from_logits_;
     a.per_image = per_image_;
     a.pred_dtype = ToDType(ctx->input(1).dtype());
@@ -236,6 +270,7 @@ class OverlapGradOp : public OverlapOpBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &out));
     fastiou::GradArgs a;
     a.geometry = g;
+    a.labels = labels_;
     a.from_logits = from_logits_;
     a.per_image = per_image_;
     a.wrt_true = wrt_true_;

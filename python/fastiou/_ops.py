@@ -39,12 +39,26 @@ def _static_dims(x):
     return x.shape.as_list() if x.shape.rank is not None else None
 
 
-def prepare_inputs(y_true, y_pred, weights=None):
+SPARSE_DTYPES = (tf.uint8, tf.int32, tf.int64)
+
+
+def is_sparse_shape(y_true, y_pred):
+    """Whether y_true holds class indices: y_pred's shape without its channel
+    axis, or with a channel axis of 1, while y_pred has several channels."""
+    rank, channels = y_pred.shape.rank, y_pred.shape[-1] if y_pred.shape.rank else None
+    if rank is None or y_true.shape.rank is None or channels == 1:
+        return False
+    if y_true.shape.rank == rank - 1:
+        return True
+    return y_true.shape.rank == rank and y_true.shape[-1] == 1 and channels != 1
+
+
+def prepare_inputs(y_true, y_pred, weights=None, sparse=False):
     """Converts and checks inputs; returns (y_true, y_pred, weights).
 
-    A y_true or weights missing only the trailing channel axis of a
+    A dense y_true or weights missing only the trailing channel axis of a
     single-channel y_pred gets it back (a free reshape). Weights are cast to
-    y_pred's dtype.
+    y_pred's dtype. Sparse y_true (class indices) keeps its shape.
     """
     y_pred = tf.convert_to_tensor(y_pred)
     y_true = tf.convert_to_tensor(y_true)
@@ -52,22 +66,39 @@ def prepare_inputs(y_true, y_pred, weights=None):
         raise TypeError(
             f"fastiou: y_pred must be float16, bfloat16, float32 or float64, got {y_pred.dtype.name}"
         )
-    if y_true.dtype not in TRUE_DTYPES:
-        raise TypeError(
-            "fastiou: y_true must be bool, uint8, int32, int64 or a float type, "
-            f"got {y_true.dtype.name}"
-        )
     rank = y_pred.shape.rank
     if rank is not None and rank < 2:
         raise ValueError(
             f"fastiou: y_pred must have rank >= 2 (batch, ..., channels), got shape {y_pred.shape}"
         )
-    if rank is not None and y_true.shape.rank == rank - 1 and y_pred.shape[-1] == 1:
-        y_true = tf.expand_dims(y_true, -1)
-    if not y_true.shape.is_compatible_with(y_pred.shape):
-        raise ValueError(
-            f"fastiou: y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}"
-        )
+    if sparse:
+        if y_true.dtype in (tf.int8, tf.int16, tf.uint16, tf.uint32):
+            y_true = tf.cast(y_true, tf.int32)
+        if y_true.dtype not in SPARSE_DTYPES:
+            raise TypeError(
+                f"fastiou: sparse labels (class indices) must be uint8, int32 or int64, got "
+                f"{y_true.dtype.name}"
+            )
+        if rank is not None and y_true.shape.rank is not None:
+            no_channel = y_pred.shape[:-1]
+            if not (y_true.shape.is_compatible_with(no_channel)
+                    or y_true.shape.is_compatible_with(no_channel.concatenate([1]))):
+                raise ValueError(
+                    f"fastiou: sparse y_true shape {y_true.shape} must be {no_channel} or "
+                    f"{no_channel.concatenate([1])} for y_pred shape {y_pred.shape}"
+                )
+    else:
+        if y_true.dtype not in TRUE_DTYPES:
+            raise TypeError(
+                "fastiou: y_true must be bool, uint8, int32, int64 or a float type, "
+                f"got {y_true.dtype.name}"
+            )
+        if rank is not None and y_true.shape.rank == rank - 1 and y_pred.shape[-1] == 1:
+            y_true = tf.expand_dims(y_true, -1)
+        if not y_true.shape.is_compatible_with(y_pred.shape):
+            raise ValueError(
+                f"fastiou: y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}"
+            )
     if weights is not None:
         weights = tf.convert_to_tensor(weights)
         if not weights.dtype.is_floating and not weights.dtype.is_integer and weights.dtype != tf.bool:
@@ -88,42 +119,63 @@ def prepare_inputs(y_true, y_pred, weights=None):
     return y_true, y_pred, weights
 
 
-def _plain_stats(y_true, y_pred, weights, from_logits, per_image):
+def _plain_stats(y_true, y_pred, weights, from_logits, per_image, softmax, sparse, ignore_index):
     """The same sums with ordinary TF ops, for XLA clusters (no XLA kernel yet)."""
     acc = accumulation_dtype(y_pred.dtype)
     p = tf.cast(y_pred, acc)
     if from_logits:
-        p = tf.sigmoid(p)
-    t = tf.cast(y_true, acc)
+        p = tf.nn.softmax(p, axis=-1) if softmax else tf.sigmoid(p)
     rank = y_pred.shape.rank
+    w = None if weights is None else tf.cast(weights, acc)
+    if sparse:
+        labels = tf.reshape(y_true, tf.shape(y_pred)[:-1])
+        t = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(y_pred)[-1], dtype=acc)
+        if ignore_index is not None:
+            keep = tf.cast(tf.not_equal(tf.cast(labels, tf.int64), ignore_index), acc)[..., None]
+            w = keep if w is None else w * keep
+    else:
+        t = tf.cast(y_true, acc)
     axes = list(range(1, rank - 1)) if per_image else list(range(rank - 1))
-    if weights is not None:
-        w = tf.cast(weights, acc)
-        wp = w * p
-        return tf.reduce_sum(wp * t, axes), tf.reduce_sum(wp, axes), tf.reduce_sum(w * t, axes)
-    return tf.reduce_sum(p * t, axes), tf.reduce_sum(p, axes), tf.reduce_sum(t, axes)
+    wp = p if w is None else w * p
+    wt = t if w is None else w * t
+    return tf.reduce_sum(wp * t, axes), tf.reduce_sum(wp, axes), tf.reduce_sum(wt, axes)
 
 
-def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=True):
+def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=True,
+                  softmax=False, sparse=None, ignore_index=None):
     """Soft overlap sums I = sum(w*t*p), P = sum(w*p), T = sum(w*t).
 
     Args:
       y_true: targets, bool, integer or float, same shape as y_pred (or that
-        shape without a trailing channel axis of 1).
+        shape without a trailing channel axis of 1); or, sparse, one class
+        index per pixel (uint8, int32, int64) of y_pred's shape without its
+        channel axis or with a channel axis of 1.
       y_pred: probabilities, or logits with `from_logits=True`; channels-last,
         rank >= 2: (B, C), (B, H, W, C), (B, D, H, W, C), ...
       weights: optional per-element weights, shape of y_pred or of y_pred with
         a channel axis of 1 (one weight per pixel).
-      from_logits: apply the sigmoid to y_pred inside the kernel.
+      from_logits: apply the activation to y_pred inside the kernel.
       per_image: sums per (image, channel), shape (B, C); otherwise per channel
         over the whole batch, shape (C,).
+      softmax: with from_logits, a softmax over the channel axis instead of a
+        sigmoid per channel.
+      sparse: y_true holds class indices; None infers it from the shapes.
+      ignore_index: a sparse label whose pixels count in no sum and get zero
+        gradient.
 
     Returns:
       (I, P, T) in float32, or float64 for float64 y_pred.
     """
-    y_true, y_pred, weights = prepare_inputs(y_true, y_pred, weights)
+    y_pred = tf.convert_to_tensor(y_pred)
+    y_true = tf.convert_to_tensor(y_true)
+    if sparse is None:
+        sparse = is_sparse_shape(y_true, y_pred)
+    if ignore_index is not None and not sparse:
+        raise ValueError("fastiou: ignore_index needs sparse labels (class indices)")
+    y_true, y_pred, weights = prepare_inputs(y_true, y_pred, weights, sparse=sparse)
     if in_xla_context():
-        return _plain_stats(y_true, y_pred, weights, from_logits, per_image)
+        return _plain_stats(y_true, y_pred, weights, from_logits, per_image, softmax, sparse,
+                            ignore_index)
     has_weights = weights is not None
     if not has_weights:
         weights = tf.zeros([0], y_pred.dtype)
@@ -135,6 +187,10 @@ def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=
         from_logits=from_logits,
         per_image=per_image,
         has_weights=has_weights,
+        softmax=softmax,
+        sparse=sparse,
+        has_ignore=ignore_index is not None,
+        ignore_index=0 if ignore_index is None else int(ignore_index),
     )
 
 
@@ -149,10 +205,14 @@ def _overlap_stats_grad(op, grad_i, grad_p, grad_t):
         from_logits=op.get_attr("from_logits"),
         per_image=op.get_attr("per_image"),
         has_weights=op.get_attr("has_weights"),
+        softmax=op.get_attr("softmax"),
+        sparse=op.get_attr("sparse"),
+        has_ignore=op.get_attr("has_ignore"),
+        ignore_index=op.get_attr("ignore_index"),
     )
     grad_pred = _lib.fastiou_overlap_grad(y_true, y_pred, weights, *grads, wrt_true=False, **attrs)
     grad_true = None
-    if y_true.dtype.is_floating:
+    if y_true.dtype.is_floating and not attrs["sparse"]:
         # A separate op: graphs that never use it prune it, so integer-free
         # training pays for one gradient pass only.
         grad_true = _lib.fastiou_overlap_grad(y_true, y_pred, weights, *grads, wrt_true=True, **attrs)

@@ -28,7 +28,9 @@ keep smooth > 0 (default 1) when images without foreground are common.
 import keras
 import tensorflow as tf
 
-from fastiou._ops import overlap_stats
+from fastiou._ops import is_sparse_shape, overlap_stats
+
+MODES = ("auto", "binary", "multilabel", "multiclass")
 
 try:  # Keras' own weighting and reduction, so sample_weight behaves as usual.
     from keras.src.losses.loss import reduce_weighted_values as _reduce_weighted_values
@@ -64,19 +66,32 @@ def _group_loss(index, gamma, log_loss):
     return tf.where(positive, tf.pow(safe, tf.constant(gamma, base.dtype)), tf.zeros_like(base))
 
 
-def _reduce_channels(loss, class_weights):
-    if class_weights is None:
+def _reduce_channels(loss, class_weights, classes=None):
+    channels = loss.shape[-1]
+    cw = None
+    if class_weights is not None:
+        cw = tf.reshape(tf.constant(class_weights, dtype=loss.dtype), [-1])
+        if channels is not None and cw.shape[0] != channels:
+            raise ValueError(
+                f"fastiou: class_weights has {cw.shape[0]} entries but y_pred has {channels} channels"
+            )
+    if classes is not None:
+        if channels is not None and any(c < 0 or c >= channels for c in classes):
+            raise ValueError(f"fastiou: classes {list(classes)} must lie in [0, {channels})")
+        loss = tf.gather(loss, classes, axis=-1)
+        if cw is not None:
+            cw = tf.gather(cw, classes)
+    if cw is None:
         return tf.reduce_mean(loss, axis=-1)
-    cw = tf.constant(class_weights, dtype=loss.dtype)
-    cw = tf.reshape(cw, [-1])
-    if loss.shape[-1] is not None and cw.shape[0] != loss.shape[-1]:
-        raise ValueError(
-            f"fastiou: class_weights has {cw.shape[0]} entries but y_pred has {loss.shape[-1]} channels"
-        )
     return tf.reduce_sum(loss * cw, axis=-1) / tf.reduce_sum(cw)
 
 
-def _check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights):
+def _check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights, mode="auto",
+                   classes=None):
+    if mode not in MODES:
+        raise ValueError(f"fastiou: mode must be one of {MODES}, got {mode!r}")
+    if classes is not None and len(classes) == 0:
+        raise ValueError("fastiou: classes must name at least one channel")
     if smooth < 0:
         raise ValueError(f"fastiou: smooth must be >= 0, got {smooth}")
     if kind == "tversky":
@@ -113,25 +128,54 @@ def overlap_loss(
     beta=0.5,
     gamma=1.0,
     weights=None,
+    mode="auto",
+    ignore_index=None,
+    classes=None,
 ):
     """Shared body of the functional losses; `kind` is jaccard, dice or tversky."""
-    _check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights)
-    I, P, T = overlap_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image)
+    _check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights, mode, classes)
+    y_true = tf.convert_to_tensor(y_true)
+    y_pred = tf.convert_to_tensor(y_pred)
+    sparse = is_sparse_shape(y_true, y_pred)
+    if mode == "auto":
+        mode = "multiclass" if sparse else "binary"
+    multiclass = mode == "multiclass"
+    if multiclass and y_pred.shape[-1] == 1:
+        raise ValueError("fastiou: mode='multiclass' needs y_pred with at least 2 channels")
+    if sparse and not multiclass:
+        raise ValueError(
+            f"fastiou: y_true of shape {y_true.shape} holds class indices, which need "
+            f"mode='multiclass' (got mode={mode!r})")
+    I, P, T = overlap_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
+                            softmax=multiclass, sparse=sparse, ignore_index=ignore_index)
     index = _index(kind, I, P, T, smooth, alpha, beta)
-    return _reduce_channels(_group_loss(index, gamma, log_loss), class_weights)
+    return _reduce_channels(_group_loss(index, gamma, log_loss), class_weights, classes)
 
 
 _ARGS_DOC = """
     Args:
-      y_true: targets in [0, 1]: bool, uint8, int32, int64 or float; the
-        shape of y_pred, or that shape without a trailing channel axis of 1.
+      y_true: targets in [0, 1]: bool, uint8, int32, int64 or float, the
+        shape of y_pred (or without a trailing channel axis of 1); or, for
+        multi-class, sparse class indices (uint8, int32, int64) of y_pred's
+        shape without its channel axis or with a channel axis of 1.
       y_pred: probabilities, or logits with `from_logits=True`; float16,
         bfloat16, float32 or float64; channels-last, rank >= 2.
-      from_logits: y_pred holds logits; the sigmoid runs inside the kernels.
+      from_logits: y_pred holds logits; the activation (sigmoid, or softmax
+        over the channels for multi-class) runs inside the kernels.
+      mode: "binary"/"multilabel" (a sigmoid per channel, element targets),
+        "multiclass" (softmax over the channels; one-hot or sparse targets)
+        or "auto" (default): "multiclass" when y_true holds class indices,
+        "binary" otherwise. One-hot multi-class targets need
+        mode="multiclass", since their shape alone does not say so.
+      ignore_index: a sparse label (e.g. 255) whose pixels count in no sum
+        and get zero gradient.
+      classes: the channels that enter the mean (e.g. all but background);
+        None for all.
       smooth: s, added to numerator and denominator.
       per_image: sums per image (the result has one loss per image, shape
         (B,)); otherwise sums over the whole batch (a scalar).
-      class_weights: weights of the channels in their mean; None for equal.
+      class_weights: weights of the channels in their mean, one per channel
+        of y_pred; None for equal.
       log_loss: -log(index) instead of 1 - index.
       weights: optional per-element weights, the shape of y_pred or with a
         channel axis of 1 (one weight per pixel).
@@ -142,25 +186,26 @@ _ARGS_DOC = """
 """
 
 
-def jaccard_loss(y_true, y_pred, *, from_logits=False, smooth=1.0, per_image=False,
-                 class_weights=None, log_loss=False, weights=None):
+def jaccard_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+                 class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None):
     return overlap_loss("jaccard", y_true, y_pred, from_logits=from_logits, smooth=smooth,
                         per_image=per_image, class_weights=class_weights, log_loss=log_loss,
-                        weights=weights)
+                        weights=weights, mode=mode, ignore_index=ignore_index, classes=classes)
 
 
-def dice_loss(y_true, y_pred, *, from_logits=False, smooth=1.0, per_image=False,
-              class_weights=None, log_loss=False, weights=None):
+def dice_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+              class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None):
     return overlap_loss("dice", y_true, y_pred, from_logits=from_logits, smooth=smooth,
                         per_image=per_image, class_weights=class_weights, log_loss=log_loss,
-                        weights=weights)
+                        weights=weights, mode=mode, ignore_index=ignore_index, classes=classes)
 
 
 def tversky_loss(y_true, y_pred, *, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False,
-                 smooth=1.0, per_image=False, class_weights=None, log_loss=False, weights=None):
+                 mode="auto", smooth=1.0, per_image=False, class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None):
     return overlap_loss("tversky", y_true, y_pred, from_logits=from_logits, smooth=smooth,
                         per_image=per_image, class_weights=class_weights, log_loss=log_loss,
-                        alpha=alpha, beta=beta, gamma=gamma, weights=weights)
+                        alpha=alpha, beta=beta, gamma=gamma, weights=weights, mode=mode,
+                        ignore_index=ignore_index, classes=classes)
 
 
 jaccard_loss.__doc__ = "Soft Jaccard (IoU) loss, 1 - (I + s) / (T + P - I + s).\n" + _ARGS_DOC
@@ -179,11 +224,14 @@ class _OverlapLoss(keras.losses.Loss):
 
     _kind = None
 
-    def __init__(self, *, from_logits=False, smooth=1.0, per_image=False, class_weights=None,
-                 log_loss=False, reduction="sum_over_batch_size", name=None, dtype=None,
-                 **options):
+    def __init__(self, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+                 class_weights=None, log_loss=False, ignore_index=None, classes=None,
+                 reduction="sum_over_batch_size", name=None, dtype=None, **options):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.from_logits = bool(from_logits)
+        self.mode = mode
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.classes = None if classes is None else [int(c) for c in _flat(classes)]
         self.smooth = float(smooth)
         self.per_image = bool(per_image)
         self.class_weights = None if class_weights is None else _flat(class_weights)
@@ -191,12 +239,13 @@ class _OverlapLoss(keras.losses.Loss):
         self._options = {k: float(v) for k, v in options.items()}
         _check_options(self._kind, self.smooth, self._options.get("alpha", 0.5),
                        self._options.get("beta", 0.5), self._options.get("gamma", 1.0),
-                       self.log_loss, self.class_weights)
+                       self.log_loss, self.class_weights, self.mode, self.classes)
 
     def call(self, y_true, y_pred):
         return overlap_loss(self._kind, y_true, y_pred, from_logits=self.from_logits,
                             smooth=self.smooth, per_image=self.per_image,
                             class_weights=self.class_weights, log_loss=self.log_loss,
+                            mode=self.mode, ignore_index=self.ignore_index, classes=self.classes,
                             **self._options)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -212,8 +261,9 @@ class _OverlapLoss(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(from_logits=self.from_logits, smooth=self.smooth, per_image=self.per_image,
-                      class_weights=self.class_weights, log_loss=self.log_loss)
+        config.update(from_logits=self.from_logits, mode=self.mode, smooth=self.smooth,
+                      per_image=self.per_image, class_weights=self.class_weights,
+                      log_loss=self.log_loss, ignore_index=self.ignore_index, classes=self.classes)
         config.update(self._options)
         return config
 
@@ -227,23 +277,30 @@ class JaccardLoss(_OverlapLoss):
         model.compile(optimizer="adam", loss=fastiou.losses.JaccardLoss(from_logits=True))
 
     Args:
-      from_logits: y_pred holds logits; the sigmoid runs inside the kernels.
+      from_logits: y_pred holds logits; the sigmoid (or, multi-class, the
+        softmax over the channels) runs inside the kernels.
+      mode: "auto" (default), "binary", "multilabel" or "multiclass"; see
+        `fastiou.jaccard_loss`. Multi-class targets may be sparse class
+        indices, read as such and never expanded to one-hot.
       smooth: s, added to numerator and denominator (default 1).
       per_image: one Jaccard per image, averaged by `reduction`; otherwise
         one Jaccard over the whole batch (default).
       class_weights: weights of the channels in their mean.
       log_loss: -log(J) instead of 1 - J.
+      ignore_index: sparse label whose pixels are left out (e.g. 255).
+      classes: channels that enter the mean (e.g. leave out background).
       reduction, name, dtype: as for any Keras loss. `sample_weight` weighs
         images and needs `per_image=True`.
     """
 
     _kind = "jaccard"
 
-    def __init__(self, from_logits=False, smooth=1.0, per_image=False, class_weights=None,
-                 log_loss=False, reduction="sum_over_batch_size", name="jaccard_loss",
-                 dtype=None):
-        super().__init__(from_logits=from_logits, smooth=smooth, per_image=per_image,
-                         class_weights=class_weights, log_loss=log_loss, reduction=reduction,
+    def __init__(self, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+                 class_weights=None, log_loss=False, ignore_index=None, classes=None,
+                 reduction="sum_over_batch_size", name="jaccard_loss", dtype=None):
+        super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
+                         class_weights=class_weights, log_loss=log_loss,
+                         ignore_index=ignore_index, classes=classes, reduction=reduction,
                          name=name, dtype=dtype)
 
 
@@ -259,10 +316,12 @@ class DiceLoss(_OverlapLoss):
 
     _kind = "dice"
 
-    def __init__(self, from_logits=False, smooth=1.0, per_image=False, class_weights=None,
-                 log_loss=False, reduction="sum_over_batch_size", name="dice_loss", dtype=None):
-        super().__init__(from_logits=from_logits, smooth=smooth, per_image=per_image,
-                         class_weights=class_weights, log_loss=log_loss, reduction=reduction,
+    def __init__(self, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+                 class_weights=None, log_loss=False, ignore_index=None, classes=None,
+                 reduction="sum_over_batch_size", name="dice_loss", dtype=None):
+        super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
+                         class_weights=class_weights, log_loss=log_loss,
+                         ignore_index=ignore_index, classes=classes, reduction=reduction,
                          name=name, dtype=dtype)
 
 
@@ -279,11 +338,13 @@ class TverskyLoss(_OverlapLoss):
 
     _kind = "tversky"
 
-    def __init__(self, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False, smooth=1.0,
-                 per_image=False, class_weights=None, log_loss=False,
-                 reduction="sum_over_batch_size", name="tversky_loss", dtype=None):
-        super().__init__(from_logits=from_logits, smooth=smooth, per_image=per_image,
-                         class_weights=class_weights, log_loss=log_loss, reduction=reduction,
+    def __init__(self, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False, mode="auto",
+                 smooth=1.0, per_image=False, class_weights=None, log_loss=False,
+                 ignore_index=None, classes=None, reduction="sum_over_batch_size",
+                 name="tversky_loss", dtype=None):
+        super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
+                         class_weights=class_weights, log_loss=log_loss,
+                         ignore_index=ignore_index, classes=classes, reduction=reduction,
                          name=name, dtype=dtype, alpha=alpha, beta=beta, gamma=gamma)
 
     @property
