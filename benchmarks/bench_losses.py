@@ -29,14 +29,21 @@ import subprocess
 import sys
 import time
 
+# Single-channel cases take a mask of y_pred's shape; multi-channel cases are
+# multi-class, with sparse uint8 labels (one class index per pixel) and 5% of
+# the pixels labelled 255 and ignored.
 CASES = {
     "16x256x256x1": (16, 256, 256, 1),
     "16x512x512x1": (16, 512, 512, 1),
     "8x128x128x128x1": (8, 128, 128, 128, 1),
+    "8x256x256x21": (8, 256, 256, 21),
+    "4x512x512x21": (4, 512, 512, 21),
+    "2x96x96x96x8": (2, 96, 96, 96, 8),
 }
 QUICK_CASES = {
     "16x256x256x1": (16, 256, 256, 1),
     "2x128x128x128x1": (2, 128, 128, 128, 1),
+    "4x128x128x21": (4, 128, 128, 21),
 }
 IMPLEMENTATIONS = ["fused", "keras", "fused-xla", "keras-xla"]
 BASELINE = "keras"
@@ -68,16 +75,31 @@ def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
 
     rng = np.random.default_rng(0)
     logits = inputs == "logits"
+    multiclass = shape[-1] > 1
     z = rng.normal(scale=2.0, size=shape).astype(np.float32)
-    y_pred = tf.constant(z if logits else 1.0 / (1.0 + np.exp(-z)))
-    y_true = tf.constant((rng.random(shape, dtype=np.float32) < 0.05).astype(mask_dtype))
-    del z
+    if logits:
+        pred = z
+    elif multiclass:
+        pred = np.exp(z - z.max(-1, keepdims=True))
+        pred /= pred.sum(-1, keepdims=True)
+    else:
+        pred = 1.0 / (1.0 + np.exp(-z))
+    y_pred = tf.constant(pred)
+    del z, pred
+    options = {"from_logits": logits}
+    if multiclass:
+        labels = rng.integers(0, shape[-1], size=shape[:-1]).astype(np.uint8)
+        labels[rng.random(shape[:-1], dtype=np.float32) < 0.05] = 255
+        y_true = tf.constant(labels)
+        options["ignore_index"] = 255
+    else:
+        y_true = tf.constant((rng.random(shape, dtype=np.float32) < 0.05).astype(mask_dtype))
     fn = fastiou.jaccard_loss if impl.startswith("fused") else fastiou.reference.jaccard_loss
 
     def step(t, p):
         with tf.GradientTape() as tape:
             tape.watch(p)
-            loss = fn(t, p, from_logits=logits)
+            loss = fn(t, p, **options)
         return loss, tape.gradient(loss, p)
 
     step = tf.function(step, jit_compile=impl.endswith("xla"))
@@ -165,7 +187,8 @@ def spawn(shape, impl, inputs, mask_dtype, repeats, measure):
 
 def markdown_table(rows, machine, mask_dtype):
     lines = [f"Forward + backward of the Jaccard loss (median over at least 1 s) on {machine['cpu']} ({machine['cores']} cores), "
-             f"TensorFlow {machine['tensorflow']}, float32 y_pred, {mask_dtype} y_true; time in ms "
+             f"TensorFlow {machine['tensorflow']}, float32 y_pred, {mask_dtype} y_true (multi-class "
+             "cases: sparse uint8 labels, 5% ignored); time in ms "
              "(median), speedup over the pure-Keras graph version, peak extra memory in "
              "mask-sized float32 tensors.", "",
              "| case | inputs | fused | keras | fused-xla | keras-xla | fused speedup | fused / keras memory |",
@@ -190,6 +213,8 @@ def fmt_mib(b):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller cases, logits only, 3 repeats")
+    parser.add_argument("--suite", choices=["all", "binary", "multiclass"], default="all",
+                        help="single-channel cases, multi-class cases, or both")
     parser.add_argument("--cases", nargs="*", help=f"subset of {list(CASES)}")
     parser.add_argument("--inputs", nargs="*", default=None, choices=["logits", "probabilities"])
     parser.add_argument("--impls", nargs="*", default=IMPLEMENTATIONS, choices=IMPLEMENTATIONS)
@@ -212,12 +237,15 @@ def main(argv=None):
         if unknown:
             parser.error(f"unknown cases {sorted(unknown)}")
         cases = {k: {**CASES, **QUICK_CASES}[k] for k in args.cases}
+    if args.suite != "all":
+        cases = {k: v for k, v in cases.items() if (v[-1] > 1) == (args.suite == "multiclass")}
     inputs = args.inputs or (["logits"] if args.quick else ["logits", "probabilities"])
     repeats = args.repeats or (3 if args.quick else 7)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     machine = machine_description()
     print(f"fastiou benchmark on {machine['cpu']} ({machine['cores']} cores), "
-          f"TensorFlow {machine['tensorflow']}, y_pred float32, y_true {args.mask_dtype}")
+          f"TensorFlow {machine['tensorflow']}, y_pred float32, y_true {args.mask_dtype} "
+          "(multi-class: sparse uint8 labels)")
     print(f"forward+backward of the Jaccard loss, median of at least {repeats} runs (and of 1 s)\n")
     header = (f"{'case':<18}{'inputs':<14}{'impl':<11}{'time ms':>10}{'speedup':>9}"
               f"{'peak extra MiB':>16}{'x mask':>8}")
@@ -239,7 +267,8 @@ def main(argv=None):
             base = results.get(BASELINE)
             for impl, r in results.items():
                 r.update(case=case, shape=list(shape), inputs=inp, impl=impl,
-                         mask_dtype=args.mask_dtype, pred_dtype="float32")
+                         mask_dtype="uint8 sparse" if shape[-1] > 1 else args.mask_dtype,
+                         pred_dtype="float32")
                 r["speedup_vs_keras"] = base["time_s"] / r["time_s"] if base else None
                 mask_bytes = r["elements"] * 4
                 r["peak_extra_masks"] = (None if r["peak_extra_bytes"] is None
