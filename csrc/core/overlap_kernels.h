@@ -60,7 +60,8 @@ struct LabelOptions {
   int64_t ignore_index = 0;
 };
 
-struct StatsArgs {
+// What both kernels read: the inputs and how to interpret them.
+struct OverlapInputs {
   OverlapGeometry geometry;
   LabelOptions labels;
   bool from_logits = false;
@@ -70,6 +71,9 @@ struct StatsArgs {
   const void* y_pred = nullptr;
   const void* y_true = nullptr;
   const void* weights = nullptr;  // pred_dtype, or nullptr for unit weights
+};
+
+struct StatsArgs : OverlapInputs {
   // Outputs of groups(per_image) values each, in double for float64
   // predictions and float otherwise.
   void* intersection = nullptr;
@@ -82,18 +86,9 @@ struct StatsArgs {
 // Doubles of scratch the stats kernel needs: 3 per chunk and channel.
 int64_t stats_workspace_doubles(const OverlapGeometry& geometry);
 
-struct GradArgs {
-  OverlapGeometry geometry;
-  LabelOptions labels;
-  bool from_logits = false;
-  bool per_image = true;
+struct GradArgs : OverlapInputs {
   // false: write dL/dy_pred; true: write dL/dy_true (in pred_dtype).
   bool wrt_true = false;
-  DType pred_dtype = DType::kFloat32;
-  DType true_dtype = DType::kFloat32;
-  const void* y_pred = nullptr;
-  const void* y_true = nullptr;
-  const void* weights = nullptr;
   // dL/dI, dL/dP, dL/dT per group, in the stats' accumulation type.
   const void* grad_intersection = nullptr;
   const void* grad_pred_sum = nullptr;

@@ -35,6 +35,30 @@ ChunkRange chunk_range(const OverlapGeometry& g, int64_t chunk) {
   return r;
 }
 
+// Pointers to one chunk's inputs.
+template <typename TP, typename TT>
+struct ChunkInputs {
+  ChunkRange r;
+  int64_t base;      // first element of the chunk
+  const TP* pred;
+  const TT* tru;     // element targets
+  const TT* labels;  // sparse targets, one per pixel
+  const TP* w;
+  int64_t w_stride;  // weights per pixel: 1 or channels
+
+  ChunkInputs(const OverlapInputs& a, int64_t chunk) {
+    const OverlapGeometry& g = a.geometry;
+    r = chunk_range(g, chunk);
+    const int64_t first = r.image * g.pixels + r.first_pixel;
+    base = first * g.channels;
+    pred = static_cast<const TP*>(a.y_pred) + base;
+    tru = static_cast<const TT*>(a.y_true) + base;
+    labels = static_cast<const TT*>(a.y_true) + first;
+    w_stride = g.weights_per_pixel ? 1 : g.channels;
+    w = a.weights ? static_cast<const TP*>(a.weights) + first * w_stride : nullptr;
+  }
+};
+
 // The first out-of-range sparse label a chunk met.
 struct BadLabel {
   int64_t pixel = -1;  // within its image
@@ -65,14 +89,13 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* b
   using A = typename AccOf<TP>::type;
   const OverlapGeometry& g = a.geometry;
   const int64_t C = g.channels;
-  const ChunkRange r = chunk_range(g, chunk);
-  const int64_t base = (r.image * g.pixels + r.first_pixel) * C;
-  const TP* pred = static_cast<const TP*>(a.y_pred) + base;
-  const TT* tru = static_cast<const TT*>(a.y_true) + base;
-  const int64_t w_stride = g.weights_per_pixel ? 1 : C;
-  const TP* w = kWeights ? static_cast<const TP*>(a.weights) +
-                               (r.image * g.pixels + r.first_pixel) * w_stride
-                         : nullptr;
+  const ChunkInputs<TP, TT> in(a, chunk);
+  const ChunkRange& r = in.r;
+  const TP* pred = in.pred;
+  const TT* tru = in.tru;
+  const TT* labels = in.labels;
+  const TP* w = in.w;
+  const int64_t w_stride = in.w_stride;
   if (single_channel_path(g, a.labels)) {
     // A SIMD reduction: the compiler keeps one partial sum per vector lane and
     // adds the lanes in a fixed order, so the result depends on the build's
@@ -93,7 +116,6 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* b
   std::vector<A> acc(static_cast<size_t>(3 * C), A(0));
   std::vector<A> p(static_cast<size_t>(C));
   const LabelOptions& lab = a.labels;
-  const TT* labels = static_cast<const TT*>(a.y_true) + r.image * g.pixels + r.first_pixel;
   for (int64_t px = 0; px < r.pixels; ++px) {
     int64_t label = -1;
     if (lab.sparse) {
@@ -196,15 +218,14 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
   using A = typename AccOf<TP>::type;
   const OverlapGeometry& g = a.geometry;
   const int64_t C = g.channels;
-  const ChunkRange r = chunk_range(g, chunk);
-  const int64_t base = (r.image * g.pixels + r.first_pixel) * C;
-  const TP* pred = static_cast<const TP*>(a.y_pred) + base;
-  const TT* tru = static_cast<const TT*>(a.y_true) + base;
-  TP* __restrict out = static_cast<TP*>(a.output) + base;
-  const int64_t w_stride = g.weights_per_pixel ? 1 : C;
-  const TP* w = kWeights ? static_cast<const TP*>(a.weights) +
-                               (r.image * g.pixels + r.first_pixel) * w_stride
-                         : nullptr;
+  const ChunkInputs<TP, TT> in(a, chunk);
+  const ChunkRange& r = in.r;
+  const TP* pred = in.pred;
+  const TT* tru = in.tru;
+  const TT* labels = in.labels;
+  const TP* w = in.w;
+  const int64_t w_stride = in.w_stride;
+  TP* __restrict out = static_cast<TP*>(a.output) + in.base;
   const int64_t row = a.per_image ? r.image * C : 0;
   const A* gi = static_cast<const A*>(a.grad_intersection) + row;
   const A* gp = static_cast<const A*>(a.grad_pred_sum) + row;
@@ -228,7 +249,6 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
     return;
   }
   const LabelOptions& lab = a.labels;
-  const TT* labels = static_cast<const TT*>(a.y_true) + r.image * g.pixels + r.first_pixel;
   std::vector<A> p(static_cast<size_t>(C)), d(static_cast<size_t>(C));
   for (int64_t px = 0; px < r.pixels; ++px) {
     TP* o = out + px * C;

@@ -208,6 +208,20 @@ class OverlapOpBase : public OpKernel {
     return absl::OkStatus();
   }
 
+  // The inputs both kernels read, after ValidateInputs.
+  void FillInputs(OpKernelContext* ctx, const fastiou::OverlapGeometry& g,
+                  fastiou::OverlapInputs* in) const {
+    in->geometry = g;
+    in->labels = labels_;
+    in->from_logits = from_logits_;
+    in->per_image = per_image_;
+    in->pred_dtype = ToDType(ctx->input(1).dtype());
+    in->true_dtype = ToDType(ctx->input(0).dtype());
+    in->y_true = ctx->input(0).data();
+    in->y_pred = ctx->input(1).data();
+    in->weights = has_weights_ ? ctx->input(2).data() : nullptr;
+  }
+
   TensorShape StatsShape(const fastiou::OverlapGeometry& g) const {
     return per_image_ ? TensorShape({g.batch, g.channels}) : TensorShape({g.channels});
   }
@@ -232,15 +246,7 @@ class OverlapStatsOp : public OverlapOpBase {
                                            TensorShape({fastiou::stats_workspace_doubles(g)}),
                                            &workspace));
     fastiou::StatsArgs a;
-    a.geometry = g;
-    a.labels = labels_;
-    a.from_logits = from_logits_;
-    a.per_image = per_image_;
-    a.pred_dtype = ToDType(ctx->input(1).dtype());
-    a.true_dtype = ToDType(ctx->input(0).dtype());
-    a.y_true = ctx->input(0).data();
-    a.y_pred = ctx->input(1).data();
-    a.weights = has_weights_ ? ctx->input(2).data() : nullptr;
+    FillInputs(ctx, g, &a);
     a.intersection = out[0]->data();
     a.pred_sum = out[1]->data();
     a.true_sum = out[2]->data();
@@ -269,16 +275,8 @@ class OverlapGradOp : public OverlapOpBase {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &out));
     fastiou::GradArgs a;
-    a.geometry = g;
-    a.labels = labels_;
-    a.from_logits = from_logits_;
-    a.per_image = per_image_;
+    FillInputs(ctx, g, &a);
     a.wrt_true = wrt_true_;
-    a.pred_dtype = ToDType(ctx->input(1).dtype());
-    a.true_dtype = ToDType(ctx->input(0).dtype());
-    a.y_true = ctx->input(0).data();
-    a.y_pred = ctx->input(1).data();
-    a.weights = has_weights_ ? ctx->input(2).data() : nullptr;
     a.grad_intersection = ctx->input(3).data();
     a.grad_pred_sum = ctx->input(4).data();
     a.grad_true_sum = ctx->input(5).data();
