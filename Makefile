@@ -9,10 +9,10 @@ SOURCES := $(shell find csrc python -type f -not -name '*.pyc') CMakeLists.txt p
 
 setup: $(STAMP)
 
-$(VENV)/.deps:
+$(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "tensorflow>=2.21,<2.22" "keras>=3.10" numpy pytest \
+	$(PY) -m pip install --quiet "tensorflow>=2.21,<2.22" "keras>=3.10" numpy pytest pybind11 \
 		"scikit-build-core>=0.10" ninja
 	touch $@
 

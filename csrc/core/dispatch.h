@@ -32,10 +32,18 @@ bool dispatch_pred_dtype(DType dtype, F&& f) {
   }
 }
 
-template <typename F>
+// kBoolAsByte reads bool targets through uint8_t (a bool is stored as one byte
+// holding 0 or 1), which spares the CUDA build a set of instantiations.
+template <bool kBoolAsByte = false, typename F>
 bool dispatch_label_dtype(DType dtype, F&& f) {
   switch (dtype) {
-    case DType::kBool: f(bool{}); return true;
+    case DType::kBool:
+      if constexpr (kBoolAsByte) {
+        f(uint8_t{});
+      } else {
+        f(bool{});
+      }
+      return true;
     case DType::kUInt8: f(uint8_t{}); return true;
     case DType::kInt32: f(int32_t{}); return true;
     case DType::kInt64: f(int64_t{}); return true;
@@ -44,11 +52,11 @@ bool dispatch_label_dtype(DType dtype, F&& f) {
 }
 
 // Runs Kernel<TP, TT>::run(args...) for the prediction and target dtypes.
-template <template <typename, typename> class Kernel, typename... Args>
+template <template <typename, typename> class Kernel, bool kBoolAsByte = false, typename... Args>
 std::string dispatch_pred_true(DType pred, DType tru, Args&&... args) {
   bool ran = false;
   dispatch_pred_dtype(pred, [&](auto p) {
-    dispatch_label_dtype(tru, [&](auto t) {
+    dispatch_label_dtype<kBoolAsByte>(tru, [&](auto t) {
       Kernel<decltype(p), decltype(t)>::run(args...);
       ran = true;
     });

@@ -31,6 +31,68 @@ int64_t stats_workspace_doubles(const OverlapGeometry& geometry) {
   return geometry.chunks() * geometry.channels * 3;
 }
 
+std::string shape_string(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ",";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const Shape* weights,
+                                    const LabelOptions& labels, OverlapGeometry* g) {
+  if (pred.size() < 2) {
+    return "y_pred must have rank >= 2 (batch, ..., channels), got shape " + shape_string(pred);
+  }
+  for (int64_t d : pred) {
+    if (d < 0) return "y_pred shape " + shape_string(pred) + " has a negative dimension";
+  }
+  Shape per_pixel = pred;
+  per_pixel.back() = 1;
+  if (labels.sparse) {
+    const Shape no_channel(pred.begin(), pred.end() - 1);
+    if (tru != no_channel && tru != per_pixel) {
+      return "sparse y_true shape " + shape_string(tru) + " must be " + shape_string(no_channel) +
+             " or " + shape_string(per_pixel) + " for y_pred shape " + shape_string(pred);
+    }
+  } else if (tru != pred) {
+    return "y_true shape " + shape_string(tru) + " does not match y_pred shape " +
+           shape_string(pred);
+  }
+  g->batch = pred.front();
+  g->channels = pred.back();
+  g->pixels = 1;
+  for (size_t d = 1; d + 1 < pred.size(); ++d) g->pixels *= pred[d];
+  g->weights_per_pixel = false;
+  if (weights) {
+    if (*weights != pred && *weights != per_pixel) {
+      return "weights shape " + shape_string(*weights) + " must equal y_pred shape " +
+             shape_string(pred) + " or " + shape_string(per_pixel);
+    }
+    g->weights_per_pixel = *weights != pred;
+  }
+  return std::string();
+}
+
+std::string bad_label_message(const OverlapInputs& in, int64_t image, int64_t pixel,
+                              int64_t value) {
+  std::string s = "label " + std::to_string(value) + " at batch index " + std::to_string(image) +
+                  ", pixel " + std::to_string(pixel) +
+                  " (flat index over the spatial axes) is outside [0, " +
+                  std::to_string(in.geometry.channels) + ")";
+  if (in.labels.has_ignore) s += " and is not ignore_index " + std::to_string(in.labels.ignore_index);
+  return s;
+}
+
+bool built_with_cuda() {
+#if defined(FASTIOU_WITH_CUDA) && FASTIOU_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
 ParallelFor serial_parallel_for() {
   return [](int64_t units, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
     if (units > 0) fn(0, units);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace fastiou {
 
@@ -96,6 +97,18 @@ struct GradArgs : OverlapInputs {
   void* output = nullptr;  // pred_dtype, same shape as y_pred
 };
 
+// Checks the shapes of y_pred, y_true and (when has_weights) weights against
+// each other and the label options, and derives the geometry. Returns an
+// empty string, or a message naming the problem. Every adapter calls it.
+using Shape = std::vector<int64_t>;
+std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const Shape* weights,
+                                    const LabelOptions& labels, OverlapGeometry* geometry);
+std::string shape_string(const Shape& shape);
+
+// The error for a sparse label outside [0, channels) that is not ignore_index.
+std::string bad_label_message(const OverlapInputs& inputs, int64_t image, int64_t pixel,
+                              int64_t value);
+
 // Runs fn(begin, end) over [0, units) on some threads; every unit costs about
 // cost_per_unit cycles. Results never depend on how units are split up.
 using ParallelFor =
@@ -111,5 +124,33 @@ ParallelFor serial_parallel_for();
 // kernel treats such a label as matching no channel; it never indexes by it.
 std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for);
 std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for);
+
+// Whether this build of fastiou holds the CUDA kernels below.
+bool built_with_cuda();
+
+// CUDA kernels (defined only when built_with_cuda()). Every pointer in the
+// args is device memory; `stream` is a cudaStream_t. They enqueue their work
+// on the stream and return without synchronizing: an empty string, or the
+// launch error. The stats kernel needs a caller-provided device workspace of
+// stats_workspace_doubles_cuda() doubles in args.workspace (any initial
+// content). Its reduction is two-stage over a partition fixed by the shape, so
+// the sums are bitwise the same on every run.
+//
+// A sparse label outside [0, channels) that is not ignore_index cannot raise
+// from the GPU without a synchronization: the stats kernel then writes NaN to
+// every sum and records the first such label (lowest flat pixel index) in the
+// workspace, where cuda_bad_label() finds it once the stream has run.
+int64_t stats_workspace_doubles_cuda(const OverlapInputs& inputs);
+std::string overlap_stats_cuda(const StatsArgs& args, void* stream);
+std::string overlap_grad_cuda(const GradArgs& args, void* stream);
+
+// The first out-of-range label of a stats launch: flat pixel index over
+// batch and spatial axes (-1 when none) and its value.
+struct CudaLabelRecord {
+  int64_t flat_pixel;
+  int64_t value;
+};
+// Offset, in doubles, of the CudaLabelRecord in the stats workspace.
+constexpr int64_t kCudaLabelRecordOffset = 0;
 
 }  // namespace fastiou

@@ -210,8 +210,35 @@ FASTIOU_HD Acc true_gradient(Acc p, Acc w, Acc g_i, Acc g_t) {
   return w * (g_i * p + g_t);
 }
 
-// Softmax over one pixel's C channels, in place, with the maximum subtracted
-// first so that no exponent overflows.
+// Softmax of a pixel's C logits, p_c = e^(z_c - m) / sum_k e^(z_k - m), with m
+// the maximum, so that no exponent overflows. Kernels that keep the pixel in
+// registers or cache get (m, 1/sum) once with softmax_norm and each p_c with
+// softmax_prob; kernels that keep it in an array call softmax_inplace. Both
+// evaluate the same operations in the same order.
+template <typename Acc>
+struct SoftmaxNorm {
+  Acc max;
+  Acc inv_sum;
+};
+
+// z(c) loads logit c of the pixel as Acc.
+template <typename Acc, typename Load>
+FASTIOU_HD SoftmaxNorm<Acc> softmax_norm(const Load& z, int64_t channels) {
+  Acc m = z(0);
+  for (int64_t c = 1; c < channels; ++c) {
+    const Acc v = z(c);
+    m = v > m ? v : m;
+  }
+  Acc sum = 0;
+  for (int64_t c = 0; c < channels; ++c) sum += exp_(z(c) - m);
+  return SoftmaxNorm<Acc>{m, Acc(1) / sum};
+}
+
+template <typename Acc>
+FASTIOU_HD Acc softmax_prob(Acc z, SoftmaxNorm<Acc> n) {
+  return exp_(z - n.max) * n.inv_sum;
+}
+
 template <typename Acc>
 FASTIOU_HD void softmax_inplace(Acc* x, int64_t channels) {
   Acc m = x[0];
@@ -225,13 +252,50 @@ FASTIOU_HD void softmax_inplace(Acc* x, int64_t channels) {
   for (int64_t c = 0; c < channels; ++c) x[c] *= inv;
 }
 
-// Softmax Jacobian applied to dL/dp of one pixel, in place:
-// dL/dz_k = p_k (dL/dp_k - sum_c p_c dL/dp_c).
+// Softmax Jacobian applied to dL/dp of one pixel: dL/dz_k = p_k (dL/dp_k - dot)
+// with dot = sum_c p_c dL/dp_c, accumulated over c in order.
+template <typename Acc>
+FASTIOU_HD Acc softmax_backward(Acc p, Acc dp, Acc dot) {
+  return p * (dp - dot);
+}
+
 template <typename Acc>
 FASTIOU_HD void softmax_backward_inplace(const Acc* p, Acc* dp, int64_t channels) {
   Acc dot = 0;
   for (int64_t c = 0; c < channels; ++c) dot += p[c] * dp[c];
-  for (int64_t c = 0; c < channels; ++c) dp[c] = p[c] * (dp[c] - dot);
+  for (int64_t c = 0; c < channels; ++c) dp[c] = softmax_backward(p[c], dp[c], dot);
+}
+
+// What a sparse label means for its pixel: a class in [0, channels), or one of
+// these when it names none.
+constexpr int64_t kLabelIgnored = -1;     // equals ignore_index: counts nowhere, zero gradient
+constexpr int64_t kLabelOutOfRange = -2;  // an error in the sums; matches no channel in the gradient
+
+FASTIOU_HD int64_t classify_label(int64_t label, int64_t channels, bool has_ignore,
+                                  int64_t ignore_index) {
+  if (has_ignore && label == ignore_index) return kLabelIgnored;
+  if (label < 0 || label >= channels) return kLabelOutOfRange;
+  return label;
+}
+
+// Target of channel c for a pixel whose sparse label is in class `label`.
+template <typename Acc>
+FASTIOU_HD Acc sparse_target(int64_t c, int64_t label) {
+  return c == label ? Acc(1) : Acc(0);
+}
+
+// A sparse label as stored, read as an integer.
+template <typename TT>
+FASTIOU_HD int64_t load_label(TT v) {
+  return static_cast<int64_t>(v);
+}
+template <>
+FASTIOU_HD int64_t load_label<f16_t>(f16_t v) {
+  return static_cast<int64_t>(half_bits_to_float(v.bits));
+}
+template <>
+FASTIOU_HD int64_t load_label<bf16_t>(bf16_t v) {
+  return static_cast<int64_t>(load_as<float>(v));
 }
 
 }  // namespace fastiou

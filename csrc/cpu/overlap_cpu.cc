@@ -119,17 +119,18 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* b
   for (int64_t px = 0; px < r.pixels; ++px) {
     int64_t label = -1;
     if (lab.sparse) {
-      label = static_cast<int64_t>(load_as<double>(labels[px]));
-      if (lab.has_ignore && label == lab.ignore_index) continue;
-      if (label < 0 || label >= C) {
-        if (bad->pixel < 0) *bad = BadLabel{r.first_pixel + px, label};
+      const int64_t raw = load_label(labels[px]);
+      label = classify_label(raw, C, lab.has_ignore, lab.ignore_index);
+      if (label == kLabelIgnored) continue;
+      if (label == kLabelOutOfRange) {
+        if (bad->pixel < 0) *bad = BadLabel{r.first_pixel + px, raw};
         continue;
       }
     }
     pixel_probabilities<kLogits>(pred + px * C, C, lab.softmax, p.data());
     const TT* tp = tru + px * C;
     for (int64_t c = 0; c < C; ++c) {
-      const A t = lab.sparse ? A(c == label ? 1 : 0) : load_as<A>(tp[c]);
+      const A t = lab.sparse ? sparse_target<A>(c, label) : load_as<A>(tp[c]);
       const A wv = kWeights ? load_as<A>(w[px * w_stride + (g.weights_per_pixel ? 0 : c)]) : A(1);
       accumulate_overlap(p[c], t, wv, acc[3 * c], acc[3 * c + 1], acc[3 * c + 2]);
     }
@@ -200,13 +201,7 @@ struct StatsCpu {
     });
     for (int64_t chunk = 0; chunk < static_cast<int64_t>(bad.size()); ++chunk) {
       if (bad[chunk].pixel < 0) continue;
-      *error = "label " + std::to_string(bad[chunk].value) + " at batch index " +
-               std::to_string(chunk / g.chunks_per_image()) + ", pixel " +
-               std::to_string(bad[chunk].pixel) +
-               " (flat index over the spatial axes) is outside [0, " + std::to_string(g.channels) +
-               ")" +
-               (a.labels.has_ignore ? " and is not ignore_index " + std::to_string(a.labels.ignore_index)
-                                    : std::string());
+      *error = bad_label_message(a, chunk / g.chunks_per_image(), bad[chunk].pixel, bad[chunk].value);
       return;
     }
     reduce_partials<A>(a);
@@ -254,8 +249,8 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
     TP* o = out + px * C;
     int64_t label = -1;
     if (lab.sparse) {
-      label = static_cast<int64_t>(load_as<double>(labels[px]));
-      if (lab.has_ignore && label == lab.ignore_index) {
+      label = classify_label(load_label(labels[px]), C, lab.has_ignore, lab.ignore_index);
+      if (label == kLabelIgnored) {
         for (int64_t c = 0; c < C; ++c) o[c] = store_as<TP>(A(0));
         continue;
       }
@@ -267,7 +262,7 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
       if constexpr (kWrtTrue) {
         d[c] = true_gradient(p[c], wv, gi[c], gt[c]);
       } else {
-        const A t = lab.sparse ? A(c == label ? 1 : 0) : load_as<A>(tp[c]);
+        const A t = lab.sparse ? sparse_target<A>(c, label) : load_as<A>(tp[c]);
         // The sigmoid's Jacobian is per element; the softmax's couples the channels.
         d[c] = (kLogits && !lab.softmax) ? pred_gradient<true>(p[c], t, wv, gi[c], gp[c])
                                          : pred_gradient<false>(p[c], t, wv, gi[c], gp[c]);

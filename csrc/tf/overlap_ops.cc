@@ -1,6 +1,7 @@
 // TensorFlow custom ops for the binary/multi-label overlap statistics and their
 // gradient. The kernels validate every input and hand the work to the
-// framework-neutral C++ kernels on TensorFlow's intra-op thread pool.
+// framework-neutral kernels: C++ on TensorFlow's intra-op thread pool, CUDA on
+// TensorFlow's stream for the op's GPU.
 #include <string>
 
 #include "core/overlap_kernels.h"
@@ -9,6 +10,9 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
+#if FASTIOU_WITH_CUDA
+#include "xla/stream_executor/stream.h"
+#endif
 
 namespace fastiou_tf {
 
@@ -141,6 +145,18 @@ fastiou::ParallelFor ThreadPoolFor(OpKernelContext* ctx) {
   };
 }
 
+fastiou::Shape ToShape(const TensorShape& shape) {
+  const auto dims = shape.dim_sizes();
+  return fastiou::Shape(dims.begin(), dims.end());
+}
+
+#if FASTIOU_WITH_CUDA
+// The cudaStream_t of the stream TensorFlow runs this op's GPU work on.
+void* GpuStream(OpKernelContext* ctx) {
+  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
+}
+#endif
+
 // Attributes and input checks shared by the stats and gradient kernels.
 class OverlapOpBase : public OpKernel {
  public:
@@ -170,41 +186,11 @@ class OverlapOpBase : public OpKernel {
  protected:
   // Checks y_true, y_pred and weights and derives the geometry.
   absl::Status ValidateInputs(OpKernelContext* ctx, fastiou::OverlapGeometry* g) const {
-    const Tensor& y_true = ctx->input(0);
-    const Tensor& y_pred = ctx->input(1);
-    const Tensor& weights = ctx->input(2);
-    const TensorShape& shape = y_pred.shape();
-    if (shape.dims() < 2) {
-      return InvalidArgument("fastiou: y_pred must have rank >= 2 (batch, ..., channels), got shape ",
-                             shape.DebugString());
-    }
-    TensorShape per_pixel = shape;
-    per_pixel.set_dim(shape.dims() - 1, 1);
-    if (labels_.sparse) {
-      TensorShape no_channel = shape;
-      no_channel.RemoveLastDims(1);
-      if (y_true.shape() != no_channel && y_true.shape() != per_pixel) {
-        return InvalidArgument("fastiou: sparse y_true shape ", y_true.shape().DebugString(),
-                               " must be ", no_channel.DebugString(), " or ", per_pixel.DebugString(),
-                               " for y_pred shape ", shape.DebugString());
-      }
-    } else if (y_true.shape() != shape) {
-      return InvalidArgument("fastiou: y_true shape ", y_true.shape().DebugString(),
-                             " does not match y_pred shape ", shape.DebugString());
-    }
-    g->batch = shape.dim_size(0);
-    g->channels = shape.dim_size(shape.dims() - 1);
-    g->pixels = 1;
-    for (int d = 1; d + 1 < shape.dims(); ++d) g->pixels *= shape.dim_size(d);
-    g->weights_per_pixel = false;
-    if (has_weights_) {
-      if (weights.shape() != shape && weights.shape() != per_pixel) {
-        return InvalidArgument("fastiou: weights shape ", weights.shape().DebugString(),
-                               " must equal y_pred shape ", shape.DebugString(), " or ",
-                               per_pixel.DebugString());
-      }
-      g->weights_per_pixel = weights.shape() != shape;
-    }
+    const fastiou::Shape weights = ToShape(ctx->input(2).shape());
+    const std::string err =
+        fastiou::validate_overlap_shapes(ToShape(ctx->input(1).shape()), ToShape(ctx->input(0).shape()),
+                                         has_weights_ ? &weights : nullptr, labels_, g);
+    if (!err.empty()) return InvalidArgument("fastiou: ", err);
     return absl::OkStatus();
   }
 
@@ -232,6 +218,9 @@ class OverlapOpBase : public OpKernel {
   fastiou::LabelOptions labels_;
 };
 
+// The same OpKernel serves both devices; kGpu picks the kernel it calls and
+// where its scratch lives.
+template <bool kGpu>
 class OverlapStatsOp : public OverlapOpBase {
  public:
   using OverlapOpBase::OverlapOpBase;
@@ -241,21 +230,34 @@ class OverlapStatsOp : public OverlapOpBase {
     OP_REQUIRES_OK(ctx, ValidateInputs(ctx, &g));
     Tensor* out[3];
     for (int i = 0; i < 3; ++i) OP_REQUIRES_OK(ctx, ctx->allocate_output(i, StatsShape(g), &out[i]));
-    Tensor workspace;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_DOUBLE,
-                                           TensorShape({fastiou::stats_workspace_doubles(g)}),
-                                           &workspace));
     fastiou::StatsArgs a;
     FillInputs(ctx, g, &a);
     a.intersection = out[0]->data();
     a.pred_sum = out[1]->data();
     a.true_sum = out[2]->data();
+    int64_t workspace_doubles = fastiou::stats_workspace_doubles(g);
+#if FASTIOU_WITH_CUDA
+    if constexpr (kGpu) workspace_doubles = fastiou::stats_workspace_doubles_cuda(a);
+#endif
+    Tensor workspace;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_DOUBLE, TensorShape({workspace_doubles}),
+                                           &workspace));
     a.workspace = static_cast<double*>(workspace.data());
-    const std::string err = fastiou::overlap_stats_cpu(a, ThreadPoolFor(ctx));
-    OP_REQUIRES(ctx, err.empty(), InvalidArgument("fastiou: ", err));
+    if constexpr (kGpu) {
+#if FASTIOU_WITH_CUDA
+      // A bad sparse label turns the sums into NaN on the GPU (see
+      // overlap_kernels.h); raising would need a synchronization every step.
+      const std::string err = fastiou::overlap_stats_cuda(a, GpuStream(ctx));
+      OP_REQUIRES(ctx, err.empty(), tensorflow::errors::Internal("fastiou: ", err));
+#endif
+    } else {
+      const std::string err = fastiou::overlap_stats_cpu(a, ThreadPoolFor(ctx));
+      OP_REQUIRES(ctx, err.empty(), InvalidArgument("fastiou: ", err));
+    }
   }
 };
 
+template <bool kGpu>
 class OverlapGradOp : public OverlapOpBase {
  public:
   explicit OverlapGradOp(OpKernelConstruction* ctx) : OverlapOpBase(ctx) {
@@ -281,15 +283,26 @@ class OverlapGradOp : public OverlapOpBase {
     a.grad_pred_sum = ctx->input(4).data();
     a.grad_true_sum = ctx->input(5).data();
     a.output = out->data();
-    const std::string err = fastiou::overlap_grad_cpu(a, ThreadPoolFor(ctx));
-    OP_REQUIRES(ctx, err.empty(), InvalidArgument("fastiou: ", err));
+    if constexpr (kGpu) {
+#if FASTIOU_WITH_CUDA
+      const std::string err = fastiou::overlap_grad_cuda(a, GpuStream(ctx));
+      OP_REQUIRES(ctx, err.empty(), tensorflow::errors::Internal("fastiou: ", err));
+#endif
+    } else {
+      const std::string err = fastiou::overlap_grad_cpu(a, ThreadPoolFor(ctx));
+      OP_REQUIRES(ctx, err.empty(), InvalidArgument("fastiou: ", err));
+    }
   }
 
  private:
   bool wrt_true_ = false;
 };
 
-REGISTER_KERNEL_BUILDER(Name("FastiouOverlapStats").Device(tensorflow::DEVICE_CPU), OverlapStatsOp);
-REGISTER_KERNEL_BUILDER(Name("FastiouOverlapGrad").Device(tensorflow::DEVICE_CPU), OverlapGradOp);
+REGISTER_KERNEL_BUILDER(Name("FastiouOverlapStats").Device(tensorflow::DEVICE_CPU), OverlapStatsOp<false>);
+REGISTER_KERNEL_BUILDER(Name("FastiouOverlapGrad").Device(tensorflow::DEVICE_CPU), OverlapGradOp<false>);
+#if FASTIOU_WITH_CUDA
+REGISTER_KERNEL_BUILDER(Name("FastiouOverlapStats").Device(tensorflow::DEVICE_GPU), OverlapStatsOp<true>);
+REGISTER_KERNEL_BUILDER(Name("FastiouOverlapGrad").Device(tensorflow::DEVICE_GPU), OverlapGradOp<true>);
+#endif
 
 }  // namespace fastiou_tf

@@ -1,0 +1,186 @@
+"""The framework-neutral module (fastiou.kernels) on NumPy arrays: the C++
+kernels against the float64 oracle, bitwise against the TensorFlow op, and its
+input checks; plus what the build says about CUDA."""
+
+import importlib.util
+import shutil
+
+import numpy as np
+import pytest
+
+import fastiou.kernels as fk
+from overlap_oracle import grad as oracle_grad
+from overlap_oracle import jaccard_group_grads
+from overlap_oracle import sums as oracle_sums
+
+HAVE_TF = importlib.util.find_spec("tensorflow") is not None
+
+# (name, channels, options, target kind)
+MODES = [
+    ("binary-logits", 1, dict(from_logits=True), "mask"),
+    ("binary-probabilities", 1, dict(from_logits=False), "mask"),
+    ("multilabel-logits", 3, dict(from_logits=True), "mask"),
+    ("softmax-one-hot", 4, dict(from_logits=True, softmax=True), "one-hot"),
+    ("softmax-sparse-ignore", 5, dict(from_logits=True, softmax=True, sparse=True, ignore_index=255),
+     "labels"),
+    ("probabilities-sparse", 3, dict(from_logits=False, softmax=True, sparse=True), "labels"),
+]
+
+
+def make_case(rng, shape, kind, from_logits, true_dtype="uint8", pred_dtype="float32", ignore=None):
+    z = rng.normal(scale=2.0, size=shape)
+    if not from_logits:
+        z = 1.0 / (1.0 + np.exp(-z)) if kind == "mask" else np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    if kind == "mask":
+        t = (rng.random(shape) < 0.3).astype(true_dtype)
+    elif kind == "one-hot":
+        t = np.eye(shape[-1], dtype=true_dtype)[rng.integers(0, shape[-1], size=shape[:-1])]
+    else:
+        t = rng.integers(0, shape[-1], size=shape[:-1])
+        if ignore is not None:
+            t = np.where(rng.random(shape[:-1]) < 0.1, ignore, t)
+        t = t.astype(true_dtype)
+    return t, z.astype(pred_dtype)
+
+
+def tolerance(pred_dtype):
+    return {"float16": 2e-3, "float32": 2e-5, "float64": 1e-12}[pred_dtype]
+
+
+@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("pred_dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_stats_and_grad_match_float64_oracle(rng, name, channels, opts, kind, per_image, pred_dtype,
+                                              weighted):
+    shape = (3, 9, 7, channels)
+    t, z = make_case(rng, shape, kind, opts["from_logits"], pred_dtype=pred_dtype,
+                     ignore=opts.get("ignore_index"))
+    w = rng.random(shape[:-1] + (1,)).astype(pred_dtype) if weighted else None
+    got = fk.overlap_stats(t, z, w, per_image=per_image, **opts)
+    want = oracle_sums(t, z, w, per_image=per_image, **opts)
+    rtol = tolerance(pred_dtype)
+    for g, e in zip(got, want):
+        assert g.dtype == (np.float64 if pred_dtype == "float64" else np.float32)
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol)
+    acc = got[0].dtype
+    g_i, g_p, g_t = (g.astype(acc) for g in jaccard_group_grads(*got))
+    dz = fk.overlap_grad(t, z, w, g_i, g_p, g_t, per_image=per_image, **opts)
+    assert dz.dtype == z.dtype and dz.shape == z.shape
+    want_dz = oracle_grad(t, z, w, g_i, g_p, g_t, per_image=per_image, **opts)
+    scale = np.abs(want_dz).max()
+    np.testing.assert_allclose(dz.astype(np.float64), want_dz, rtol=rtol * 10, atol=rtol * scale)
+    if kind != "labels":
+        dt = fk.overlap_grad(t.astype(pred_dtype), z, w, g_i, g_p, g_t, per_image=per_image,
+                             wrt_true=True, **opts)
+        want_dt = oracle_grad(t, z, w, g_i, g_p, g_t, per_image=per_image, wrt_true=True, **opts)
+        np.testing.assert_allclose(dt.astype(np.float64), want_dt, rtol=rtol * 10,
+                                   atol=rtol * np.abs(want_dt).max())
+
+
+@pytest.mark.parametrize("true_dtype", ["bool", "uint8", "int32", "int64", "float16", "float32",
+                                        "float64"])
+def test_target_dtypes_read_as_stored(rng, true_dtype):
+    t, z = make_case(rng, (2, 33, 1), "mask", True, true_dtype=true_dtype)
+    got = fk.overlap_stats(t, z, from_logits=True)
+    want = oracle_sums(t.astype(np.float64), z, from_logits=True)
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=2e-5)
+
+
+def test_sizes_one_and_empty():
+    one = fk.overlap_stats(np.ones((1, 1), np.uint8), np.full((1, 1), 0.25, np.float32))
+    np.testing.assert_array_equal([a.item() for a in one], [0.25, 0.25, 1.0])
+    empty = fk.overlap_stats(np.zeros((0, 4, 1), np.uint8), np.zeros((0, 4, 1), np.float32), per_image=False)
+    np.testing.assert_array_equal(np.concatenate(empty), [0.0, 0.0, 0.0])
+    no_pixels = fk.overlap_stats(np.zeros((2, 0, 3), np.uint8), np.zeros((2, 0, 3), np.float32))
+    assert all(a.shape == (2, 3) and not a.any() for a in no_pixels)
+
+
+def test_repeated_runs_are_bitwise_equal(rng):
+    t, z = make_case(rng, (2, 301, 211, 1), "mask", True)
+    first = [a.tobytes() for a in fk.overlap_stats(t, z, from_logits=True, per_image=False)]
+    for _ in range(3):
+        assert [a.tobytes() for a in fk.overlap_stats(t, z, from_logits=True, per_image=False)] == first
+
+
+@pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed")
+@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+def test_bitwise_equal_to_tensorflow_op(rng, name, channels, opts, kind):
+    import tensorflow as tf
+
+    import fastiou
+
+    t, z = make_case(rng, (2, 40, 30, channels), kind, opts["from_logits"],
+                     ignore=opts.get("ignore_index"))
+    for per_image in (True, False):
+        ours = fk.overlap_stats(t, z, per_image=per_image, **opts)
+        theirs = fastiou.overlap_stats(tf.constant(t), tf.constant(z), per_image=per_image, **opts)
+        for a, b in zip(ours, theirs):
+            assert a.tobytes() == b.numpy().tobytes()
+        gs = jaccard_group_grads(*ours)
+        gs = [g.astype(np.float32) for g in gs]
+        dz = fk.overlap_grad(t, z, None, *gs, per_image=per_image, **opts)
+        y_true, y_pred = tf.constant(t), tf.constant(z)
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            stats = fastiou.overlap_stats(y_true, y_pred, per_image=per_image, **opts)
+            total = sum(tf.reduce_sum(s * tf.constant(g)) for s, g in zip(stats, gs))
+        assert dz.tobytes() == tape.gradient(total, y_pred).numpy().tobytes()
+
+
+def test_bad_inputs_raise_clear_errors(rng):
+    z = np.zeros((2, 4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"y_true shape \[2,4,4,2\] does not match y_pred shape \[2,4,4,3\]"):
+        fk.overlap_stats(np.zeros((2, 4, 4, 2), np.uint8), z)
+    with pytest.raises(ValueError, match="rank >= 2"):
+        fk.overlap_stats(np.zeros(5, np.uint8), np.zeros(5, np.float32))
+    with pytest.raises(TypeError, match="y_pred must be float16, bfloat16, float32 or float64, got int32"):
+        fk.overlap_stats(np.zeros((2, 3), np.uint8), np.zeros((2, 3), np.int32))
+    with pytest.raises(TypeError, match="sparse labels .* must be uint8, int32 or int64, got float32"):
+        fk.overlap_stats(np.zeros((2, 4, 4), np.float32), z, sparse=True)
+    with pytest.raises(ValueError, match="weights shape"):
+        fk.overlap_stats(np.zeros(z.shape, np.uint8), z, np.ones((2, 4, 3), np.float32))
+    with pytest.raises(TypeError, match="weights must have y_pred's dtype float32, got float64"):
+        fk.overlap_stats(np.zeros(z.shape, np.uint8), z, np.ones(z.shape))
+    with pytest.raises(ValueError, match="must be contiguous"):
+        fk.overlap_stats(np.zeros(z.shape, np.uint8), np.zeros((2, 4, 4, 6), np.float32)[..., ::2])
+    with pytest.raises(TypeError, match="__dlpack__"):
+        fk.overlap_stats([[1, 0]], np.zeros((1, 2), np.float32))
+    labels = np.zeros((2, 4, 4), np.uint8)
+    labels[1, 2, 3] = 9
+    with pytest.raises(ValueError, match=r"label 9 at batch index 1, pixel 11 .* outside \[0, 3\)"):
+        fk.overlap_stats(labels, z, from_logits=True, softmax=True)
+    g = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"grad_intersection shape \[3\] must be \[2,3\]"):
+        fk.overlap_grad(labels, z, None, np.zeros(3, np.float32), g, g, sparse=True)
+    with pytest.raises(TypeError, match="grad_pred_sum must be float32"):
+        fk.overlap_grad(labels, z, None, g, g.astype(np.float64), g, sparse=True)
+
+
+def test_read_only_and_strided_singleton_inputs(rng):
+    t, z = make_case(rng, (2, 5, 1), "mask", True)
+    z.flags.writeable = False
+    got = fk.overlap_stats(t, z, from_logits=True)
+    for g, e in zip(got, oracle_sums(t, z, from_logits=True)):
+        np.testing.assert_allclose(g, e, rtol=2e-5)
+
+
+def test_cuda_built_where_nvcc_is_found():
+    # make test compiles the CUDA sources wherever nvcc is on PATH (CI
+    # included): a CUDA change that does not compile cannot pass.
+    if shutil.which("nvcc") is None:
+        pytest.skip("no nvcc on PATH: CPU-only build")
+    assert fk.built_with_cuda()
+
+
+@pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed")
+def test_gpu_kernels_registered_with_tensorflow():
+    from tensorflow.python.framework import kernels
+
+    import fastiou  # noqa: F401  (loads the op library)
+
+    for op in ("FastiouOverlapStats", "FastiouOverlapGrad"):
+        devices = {k.device_type for k in kernels.get_registered_kernels_for_op(op).kernel}
+        assert "CPU" in devices
+        assert ("GPU" in devices) == fk.built_with_cuda()
