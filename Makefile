@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastiou-installed
 SOURCES := $(shell find csrc python -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench test-kernels clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,17 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_losses.py
+
+# The framework-neutral module alone, built without TensorFlow with the
+# machine's own Python, CMake and nvcc, then its tests: how the CUDA kernels are
+# tested on GPU machines that have PyTorch (CuPy, JAX) but no TensorFlow.
+KBUILD := build/kernels
+test-kernels:
+	cmake -S . -B $(KBUILD) -DFASTIOU_WITH_TENSORFLOW=OFF -DPython_EXECUTABLE=$$(command -v $(PYTHON))
+	cmake --build $(KBUILD) -j
+	rm -rf $(KBUILD)/pkg && mkdir -p $(KBUILD)/pkg && cp -r python/fastiou $(KBUILD)/pkg/
+	cp $(KBUILD)/_fastiou_kernels*.so $(KBUILD)/pkg/fastiou/
+	PYTHONPATH=$(KBUILD)/pkg$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m pytest -q -rs tests/test_kernels_module.py tests/test_cuda.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf build $(VENV)

@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) stats_single(Inputs<TP, TT> in, doub
   }
   for (int64_t i = done + threadIdx.x; i < tile.count; i += kThreads)
     add(pred[i], tru[i], w ? load_as<A>(w[i]) : A(1));
-  write_partial(s, partials + blockIdx.x * 3);
+  write_partial(s, partials + int64_t(blockIdx.x) * 3);
 }
 
 // Several channels, a softmax or sparse labels: each thread holds a few
