@@ -66,4 +66,15 @@ std::string dispatch_pred_true(DType pred, DType tru, Args&&... args) {
          dtype_name(tru);
 }
 
+// Runs Kernel<TP, TT>::run(args, context, &error) for the dtypes of args and
+// returns the kernel's error, or the dispatch error for an unsupported pair.
+template <template <typename, typename> class Kernel, bool kBoolAsByte = false, typename Args,
+          typename Context>
+std::string run_for_dtypes(const Args& args, const Context& context) {
+  std::string error;
+  const std::string dispatch =
+      dispatch_pred_true<Kernel, kBoolAsByte>(args.pred_dtype, args.true_dtype, args, context, &error);
+  return dispatch.empty() ? error : dispatch;
+}
+
 }  // namespace fastiou

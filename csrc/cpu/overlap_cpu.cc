@@ -298,17 +298,11 @@ struct GradCpu {
 }  // namespace
 
 std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for) {
-  std::string error;
-  const std::string dispatch =
-      dispatch_pred_true<StatsCpu>(args.pred_dtype, args.true_dtype, args, parallel_for, &error);
-  return dispatch.empty() ? error : dispatch;
+  return run_for_dtypes<StatsCpu>(args, parallel_for);
 }
 
 std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for) {
-  std::string error;
-  const std::string dispatch =
-      dispatch_pred_true<GradCpu>(args.pred_dtype, args.true_dtype, args, parallel_for, &error);
-  return dispatch.empty() ? error : dispatch;
+  return run_for_dtypes<GradCpu>(args, parallel_for);
 }
 
 }  // namespace fastiou
