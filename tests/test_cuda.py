@@ -229,15 +229,24 @@ def _free_gpu_bytes():
     return free
 
 
+def pattern(values, n):
+    """uint8 tensor of length n repeating `values`, built without int64 temporaries."""
+    period = torch.tensor(values, dtype=torch.uint8, device=DEVICE)
+    return period.repeat(-(-n // len(values)))[:n].contiguous()
+
+
 @pytest.mark.skipif(_free_gpu_bytes() < 24 * 2**30, reason="needs 24 GiB of free GPU memory")
 def test_single_channel_past_2_31_elements():
     n = 2**31 + 4099
     z = torch.full((1, n, 1), 0.5, dtype=torch.bfloat16, device=DEVICE)  # probabilities, exact in bf16
-    t = (torch.arange(n, device=DEVICE) % 3 == 0).to(torch.uint8).reshape(1, n, 1)
+    t = pattern([1, 0, 0], n).reshape(1, n, 1)  # t_i = 1 where i % 3 == 0
     ones = (n + 2) // 3
     I, P, T = fk.overlap_stats(t, z)
-    # Partials of 0.5s and 1s are exact in float, and added in double.
-    assert I.item() == 0.5 * ones and P.item() == 0.5 * n and T.item() == ones
+    # Partials of 0.5s and 1s are exact in float, added exactly in double, and
+    # rounded once to the float32 output.
+    assert I.item() == np.float32(0.5 * ones)
+    assert P.item() == np.float32(0.5 * n)
+    assert T.item() == np.float32(ones)
     g = [torch.full((1, 1), v, device=DEVICE) for v in (2.0, -1.0, 0.0)]
     dz = fk.overlap_grad(t, z, None, *g)
     tail = dz[0, -9:, 0].float().cpu().numpy()
@@ -251,13 +260,14 @@ def test_single_channel_past_2_31_elements():
 def test_softmax_sparse_past_2_31_elements():
     pixels = 2**30 + 5
     z = torch.zeros((1, pixels, 2), dtype=torch.bfloat16, device=DEVICE)  # softmax: 0.5 each
-    labels = (torch.arange(pixels, device=DEVICE) % 4 == 0).to(torch.uint8).reshape(1, pixels)
+    labels = pattern([1, 0, 0, 0], pixels).reshape(1, pixels)  # class 1 where i % 4 == 0
     ones = (pixels + 3) // 4
     opts = dict(from_logits=True, softmax=True, sparse=True)
     I, P, T = fk.overlap_stats(labels, z, **opts)
-    np.testing.assert_array_equal(to_numpy(I)[0], [0.5 * (pixels - ones), 0.5 * ones])
-    np.testing.assert_array_equal(to_numpy(P)[0], [0.5 * pixels, 0.5 * pixels])
-    np.testing.assert_array_equal(to_numpy(T)[0], [pixels - ones, ones])
+    f32 = np.float32
+    np.testing.assert_array_equal(to_numpy(I)[0], f32([0.5 * (pixels - ones), 0.5 * ones]))
+    np.testing.assert_array_equal(to_numpy(P)[0], f32([0.5 * pixels, 0.5 * pixels]))
+    np.testing.assert_array_equal(to_numpy(T)[0], f32([pixels - ones, ones]))
     g = [torch.tensor([[1.0, 3.0]], device=DEVICE), torch.zeros((1, 2), device=DEVICE),
          torch.zeros((1, 2), device=DEVICE)]
     dz = fk.overlap_grad(labels, z, None, *g, **opts)

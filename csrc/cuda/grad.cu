@@ -6,7 +6,6 @@ namespace fastiou {
 namespace cuda_detail {
 namespace {
 
-
 template <typename A>
 struct GroupGrads {
   const A* gi;

@@ -6,7 +6,6 @@ namespace fastiou {
 namespace cuda_detail {
 namespace {
 
-
 template <typename A>
 __device__ __forceinline__ void write_partial(const Sum3<A>& local, double* out) {
   using Reduce = cub::BlockReduce<Sum3<A>, kThreads>;
