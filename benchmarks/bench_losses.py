@@ -4,9 +4,10 @@
 Each (case, implementation) runs in two fresh processes. The first measures
 peak memory: it builds its inputs, warms the step up (tracing and XLA
 compilation), resets the kernel's peak-RSS counter, runs one step and reads
-the new peak, with malloc told to return big buffers to the OS at once so that
-resident memory follows the live tensors. The second, with the default
-allocator, times `--repeats` steps after the warm-up and keeps the median.
+the new peak, with malloc told to return big buffers to the OS at once and
+oneDNN's buffer pool off, so that resident memory follows the live tensors.
+The second, with the defaults, times `--repeats` steps after the warm-up and
+keeps the median.
 
 Implementations:
   fused        fastiou's loss, tf.function (the fused custom ops)
@@ -15,10 +16,25 @@ Implementations:
   keras        fastiou.reference (keras.ops), tf.function
   keras-xla    fastiou.reference, tf.function(jit_compile=True)
 
+The same run measures the machine's copy bandwidth (bytes read plus written
+per second by a multi-threaded memory copy, in its own process) and reports
+each fused case as a fraction of it: the bytes the fused kernels must move
+(forward: y_pred and y_true; backward: y_true, y_pred for logits, and the
+gradient written) over the step's time.
+
+Where a GPU, PyTorch and fastiou's CUDA kernels are present, it also times the
+GPU cases: the fused CUDA kernels through fastiou.kernels against the same
+formula in PyTorch eager, with the GPU's copy bandwidth measured alongside.
+
+It writes JSON and, with matplotlib, two PNG plots beside it: time against
+element count on log-log axes (one line per implementation) and peak extra
+memory per case.
+
 Usage:
-  python benchmarks/bench_losses.py                 # full CPU run
+  python benchmarks/bench_losses.py                 # full run
   python benchmarks/bench_losses.py --quick         # smaller cases, a minute or two
-  python benchmarks/bench_losses.py --json out.json
+  python benchmarks/bench_losses.py --json out.json # plots go to out-time.png, out-memory.png
+  python benchmarks/bench_losses.py --no-cpu        # GPU cases only (no TensorFlow needed)
 """
 
 import argparse
@@ -149,23 +165,67 @@ def machine_description():
             mem_gib = round(int(f.readline().split()[1]) / 2**20, 1)
     except OSError:
         pass
-    import tensorflow as tf
-    import keras
-
-    return {
+    desc = {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": mem_gib,
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
     }
+    for name in ("tensorflow", "keras", "torch"):
+        try:
+            desc[name] = __import__(name).__version__
+        except ImportError:
+            desc[name] = None
+    return desc
+
+
+def copy_bandwidth(nbytes=512 * 2**20, threads=None, repeats=9):
+    """Median bytes read plus written per second by a memory copy on `threads`
+    threads (all cores by default): the yardstick of memory-bound kernels."""
+    import threading
+
+    import numpy as np
+
+    threads = threads or os.cpu_count() or 1
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.zeros_like(src)  # touched: no page faults in the timed copies
+    bounds = np.linspace(0, src.size, threads + 1).astype(int)
+
+    def part(k):
+        np.copyto(dst[bounds[k]:bounds[k + 1]], src[bounds[k]:bounds[k + 1]])
+
+    times = []
+    for _ in range(repeats):
+        workers = [threading.Thread(target=part, args=(k,)) for k in range(threads)]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        times.append(time.perf_counter() - start)
+    return {"copy_bytes_per_s": 2 * nbytes / float(np.median(times)), "copy_threads": threads,
+            "copy_buffer_bytes": nbytes}
+
+
+def fused_bytes(shape, inputs, mask_itemsize):
+    """Bytes the fused forward and backward passes must move for float32 y_pred."""
+    elements = 1
+    for d in shape:
+        elements *= d
+    pred = 4 * elements
+    truth = (elements // shape[-1]) if shape[-1] > 1 else elements * mask_itemsize  # sparse uint8 labels
+    forward = pred + truth
+    backward = truth + pred + (pred if inputs == "logits" else 0)  # reads t (and z), writes the gradient
+    return forward + backward
 
 
 def child(args):
-    result = run_one(tuple(args.shape), args.impl, args.inputs, args.mask_dtype, args.repeats,
-                     args.measure)
+    if args.measure == "bandwidth":
+        result = copy_bandwidth()
+    else:
+        result = run_one(tuple(args.shape), args.impl, args.inputs, args.mask_dtype, args.repeats,
+                         args.measure)
     print("RESULT " + json.dumps(result))
 
 
@@ -173,11 +233,16 @@ def spawn(shape, impl, inputs, mask_dtype, repeats, measure):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if measure == "memory":
         # A fixed mmap threshold returns big freed buffers to the OS at once,
-        # so resident memory follows the live tensors.
+        # so resident memory follows the live tensors. oneDNN's ops (on by
+        # default where the CPU has AVX-512) keep freed buffers in a pool of
+        # their own, which hides every allocation from resident memory.
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+        env["TF_ENABLE_ONEDNN_OPTS"] = "0"
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--impl", impl, "--inputs", inputs,
            "--mask-dtype", mask_dtype, "--repeats", str(repeats), "--measure", measure,
            "--shape", *map(str, shape)]
+    if measure == "bandwidth":
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--measure", "bandwidth"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -189,10 +254,11 @@ def markdown_table(rows, machine, mask_dtype):
     lines = [f"Forward + backward of the Jaccard loss (median over at least 1 s) on {machine['cpu']} ({machine['cores']} cores), "
              f"TensorFlow {machine['tensorflow']}, float32 y_pred, {mask_dtype} y_true (multi-class "
              "cases: sparse uint8 labels, 5% ignored); time in ms "
-             "(median), speedup over the pure-Keras graph version, peak extra memory in "
-             "mask-sized float32 tensors.", "",
-             "| case | inputs | fused | keras | fused-xla | keras-xla | fused speedup | fused / keras memory |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "(median), speedup over the pure-Keras graph version, the fused step's bytes per "
+             "second as a share of the machine's copy bandwidth measured in the same run, peak "
+             "extra memory in mask-sized float32 tensors.", "",
+             "| case | inputs | fused | keras | fused-xla | keras-xla | fused speedup | fused / copy bandwidth | fused / keras memory |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     groups = {}
     for r in rows:
         groups.setdefault((r["case"], r["inputs"]), {})[r["impl"]] = r
@@ -200,14 +266,136 @@ def markdown_table(rows, machine, mask_dtype):
         t = {k: f"{v['time_s'] * 1e3:.1f}" for k, v in g.items()}
         mem = lambda k: "n/a" if k not in g or g[k]["peak_extra_masks"] is None else f"{g[k]['peak_extra_masks']:.2f}"
         speed = f"{g['fused']['speedup_vs_keras']:.2f}x" if "fused" in g and "keras" in g else "n/a"
+        frac = (f"{g['fused']['bandwidth_fraction']:.0%}" if "fused" in g
+                and g["fused"].get("bandwidth_fraction") is not None else "n/a")
         lines.append(f"| {case} | {inp} | {t.get('fused', 'n/a')} | {t.get('keras', 'n/a')} | "
-                     f"{t.get('fused-xla', 'n/a')} | {t.get('keras-xla', 'n/a')} | {speed} | "
+                     f"{t.get('fused-xla', 'n/a')} | {t.get('keras-xla', 'n/a')} | {speed} | {frac} | "
                      f"{mem('fused')} / {mem('keras')} |")
     return "\n".join(lines)
 
 
 def fmt_mib(b):
     return "n/a" if b is None else f"{b / 2**20:8.1f}"
+
+
+def run_cpu_cases(cases, inputs, impls, mask_dtype, repeats, bandwidth):
+    header = (f"{'case':<18}{'inputs':<14}{'impl':<11}{'time ms':>10}{'speedup':>9}"
+              f"{'of copy bw':>11}{'peak extra MiB':>16}{'x mask':>8}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    total = len(cases) * len(inputs) * len(impls)
+    done = 0
+    mask_itemsize = 4 if mask_dtype == "float32" else 1
+    for case, shape in cases.items():
+        for inp in inputs:
+            results = {}
+            for impl in impls:
+                done += 1
+                if sys.stderr.isatty():
+                    print(f"  [{done}/{total}] {case} {inp} {impl}...", end="\r", file=sys.stderr,
+                          flush=True)
+                results[impl] = spawn(shape, impl, inp, mask_dtype, repeats, "time")
+                results[impl].update(spawn(shape, impl, inp, mask_dtype, repeats, "memory"))
+            base = results.get(BASELINE)
+            for impl, r in results.items():
+                r.update(case=case, shape=list(shape), inputs=inp, impl=impl, device="cpu",
+                         mask_dtype="uint8 sparse" if shape[-1] > 1 else mask_dtype,
+                         pred_dtype="float32")
+                r["speedup_vs_keras"] = base["time_s"] / r["time_s"] if base else None
+                mask_bytes = r["elements"] * 4
+                r["peak_extra_masks"] = (None if r["peak_extra_bytes"] is None
+                                         else r["peak_extra_bytes"] / mask_bytes)
+                r["bandwidth_fraction"] = None
+                if impl == "fused":
+                    r["fused_bytes"] = fused_bytes(shape, inp, mask_itemsize)
+                    r["bandwidth_fraction"] = r["fused_bytes"] / r["time_s"] / bandwidth
+                rows.append(r)
+                speed = f"{r['speedup_vs_keras']:8.2f}x" if base else "      n/a"
+                frac = "" if r["bandwidth_fraction"] is None else f"{r['bandwidth_fraction']:.0%}"
+                masks = "n/a" if r["peak_extra_masks"] is None else f"{r['peak_extra_masks']:7.2f}"
+                print(f"{case:<18}{inp:<14}{impl:<11}{r['time_s'] * 1e3:>10.1f}{speed:>9}{frac:>11}"
+                      f"{fmt_mib(r['peak_extra_bytes']):>16}{masks:>8}")
+    if sys.stderr.isatty():
+        print(" " * 60, end="\r", file=sys.stderr)
+    return rows
+
+
+def gpu_available():
+    """Whether the GPU cases can run: PyTorch with a GPU and fastiou's CUDA kernels."""
+    try:
+        import torch
+
+        import fastiou.kernels as fk
+    except ImportError:
+        return False
+    return fk.built_with_cuda() and torch.cuda.is_available()
+
+
+def plot(rows, path_stem, title):
+    """Time against elements (log-log, one line per implementation) and peak
+    extra memory per case; returns the files written."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib not installed: no plots")
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["device"], "multi-class" if r["shape"][-1] > 1 else "binary", r["inputs"])
+                     for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (device, suite, inp) in zip(axes[0], panels):
+        sel = [r for r in rows if r["device"] == device and r["inputs"] == inp
+               and ("multi-class" if r["shape"][-1] > 1 else "binary") == suite]
+        for impl in dict.fromkeys(r["impl"] for r in sel):
+            pts = sorted((r["elements"], r["time_s"] * 1e3) for r in sel if r["impl"] == impl)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+        # The time the fused step's bytes take at the copy bandwidth: the floor.
+        floor = sorted((r["elements"], r["time_s"] * 1e3 * r["bandwidth_fraction"]) for r in sel
+                       if r.get("bandwidth_fraction"))
+        if floor:
+            ax.plot([p[0] for p in floor], [p[1] for p in floor], "k--", lw=1,
+                    label="fused bytes at copy bandwidth")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("elements of y_pred")
+        ax.set_ylabel("forward + backward, ms")
+        ax.set_title(f"{device}: {suite}, {inp}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    time_png = path_stem + "-time.png"
+    fig.savefig(time_png, dpi=100)
+    plt.close(fig)
+
+    mem_rows = [r for r in rows if r.get("peak_extra_masks") is not None]
+    written = [time_png]
+    if mem_rows:
+        keys = list(dict.fromkeys((r["device"], r["case"], r["inputs"]) for r in mem_rows))
+        impls = list(dict.fromkeys(r["impl"] for r in mem_rows))
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(keys)), 3.8))
+        width = 0.8 / len(impls)
+        for k, impl in enumerate(impls):
+            vals = [next((r["peak_extra_masks"] for r in mem_rows if (r["device"], r["case"], r["inputs"]) == key
+                          and r["impl"] == impl), 0.0) for key in keys]
+            ax.bar([i + k * width for i in range(len(keys))], vals, width, label=impl)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))])
+        short = {"logits": "logits", "probabilities": "probs"}
+        ax.set_xticklabels([f"{c}\n{short.get(i, i)}" + ("" if d == "cpu" else f"\n{d}") for d, c, i in keys],
+                           fontsize=7)
+        ax.set_ylabel("peak extra memory\n(mask-sized float32 tensors)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        mem_png = path_stem + "-memory.png"
+        fig.savefig(mem_png, dpi=100)
+        plt.close(fig)
+        written.append(mem_png)
+    return written
 
 
 def main(argv=None):
@@ -222,11 +410,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument("--json", default=None, help="write results here (default: benchmarks/results/cpu-latest.json)")
+    parser.add_argument("--no-cpu", dest="cpu", action="store_false", help="skip the CPU (TensorFlow) cases")
+    parser.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto",
+                        help="GPU cases: when a GPU, PyTorch and fastiou's CUDA kernels are there (auto)")
+    parser.add_argument("--no-plots", dest="plots", action="store_false")
     # Internal: one measurement in a fresh process.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
-    parser.add_argument("--measure", choices=["time", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=["time", "memory", "bandwidth"], help=argparse.SUPPRESS)
     parser.add_argument("--shape", nargs="*", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-device", default="cuda", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
@@ -243,53 +436,45 @@ def main(argv=None):
     repeats = args.repeats or (3 if args.quick else 7)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     machine = machine_description()
-    print(f"fastiou benchmark on {machine['cpu']} ({machine['cores']} cores), "
-          f"TensorFlow {machine['tensorflow']}, y_pred float32, y_true {args.mask_dtype} "
-          "(multi-class: sparse uint8 labels)")
-    print(f"forward+backward of the Jaccard loss, median of at least {repeats} runs (and of 1 s)\n")
-    header = (f"{'case':<18}{'inputs':<14}{'impl':<11}{'time ms':>10}{'speedup':>9}"
-              f"{'peak extra MiB':>16}{'x mask':>8}")
-    print(header)
-    print("-" * len(header))
     rows = []
-    total = len(cases) * len(inputs) * len(args.impls)
-    done = 0
-    for case, shape in cases.items():
-        for inp in inputs:
-            results = {}
-            for impl in args.impls:
-                done += 1
-                if sys.stderr.isatty():
-                    print(f"  [{done}/{total}] {case} {inp} {impl}...", end="\r", file=sys.stderr,
-                          flush=True)
-                results[impl] = spawn(shape, impl, inp, args.mask_dtype, repeats, "time")
-                results[impl].update(spawn(shape, impl, inp, args.mask_dtype, repeats, "memory"))
-            base = results.get(BASELINE)
-            for impl, r in results.items():
-                r.update(case=case, shape=list(shape), inputs=inp, impl=impl,
-                         mask_dtype="uint8 sparse" if shape[-1] > 1 else args.mask_dtype,
-                         pred_dtype="float32")
-                r["speedup_vs_keras"] = base["time_s"] / r["time_s"] if base else None
-                mask_bytes = r["elements"] * 4
-                r["peak_extra_masks"] = (None if r["peak_extra_bytes"] is None
-                                         else r["peak_extra_bytes"] / mask_bytes)
-                rows.append(r)
-                speed = f"{r['speedup_vs_keras']:8.2f}x" if base else "      n/a"
-                masks = "n/a" if r["peak_extra_masks"] is None else f"{r['peak_extra_masks']:7.2f}"
-                print(f"{case:<18}{inp:<14}{impl:<11}{r['time_s'] * 1e3:>10.1f}{speed:>9}"
-                      f"{fmt_mib(r['peak_extra_bytes']):>16}{masks:>8}")
-    if sys.stderr.isatty():
-        print(" " * 60, end="\r", file=sys.stderr)
-    print("\nspeedup: keras (graph) time / this time. x mask: peak extra memory in float32 "
-          "mask-sized tensors (the gradient itself is one).")
-    if args.markdown:
-        print(markdown_table(rows, machine, args.mask_dtype))
+    if args.cpu:
+        bandwidth = spawn((), "", "", args.mask_dtype, 0, "bandwidth")
+        machine.update(bandwidth)
+        print(f"fastiou benchmark on {machine['cpu']} ({machine['cores']} cores), "
+              f"TensorFlow {machine['tensorflow']}, y_pred float32, y_true {args.mask_dtype} "
+              "(multi-class: sparse uint8 labels)")
+        print(f"copy bandwidth: {bandwidth['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write, "
+              f"{bandwidth['copy_threads']} threads)")
+        print(f"forward+backward of the Jaccard loss, median of at least {repeats} runs (and of 1 s)\n")
+        rows += run_cpu_cases(cases, inputs, args.impls, args.mask_dtype, repeats,
+                              bandwidth["copy_bytes_per_s"])
+        print("\nspeedup: keras (graph) time / this time. of copy bw: the fused step's bytes per second "
+              "over the copy bandwidth. x mask: peak extra memory in float32 mask-sized tensors (the "
+              "gradient itself is one).")
+        if args.markdown:
+            print(markdown_table(rows, machine, args.mask_dtype))
+    run_gpu = args.gpu == "yes" or (args.gpu == "auto" and gpu_available())
+    if run_gpu:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import gpu_cases
+
+        print()
+        gpu_rows, gpu_machine = gpu_cases.run(cases, inputs, args.mask_dtype, repeats, args.gpu_device)
+        rows += gpu_rows
+        machine["gpu"] = gpu_machine
+    elif args.gpu == "auto":
+        print("\nno GPU cases: they need a GPU, PyTorch and fastiou built with CUDA")
     out = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                     "cpu-latest.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"machine": machine, "quick": args.quick, "results": rows}, f, indent=1)
     print(f"wrote {out}")
+    if args.plots and rows:
+        stem = os.path.splitext(out)[0]
+        where = machine["cpu"] + (f" + {machine['gpu']['name']}" if "gpu" in machine else "")
+        for f in plot(rows, stem, f"fastiou Jaccard loss, forward + backward, on {where}"):
+            print(f"wrote {f}")
 
 
 if __name__ == "__main__":

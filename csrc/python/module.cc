@@ -578,6 +578,39 @@ int cuda_device_count() {
 #endif
 }
 
+// Bytes in use in the device's default stream-ordered pool, which fastiou's
+// outputs and scratch come from; reset_high restarts its high-water mark.
+int64_t cuda_pool_used(int device, bool reset_high) {
+#if FASTIOU_WITH_CUDA
+  cudaMemPool_t pool;
+  check_cuda(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+  unsigned long long used = 0;
+  check_cuda(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used), "cudaMemPoolGetAttribute");
+  if (reset_high) {
+    unsigned long long zero = 0;
+    check_cuda(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero), "cudaMemPoolSetAttribute");
+  }
+  return static_cast<int64_t>(used);
+#else
+  (void)device;
+  (void)reset_high;
+  return 0;
+#endif
+}
+
+int64_t cuda_pool_used_high(int device) {
+#if FASTIOU_WITH_CUDA
+  cudaMemPool_t pool;
+  check_cuda(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+  unsigned long long high = 0;
+  check_cuda(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high), "cudaMemPoolGetAttribute");
+  return static_cast<int64_t>(high);
+#else
+  (void)device;
+  return 0;
+#endif
+}
+
 std::string dtype_str(DType d) { return fastiou::dtype_name(d); }
 
 }  // namespace fastiou_py
@@ -611,4 +644,9 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
         "dL/dy_pred (or dL/dy_true with wrt_true) from dL/dI, dL/dP, dL/dT per group.");
   m.def("built_with_cuda", &fastiou::built_with_cuda, "Whether this build holds the CUDA kernels.");
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible (0 without CUDA kernels).");
+  m.def("cuda_pool_used", &cuda_pool_used, py::arg("device"), py::arg("reset_high") = false,
+        "Bytes in use in the device's default stream-ordered memory pool (fastiou's outputs and scratch); "
+        "reset_high restarts its high-water mark.");
+  m.def("cuda_pool_used_high", &cuda_pool_used_high, py::arg("device"),
+        "High-water mark of the device's default stream-ordered memory pool, in bytes.");
 }

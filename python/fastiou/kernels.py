@@ -18,7 +18,8 @@ import importlib
 
 from fastiou import _fastiou_kernels as _ext
 
-__all__ = ["overlap_stats", "overlap_grad", "built_with_cuda", "cuda_device_count", "is_sparse_shape"]
+__all__ = ["overlap_stats", "overlap_grad", "built_with_cuda", "cuda_device_count", "cuda_pool_used",
+           "cuda_pool_used_high", "is_sparse_shape"]
 
 _CUDA_DEVICE_TYPES = (2, 13)  # DLPack: kDLCUDA, kDLCUDAManaged
 
@@ -31,6 +32,17 @@ def built_with_cuda():
 def cuda_device_count():
     """CUDA devices the kernels can see (0 without CUDA kernels or GPU)."""
     return _ext.cuda_device_count()
+
+
+def cuda_pool_used(device=0, reset_high=False):
+    """Bytes in use in the GPU's default stream-ordered memory pool, where
+    fastiou's outputs and scratch live; reset_high restarts its high-water mark."""
+    return _ext.cuda_pool_used(device, reset_high)
+
+
+def cuda_pool_used_high(device=0):
+    """High-water mark of that pool, in bytes (for peak-memory measurements)."""
+    return _ext.cuda_pool_used_high(device)
 
 
 def _framework(x):
