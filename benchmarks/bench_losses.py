@@ -345,8 +345,14 @@ def plot(rows, path_stem, title):
 
     panels = sorted({(r["device"], "multi-class" if r["shape"][-1] > 1 else "binary", r["inputs"])
                      for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for ax, (device, suite, inp) in zip(axes[0], panels):
+    from matplotlib.ticker import NullFormatter
+
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 3.6 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (device, suite, inp) in zip(axes.flat, panels):
         sel = [r for r in rows if r["device"] == device and r["inputs"] == inp
                and ("multi-class" if r["shape"][-1] > 1 else "binary") == suite]
         for impl in dict.fromkeys(r["impl"] for r in sel):
@@ -360,6 +366,12 @@ def plot(rows, path_stem, title):
                     label="fused bytes at copy bandwidth")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        # Ticks at the measured sizes: they may all lie within one decade.
+        sizes = sorted({r["elements"] for r in sel})
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([f"{e / 1e6:.3g}M" for e in sizes], fontsize=8)
         ax.set_xlabel("elements of y_pred")
         ax.set_ylabel("forward + backward, ms")
         ax.set_title(f"{device}: {suite}, {inp}", fontsize=10)
@@ -376,7 +388,7 @@ def plot(rows, path_stem, title):
     if mem_rows:
         keys = list(dict.fromkeys((r["device"], r["case"], r["inputs"]) for r in mem_rows))
         impls = list(dict.fromkeys(r["impl"] for r in mem_rows))
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(keys)), 3.8))
+        fig, ax = plt.subplots(figsize=(max(6, 1.15 * len(keys)), 3.8))
         width = 0.8 / len(impls)
         for k, impl in enumerate(impls):
             vals = [next((r["peak_extra_masks"] for r in mem_rows if (r["device"], r["case"], r["inputs"]) == key
@@ -414,6 +426,7 @@ def main(argv=None):
     parser.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto",
                         help="GPU cases: when a GPU, PyTorch and fastiou's CUDA kernels are there (auto)")
     parser.add_argument("--no-plots", dest="plots", action="store_false")
+    parser.add_argument("--replot", metavar="JSON", help="draw the plots and the table of an earlier run's JSON")
     # Internal: one measurement in a fresh process.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
@@ -423,6 +436,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
+    if args.replot:
+        with open(args.replot) as f:
+            saved = json.load(f)
+        rows, machine = saved["results"], saved["machine"]
+        cpu_rows = [r for r in rows if r["device"] == "cpu"]
+        if cpu_rows:
+            print(markdown_table(cpu_rows, machine, cpu_rows[0]["mask_dtype"]))
+        where = machine["cpu"] + (f" + {machine['gpu']['name']}" if "gpu" in machine else "")
+        for f in plot(rows, os.path.splitext(args.replot)[0], f"fastiou Jaccard loss, forward + backward, on {where}"):
+            print(f"wrote {f}")
+        return None
 
     cases = QUICK_CASES if args.quick else CASES
     if args.cases:

@@ -1,0 +1,44 @@
+"""The benchmark report's arithmetic and plots, on hand-made rows (no timing)."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+import bench_losses  # noqa: E402
+
+
+def test_fused_bytes_hand_computed():
+    # 2x3x1 float32 logits, float32 mask: forward 6*4 + 6*4, backward 6*4 (t) + 6*4 (z) + 6*4 (write).
+    assert bench_losses.fused_bytes((2, 3, 1), "logits", 4) == 5 * 24
+    # Probabilities skip reading z in the backward pass; a uint8 mask is 1 byte per element.
+    assert bench_losses.fused_bytes((2, 3, 1), "probabilities", 1) == 24 + 6 + 6 + 24
+    # Multi-class: sparse uint8 labels, one byte per pixel (4 pixels, 5 channels).
+    assert bench_losses.fused_bytes((4, 5), "logits", 1) == (80 + 4) + (4 + 80 + 80)
+
+
+def test_copy_bandwidth_is_measured():
+    r = bench_losses.copy_bandwidth(nbytes=8 * 2**20, threads=2, repeats=3)
+    assert r["copy_bytes_per_s"] > 1e8 and r["copy_threads"] == 2
+
+
+def _rows():
+    rows = []
+    for case, shape, scale in (("a", (4, 64, 64, 1), 1), ("b", (8, 128, 128, 1), 4)):
+        for impl, t in (("fused", 1.0), ("keras", 3.0)):
+            rows.append(dict(case=case, shape=list(shape), inputs="logits", impl=impl, device="cpu",
+                             elements=shape[0] * shape[1] * shape[2], time_s=t * scale / 1e3,
+                             peak_extra_masks=1.0 if impl == "fused" else 2.0,
+                             bandwidth_fraction=0.5 if impl == "fused" else None,
+                             speedup_vs_keras=3.0 / t if impl == "fused" else 1.0))
+    return rows
+
+
+def test_plots_and_table(tmp_path):
+    pytest.importorskip("matplotlib")
+    written = bench_losses.plot(_rows(), str(tmp_path / "r"), "test")
+    assert [os.path.basename(f) for f in written] == ["r-time.png", "r-memory.png"]
+    assert all(os.path.getsize(f) > 5000 for f in written)
+    table = bench_losses.markdown_table(_rows(), {"cpu": "X", "cores": 2, "tensorflow": "2.21"}, "float32")
+    assert "| a | logits | 1.0 | 3.0 | n/a | n/a | 3.00x | 50% | 1.00 / 2.00 |" in table
