@@ -38,6 +38,15 @@ except ImportError:  # pragma: no cover - older or reorganized Keras
     _reduce_weighted_values = None
 
 
+def _scale_for_replicas(loss):
+    """loss / num_replicas inside a tf.distribute replica context with several
+    replicas, as Keras scales its per-sample losses."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return loss
+    return loss * tf.constant(1.0 / ctx.num_replicas_in_sync, loss.dtype)
+
+
 def _index(kind, I, P, T, smooth, alpha, beta):
     s = tf.constant(smooth, I.dtype)
     if kind == "jaccard":
@@ -114,6 +123,19 @@ def _flat(values):
         return [float(values)]
 
 
+def _sum_across_replicas(I, P, T):
+    """I, P, T summed over the replicas of the current tf.distribute replica
+    context (one all-reduce of 3C values); unchanged outside one or with a
+    single replica. The all-reduce's gradient is an all-reduce of the
+    gradients, so each replica's predictions get the gradient of the global
+    sums."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return I, P, T
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([I, P, T]))
+    return total[0], total[1], total[2]
+
+
 def overlap_loss(
     kind,
     y_true,
@@ -131,9 +153,13 @@ def overlap_loss(
     mode="auto",
     ignore_index=None,
     classes=None,
+    sync_replicas=False,
 ):
     """Shared body of the functional losses; `kind` is jaccard, dice or tversky."""
     _check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights, mode, classes)
+    if sync_replicas and per_image:
+        raise ValueError("fastiou: sync_replicas needs per_image=False: per-image sums are "
+                         "replica-local by nature (each image lives on one replica)")
     y_true = tf.convert_to_tensor(y_true)
     y_pred = tf.convert_to_tensor(y_pred)
     sparse = is_sparse_shape(y_true, y_pred)
@@ -148,6 +174,8 @@ def overlap_loss(
             f"mode='multiclass' (got mode={mode!r})")
     I, P, T = overlap_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
                             softmax=multiclass, sparse=sparse, ignore_index=ignore_index)
+    if sync_replicas:
+        I, P, T = _sum_across_replicas(I, P, T)
     index = _index(kind, I, P, T, smooth, alpha, beta)
     return _reduce_channels(_group_loss(index, gamma, log_loss), class_weights, classes)
 
@@ -179,6 +207,12 @@ _ARGS_DOC = """
       log_loss: -log(index) instead of 1 - index.
       weights: optional per-element weights, the shape of y_pred or with a
         channel axis of 1 (one weight per pixel).
+      sync_replicas: under tf.distribute, sum I, P, T over all replicas
+        before the loss algebra, so that the loss is the one of the global
+        batch (see `JaccardLoss`). Every replica then returns the global
+        loss: scale it by 1 / num_replicas like any per-replica loss in a
+        custom training loop (the Keras classes do that themselves). Needs
+        per_image=False; a no-op outside a strategy or with one replica.
 
     Returns:
       Loss per image, shape (B,), with `per_image=True`; a scalar otherwise.
@@ -187,25 +221,30 @@ _ARGS_DOC = """
 
 
 def jaccard_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
-                 class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None):
+                 class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None,
+                 sync_replicas=False):
     return overlap_loss("jaccard", y_true, y_pred, from_logits=from_logits, smooth=smooth,
                         per_image=per_image, class_weights=class_weights, log_loss=log_loss,
-                        weights=weights, mode=mode, ignore_index=ignore_index, classes=classes)
+                        weights=weights, mode=mode, ignore_index=ignore_index, classes=classes,
+                        sync_replicas=sync_replicas)
 
 
 def dice_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
-              class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None):
+              class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None,
+              sync_replicas=False):
     return overlap_loss("dice", y_true, y_pred, from_logits=from_logits, smooth=smooth,
                         per_image=per_image, class_weights=class_weights, log_loss=log_loss,
-                        weights=weights, mode=mode, ignore_index=ignore_index, classes=classes)
+                        weights=weights, mode=mode, ignore_index=ignore_index, classes=classes,
+                        sync_replicas=sync_replicas)
 
 
 def tversky_loss(y_true, y_pred, *, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False,
-                 mode="auto", smooth=1.0, per_image=False, class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None):
+                 mode="auto", smooth=1.0, per_image=False, class_weights=None, log_loss=False,
+                 weights=None, ignore_index=None, classes=None, sync_replicas=False):
     return overlap_loss("tversky", y_true, y_pred, from_logits=from_logits, smooth=smooth,
                         per_image=per_image, class_weights=class_weights, log_loss=log_loss,
                         alpha=alpha, beta=beta, gamma=gamma, weights=weights, mode=mode,
-                        ignore_index=ignore_index, classes=classes)
+                        ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas)
 
 
 jaccard_loss.__doc__ = "Soft Jaccard (IoU) loss, 1 - (I + s) / (T + P - I + s).\n" + _ARGS_DOC
@@ -226,8 +265,13 @@ class _OverlapLoss(keras.losses.Loss):
 
     def __init__(self, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
                  class_weights=None, log_loss=False, ignore_index=None, classes=None,
-                 reduction="sum_over_batch_size", name=None, dtype=None, **options):
+                 sync_replicas=False, reduction="sum_over_batch_size", name=None, dtype=None,
+                 **options):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.sync_replicas = bool(sync_replicas)
+        if self.sync_replicas and per_image:
+            raise ValueError("fastiou: sync_replicas needs per_image=False: per-image sums are "
+                             "replica-local by nature (each image lives on one replica)")
         self.from_logits = bool(from_logits)
         self.mode = mode
         self.ignore_index = None if ignore_index is None else int(ignore_index)
@@ -246,7 +290,7 @@ class _OverlapLoss(keras.losses.Loss):
                             smooth=self.smooth, per_image=self.per_image,
                             class_weights=self.class_weights, log_loss=self.log_loss,
                             mode=self.mode, ignore_index=self.ignore_index, classes=self.classes,
-                            **self._options)
+                            sync_replicas=self.sync_replicas, **self._options)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras' Loss.__call__ casts y_true and y_pred to the loss dtype first:
@@ -254,6 +298,12 @@ class _OverlapLoss(keras.losses.Loss):
         # predictions. The kernels read those dtypes directly, so skip it.
         with tf.name_scope(self.name):
             losses = self.call(y_true, y_pred)
+            if losses.shape.rank == 0 and sample_weight is None:
+                # One loss for the whole batch. Keras scales per-sample losses
+                # by 1 / num_replicas under tf.distribute (the optimizer then
+                # sums the replicas' gradients) but leaves scalars alone:
+                # scale it here the same way.
+                return _scale_for_replicas(losses)
             if _reduce_weighted_values is None:  # pragma: no cover
                 return tf.reduce_mean(losses)
             return _reduce_weighted_values(losses, sample_weight=sample_weight,
@@ -263,7 +313,8 @@ class _OverlapLoss(keras.losses.Loss):
         config = super().get_config()
         config.update(from_logits=self.from_logits, mode=self.mode, smooth=self.smooth,
                       per_image=self.per_image, class_weights=self.class_weights,
-                      log_loss=self.log_loss, ignore_index=self.ignore_index, classes=self.classes)
+                      log_loss=self.log_loss, ignore_index=self.ignore_index, classes=self.classes,
+                      sync_replicas=self.sync_replicas)
         config.update(self._options)
         return config
 
@@ -289,19 +340,37 @@ class JaccardLoss(_OverlapLoss):
       log_loss: -log(J) instead of 1 - J.
       ignore_index: sparse label whose pixels are left out (e.g. 255).
       classes: channels that enter the mean (e.g. leave out background).
+      sync_replicas: under tf.distribute (MirroredStrategy,
+        MultiWorkerMirroredStrategy), sum I, P, T over all replicas before
+        the loss algebra: one all-reduce of 3C values per step. Needs
+        per_image=False (per-image losses are replica-local by nature, and
+        Keras' mean over images already matches one device).
       reduction, name, dtype: as for any Keras loss. `sample_weight` weighs
         images and needs `per_image=True`.
+
+    Under tf.distribute each replica sees a slice of the global batch. Without
+    sync_replicas the loss is computed per replica and the replicas' losses
+    are averaged, which is not the Jaccard of the global batch (a mean of
+    ratios is not a ratio of sums). With sync_replicas every replica computes
+    the global sums and so the global loss L; it returns L / N (N replicas),
+    as Keras scales every per-replica loss, so that Keras reports L. In the
+    backward pass the all-reduce sends each replica the gradient of the
+    global sums, summed over the N replicas' copies of L / N: the gradient of
+    L itself. Each replica's weight gradient is then its slice's share of
+    dL/dw, and the optimizer's sum over replicas gives exactly dL/dw of
+    single-device training on the global batch.
     """
 
     _kind = "jaccard"
 
     def __init__(self, from_logits=False, mode="auto", smooth=1.0, per_image=False,
                  class_weights=None, log_loss=False, ignore_index=None, classes=None,
-                 reduction="sum_over_batch_size", name="jaccard_loss", dtype=None):
+                 sync_replicas=False, reduction="sum_over_batch_size", name="jaccard_loss",
+                 dtype=None):
         super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
                          class_weights=class_weights, log_loss=log_loss,
-                         ignore_index=ignore_index, classes=classes, reduction=reduction,
-                         name=name, dtype=dtype)
+                         ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas,
+                         reduction=reduction, name=name, dtype=dtype)
 
 
 IoULoss = JaccardLoss
@@ -318,11 +387,12 @@ class DiceLoss(_OverlapLoss):
 
     def __init__(self, from_logits=False, mode="auto", smooth=1.0, per_image=False,
                  class_weights=None, log_loss=False, ignore_index=None, classes=None,
-                 reduction="sum_over_batch_size", name="dice_loss", dtype=None):
+                 sync_replicas=False, reduction="sum_over_batch_size", name="dice_loss",
+                 dtype=None):
         super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
                          class_weights=class_weights, log_loss=log_loss,
-                         ignore_index=ignore_index, classes=classes, reduction=reduction,
-                         name=name, dtype=dtype)
+                         ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas,
+                         reduction=reduction, name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="fastiou")
@@ -340,12 +410,13 @@ class TverskyLoss(_OverlapLoss):
 
     def __init__(self, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False, mode="auto",
                  smooth=1.0, per_image=False, class_weights=None, log_loss=False,
-                 ignore_index=None, classes=None, reduction="sum_over_batch_size",
-                 name="tversky_loss", dtype=None):
+                 ignore_index=None, classes=None, sync_replicas=False,
+                 reduction="sum_over_batch_size", name="tversky_loss", dtype=None):
         super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
                          class_weights=class_weights, log_loss=log_loss,
-                         ignore_index=ignore_index, classes=classes, reduction=reduction,
-                         name=name, dtype=dtype, alpha=alpha, beta=beta, gamma=gamma)
+                         ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas,
+                         reduction=reduction, name=name, dtype=dtype, alpha=alpha, beta=beta,
+                         gamma=gamma)
 
     @property
     def alpha(self):
