@@ -13,7 +13,7 @@ $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "tensorflow>=2.21,<2.22" "keras>=3.10" numpy pytest pybind11 \
-		matplotlib pillow \
+		matplotlib pillow "jax[cpu]" \
 		"scikit-build-core>=0.10" ninja
 	touch $@
 
@@ -24,7 +24,7 @@ $(STAMP): $(VENV)/.deps $(SOURCES)
 	touch $@
 
 demo: setup
-	$(PY) -m fastiou.demo
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m fastiou.demo
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -191,7 +191,7 @@ def test_fit_multiclass_sparse(rng, jit_compile):
     assert model.evaluate(x, y, verbose=0) < before
 
 
-def test_xla_fallback_multiclass(rng):
+def test_xla_multiclass_matches_reference(rng):
     labels, y_pred = make_multiclass(rng, (2, 6, 6, 5), ignore=255)
 
     def step(fn):

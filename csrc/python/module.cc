@@ -20,6 +20,9 @@
 #if FASTIOU_WITH_CUDA
 #include <cuda_runtime.h>
 #endif
+#if FASTIOU_WITH_FFI
+#include "xla/overlap_ffi.h"
+#endif
 
 namespace py = pybind11;
 
@@ -613,6 +616,24 @@ int64_t cuda_pool_used_high(int device) {
 
 std::string dtype_str(DType d) { return fastiou::dtype_name(d); }
 
+// The XLA FFI handlers as PyCapsules, by target and platform, for
+// jax.ffi.register_ffi_target(name, capsule, platform=...).
+py::dict ffi_handlers() {
+  py::dict targets;
+#if FASTIOU_WITH_FFI
+  py::dict stats, grad;
+  stats["cpu"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapStatsHost));
+  grad["cpu"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapGradHost));
+#if FASTIOU_WITH_CUDA
+  stats["cuda"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapStatsCuda));
+  grad["cuda"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapGradCuda));
+#endif
+  targets["fastiou_overlap_stats"] = stats;
+  targets["fastiou_overlap_grad"] = grad;
+#endif
+  return targets;
+}
+
 }  // namespace fastiou_py
 
 PYBIND11_MODULE(_fastiou_kernels, m) {
@@ -643,6 +664,9 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
         py::arg("stream") = py::none(),
         "dL/dy_pred (or dL/dy_true with wrt_true) from dL/dI, dL/dP, dL/dT per group.");
   m.def("built_with_cuda", &fastiou::built_with_cuda, "Whether this build holds the CUDA kernels.");
+  m.def("ffi_handlers", &ffi_handlers,
+        "The XLA FFI handlers as PyCapsules: {target: {platform: capsule}}, platforms 'cpu' and 'cuda' "
+        "(empty when built without XLA FFI headers).");
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible (0 without CUDA kernels).");
   m.def("cuda_pool_used", &cuda_pool_used, py::arg("device"), py::arg("reset_high") = false,
         "Bytes in use in the device's default stream-ordered memory pool (fastiou's outputs and scratch); "

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/overlap_kernels.h"
+#include "tf/overlap_attrs.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -145,11 +146,6 @@ fastiou::ParallelFor ThreadPoolFor(OpKernelContext* ctx) {
   };
 }
 
-fastiou::Shape ToShape(const TensorShape& shape) {
-  const auto dims = shape.dim_sizes();
-  return fastiou::Shape(dims.begin(), dims.end());
-}
-
 #if FASTIOU_WITH_CUDA
 // The cudaStream_t of the stream TensorFlow runs this op's GPU work on.
 void* GpuStream(OpKernelContext* ctx) {
@@ -160,62 +156,30 @@ void* GpuStream(OpKernelContext* ctx) {
 // Attributes and input checks shared by the stats and gradient kernels.
 class OverlapOpBase : public OpKernel {
  public:
-  explicit OverlapOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("from_logits", &from_logits_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("per_image", &per_image_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("has_weights", &has_weights_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("softmax", &labels_.softmax));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("sparse", &labels_.sparse));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("has_ignore", &labels_.has_ignore));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("ignore_index", &labels_.ignore_index));
-    DataType pred, acc, tru;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("Ttrue", &tru));
-    OP_REQUIRES(ctx, !labels_.sparse || tru == tensorflow::DT_UINT8 || tru == tensorflow::DT_INT32 ||
-                         tru == tensorflow::DT_INT64,
-                InvalidArgument("fastiou: sparse labels must be uint8, int32 or int64, got ",
-                                tensorflow::DataTypeString(tru)));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("T", &pred));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("Tacc", &acc));
-    const DataType expected = pred == tensorflow::DT_DOUBLE ? tensorflow::DT_DOUBLE : tensorflow::DT_FLOAT;
-    OP_REQUIRES(ctx, acc == expected,
-                InvalidArgument("Tacc must be ", tensorflow::DataTypeString(expected), " for y_pred of type ",
-                                tensorflow::DataTypeString(pred), ", got ",
-                                tensorflow::DataTypeString(acc)));
+  OverlapOpBase(OpKernelConstruction* ctx, bool gradient) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadOverlapAttrs(ctx, gradient, &attrs_));
   }
 
  protected:
-  // Checks y_true, y_pred and weights and derives the geometry.
   absl::Status ValidateInputs(OpKernelContext* ctx, fastiou::OverlapGeometry* g) const {
-    const fastiou::Shape weights = ToShape(ctx->input(2).shape());
-    const std::string err =
-        fastiou::validate_overlap_shapes(ToShape(ctx->input(1).shape()), ToShape(ctx->input(0).shape()),
-                                         has_weights_ ? &weights : nullptr, labels_, g);
-    if (!err.empty()) return InvalidArgument("fastiou: ", err);
-    return absl::OkStatus();
+    return ValidateShapes(attrs_, ctx->input(0).shape(), ctx->input(1).shape(), ctx->input(2).shape(), g);
   }
 
   // The inputs both kernels read, after ValidateInputs.
   void FillInputs(OpKernelContext* ctx, const fastiou::OverlapGeometry& g,
                   fastiou::OverlapInputs* in) const {
     in->geometry = g;
-    in->labels = labels_;
-    in->from_logits = from_logits_;
-    in->per_image = per_image_;
+    in->labels = attrs_.labels;
+    in->from_logits = attrs_.from_logits;
+    in->per_image = attrs_.per_image;
     in->pred_dtype = ToDType(ctx->input(1).dtype());
     in->true_dtype = ToDType(ctx->input(0).dtype());
     in->y_true = ctx->input(0).data();
     in->y_pred = ctx->input(1).data();
-    in->weights = has_weights_ ? ctx->input(2).data() : nullptr;
+    in->weights = attrs_.has_weights ? ctx->input(2).data() : nullptr;
   }
 
-  TensorShape StatsShape(const fastiou::OverlapGeometry& g) const {
-    return per_image_ ? TensorShape({g.batch, g.channels}) : TensorShape({g.channels});
-  }
-
-  bool from_logits_ = false;
-  bool per_image_ = true;
-  bool has_weights_ = false;
-  fastiou::LabelOptions labels_;
+  OverlapAttrs attrs_;
 };
 
 // The same OpKernel serves both devices; kGpu picks the kernel it calls and
@@ -223,13 +187,13 @@ class OverlapOpBase : public OpKernel {
 template <bool kGpu>
 class OverlapStatsOp : public OverlapOpBase {
  public:
-  using OverlapOpBase::OverlapOpBase;
+  explicit OverlapStatsOp(OpKernelConstruction* ctx) : OverlapOpBase(ctx, false) {}
 
   void Compute(OpKernelContext* ctx) override {
     fastiou::OverlapGeometry g;
     OP_REQUIRES_OK(ctx, ValidateInputs(ctx, &g));
     Tensor* out[3];
-    for (int i = 0; i < 3; ++i) OP_REQUIRES_OK(ctx, ctx->allocate_output(i, StatsShape(g), &out[i]));
+    for (int i = 0; i < 3; ++i) OP_REQUIRES_OK(ctx, ctx->allocate_output(i, StatsShape(attrs_, g), &out[i]));
     fastiou::StatsArgs a;
     FillInputs(ctx, g, &a);
     a.intersection = out[0]->data();
@@ -260,14 +224,12 @@ class OverlapStatsOp : public OverlapOpBase {
 template <bool kGpu>
 class OverlapGradOp : public OverlapOpBase {
  public:
-  explicit OverlapGradOp(OpKernelConstruction* ctx) : OverlapOpBase(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("wrt_true", &wrt_true_));
-  }
+  explicit OverlapGradOp(OpKernelConstruction* ctx) : OverlapOpBase(ctx, true) {}
 
   void Compute(OpKernelContext* ctx) override {
     fastiou::OverlapGeometry g;
     OP_REQUIRES_OK(ctx, ValidateInputs(ctx, &g));
-    const TensorShape expected = StatsShape(g);
+    const TensorShape expected = StatsShape(attrs_, g);
     static const char* kNames[3] = {"grad_intersection", "grad_pred_sum", "grad_true_sum"};
     for (int i = 0; i < 3; ++i) {
       OP_REQUIRES(ctx, ctx->input(3 + i).shape() == expected,
@@ -278,7 +240,7 @@ class OverlapGradOp : public OverlapOpBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &out));
     fastiou::GradArgs a;
     FillInputs(ctx, g, &a);
-    a.wrt_true = wrt_true_;
+    a.wrt_true = attrs_.wrt_true;
     a.grad_intersection = ctx->input(3).data();
     a.grad_pred_sum = ctx->input(4).data();
     a.grad_true_sum = ctx->input(5).data();
@@ -294,8 +256,6 @@ class OverlapGradOp : public OverlapOpBase {
     }
   }
 
- private:
-  bool wrt_true_ = false;
 };
 
 REGISTER_KERNEL_BUILDER(Name("FastiouOverlapStats").Device(tensorflow::DEVICE_CPU), OverlapStatsOp<false>);

@@ -1,11 +1,14 @@
 """Loading of fastiou's TensorFlow op library, input checks and gradients.
 
 `overlap_stats` is the single entry every loss goes through: it validates the
-inputs, runs the fused statistics op (or, inside an XLA cluster, plain TF ops
-computing the same sums) and returns I, P, T.
+inputs, runs the fused statistics op and returns I, P, T. Under XLA the op
+lowers to a custom call of the same kernels; a build without XLA kernels
+computes the same sums with plain TF ops there instead.
 """
 
+import ctypes
 import os
+import warnings
 
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
@@ -20,6 +23,17 @@ except (tf.errors.NotFoundError, OSError) as err:  # pragma: no cover - install 
         f"TensorFlow 2.21 and this is TensorFlow {tf.__version__}; reinstall fastiou "
         "against the TensorFlow you run."
     ) from err
+
+def _has_xla_kernels(path):
+    """Whether the op library lowers its ops to XLA custom calls."""
+    try:
+        return bool(ctypes.CDLL(path).fastiou_has_xla_kernels())
+    except (OSError, AttributeError):
+        return False
+
+
+HAS_XLA_KERNELS = _has_xla_kernels(_LIB_PATH)
+_warned_fallback = False
 
 PRED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 TRUE_DTYPES = (tf.bool, tf.uint8, tf.int32, tf.int64) + PRED_DTYPES
@@ -120,7 +134,8 @@ def prepare_inputs(y_true, y_pred, weights=None, sparse=False):
 
 
 def _plain_stats(y_true, y_pred, weights, from_logits, per_image, softmax, sparse, ignore_index):
-    """The same sums with ordinary TF ops, for XLA clusters (no XLA kernel yet)."""
+    """The same sums with ordinary TF ops, for XLA clusters when the op library
+    has no XLA kernels."""
     acc = accumulation_dtype(y_pred.dtype)
     p = tf.cast(y_pred, acc)
     if from_logits:
@@ -173,7 +188,12 @@ def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=
     if ignore_index is not None and not sparse:
         raise ValueError("fastiou: ignore_index needs sparse labels (class indices)")
     y_true, y_pred, weights = prepare_inputs(y_true, y_pred, weights, sparse=sparse)
-    if in_xla_context():
+    if in_xla_context() and not HAS_XLA_KERNELS:
+        global _warned_fallback
+        if not _warned_fallback:
+            _warned_fallback = True
+            warnings.warn("fastiou was built without XLA kernels: under XLA (jit_compile) the losses "
+                          "run as plain TensorFlow ops instead of the fused kernels", stacklevel=3)
         return _plain_stats(y_true, y_pred, weights, from_logits, per_image, softmax, sparse,
                             ignore_index)
     has_weights = weights is not None

@@ -19,7 +19,7 @@ import importlib
 from fastiou import _fastiou_kernels as _ext
 
 __all__ = ["overlap_stats", "overlap_grad", "built_with_cuda", "cuda_device_count", "cuda_pool_used",
-           "cuda_pool_used_high", "is_sparse_shape"]
+           "cuda_pool_used_high", "ffi_handlers", "is_sparse_shape"]
 
 _CUDA_DEVICE_TYPES = (2, 13)  # DLPack: kDLCUDA, kDLCUDAManaged
 
@@ -43,6 +43,14 @@ def cuda_pool_used(device=0, reset_high=False):
 def cuda_pool_used_high(device=0):
     """High-water mark of that pool, in bytes (for peak-memory measurements)."""
     return _ext.cuda_pool_used_high(device)
+
+
+def ffi_handlers():
+    """fastiou's XLA FFI handlers as PyCapsules, {target: {platform: capsule}}:
+    targets fastiou_overlap_stats and fastiou_overlap_grad, platforms "cpu"
+    and (built with CUDA) "cuda". Register them with
+    jax.ffi.register_ffi_target(target, capsule, platform=platform)."""
+    return _ext.ffi_handlers()
 
 
 def _framework(x):

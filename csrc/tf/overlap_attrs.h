@@ -1,0 +1,74 @@
+// Attributes and shapes of fastiou's TensorFlow ops, shared by their OpKernels
+// (CPU, GPU) and their XLA op kernels.
+#pragma once
+
+#include "core/overlap_kernels.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+namespace fastiou_tf {
+
+struct OverlapAttrs {
+  bool from_logits = false;
+  bool per_image = true;
+  bool has_weights = false;
+  bool wrt_true = false;  // the gradient op only
+  fastiou::LabelOptions labels;
+  tensorflow::DataType pred = tensorflow::DT_FLOAT;
+  tensorflow::DataType tru = tensorflow::DT_FLOAT;
+  tensorflow::DataType acc = tensorflow::DT_FLOAT;
+};
+
+// Reads the attributes and checks the ones the type constraints cannot.
+inline absl::Status ReadOverlapAttrs(tensorflow::OpKernelConstruction* ctx, bool gradient,
+                                     OverlapAttrs* a) {
+  using tensorflow::DataTypeString;
+  using tensorflow::errors::InvalidArgument;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("from_logits", &a->from_logits));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("per_image", &a->per_image));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("has_weights", &a->has_weights));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("softmax", &a->labels.softmax));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("sparse", &a->labels.sparse));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("has_ignore", &a->labels.has_ignore));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("ignore_index", &a->labels.ignore_index));
+  if (gradient) TF_RETURN_IF_ERROR(ctx->GetAttr("wrt_true", &a->wrt_true));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("Ttrue", &a->tru));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("T", &a->pred));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("Tacc", &a->acc));
+  if (a->labels.sparse && a->tru != tensorflow::DT_UINT8 && a->tru != tensorflow::DT_INT32 &&
+      a->tru != tensorflow::DT_INT64) {
+    return InvalidArgument("fastiou: sparse labels must be uint8, int32 or int64, got ",
+                           DataTypeString(a->tru));
+  }
+  const tensorflow::DataType expected =
+      a->pred == tensorflow::DT_DOUBLE ? tensorflow::DT_DOUBLE : tensorflow::DT_FLOAT;
+  if (a->acc != expected) {
+    return InvalidArgument("Tacc must be ", DataTypeString(expected), " for y_pred of type ",
+                           DataTypeString(a->pred), ", got ", DataTypeString(a->acc));
+  }
+  return absl::OkStatus();
+}
+
+inline fastiou::Shape ToShape(const tensorflow::TensorShape& shape) {
+  const auto dims = shape.dim_sizes();
+  return fastiou::Shape(dims.begin(), dims.end());
+}
+
+// Checks y_true, y_pred and weights shapes and derives the geometry.
+inline absl::Status ValidateShapes(const OverlapAttrs& a, const tensorflow::TensorShape& y_true,
+                                   const tensorflow::TensorShape& y_pred,
+                                   const tensorflow::TensorShape& weights,
+                                   fastiou::OverlapGeometry* g) {
+  const fastiou::Shape w = ToShape(weights);
+  const std::string err = fastiou::validate_overlap_shapes(ToShape(y_pred), ToShape(y_true),
+                                                           a.has_weights ? &w : nullptr, a.labels, g);
+  if (!err.empty()) return tensorflow::errors::InvalidArgument("fastiou: ", err);
+  return absl::OkStatus();
+}
+
+inline tensorflow::TensorShape StatsShape(const OverlapAttrs& a, const fastiou::OverlapGeometry& g) {
+  return a.per_image ? tensorflow::TensorShape({g.batch, g.channels})
+                     : tensorflow::TensorShape({g.channels});
+}
+
+}  // namespace fastiou_tf

@@ -1,0 +1,112 @@
+// XLA lowering of fastiou's TensorFlow ops: under jit_compile each op becomes
+// a typed-FFI custom call to the fastiou XLA FFI handlers (csrc/xla), which
+// run the same kernels as the OpKernels. Shapes and dtypes are checked here,
+// at compile time; a bad label is reported at run time by the Host handler.
+#include <string>
+
+#include "tensorflow/compiler/tf2xla/shape_util.h"
+#include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
+#include "tensorflow/compiler/tf2xla/xla_op_registry.h"
+#include "tf/overlap_attrs.h"
+#include "xla/hlo/builder/xla_builder.h"
+#include "xla/overlap_ffi.h"
+#include "xla/shape_util.h"
+
+// Declared here: xla/ffi/ffi_api.h needs MLIR headers the wheel lacks.
+namespace xla::ffi {
+const XLA_FFI_Api* GetXlaFfiApi();
+}
+
+namespace fastiou_tf {
+namespace {
+
+using tensorflow::XlaOpKernel;
+using tensorflow::XlaOpKernelContext;
+
+// The op's attributes as the handlers' backend config, an MLIR dictionary.
+std::string BackendConfig(const OverlapAttrs& a, bool gradient) {
+  auto i64 = [](const char* name, int64_t v) { return std::string(name) + " = " + std::to_string(v) + " : i64"; };
+  std::string s = "{" + i64("from_logits", a.from_logits) + ", " + i64("per_image", a.per_image) + ", " +
+                  i64("has_weights", a.has_weights) + ", " + i64("softmax", a.labels.softmax) + ", " +
+                  i64("sparse", a.labels.sparse) + ", " + i64("has_ignore", a.labels.has_ignore) + ", " +
+                  i64("ignore_index", a.labels.ignore_index);
+  if (gradient) s += ", " + i64("wrt_true", a.wrt_true);
+  return s + "}";
+}
+
+xla::PrimitiveType AccType(const OverlapAttrs& a) { return a.pred == tensorflow::DT_DOUBLE ? xla::F64 : xla::F32; }
+
+xla::XlaOp Call(XlaOpKernelContext* ctx, const char* target, std::vector<xla::XlaOp> operands,
+                const xla::Shape& shape, const std::string& config) {
+  return xla::CustomCall(ctx->builder(), target, operands, shape, config,
+                         /*has_side_effect=*/false, /*output_operand_aliasing=*/{}, /*literal=*/nullptr,
+                         xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
+}
+
+class OverlapStatsXlaOp : public XlaOpKernel {
+ public:
+  explicit OverlapStatsXlaOp(tensorflow::OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadOverlapAttrs(ctx, false, &attrs_));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    fastiou::OverlapGeometry g;
+    OP_REQUIRES_OK(ctx, ValidateShapes(attrs_, ctx->InputShape(0), ctx->InputShape(1), ctx->InputShape(2), &g));
+    const tensorflow::TensorShape out = StatsShape(attrs_, g);
+    const xla::Shape sums = xla::ShapeUtil::MakeShape(AccType(attrs_), out.dim_sizes());
+    const xla::XlaOp call = Call(ctx, "fastiou_overlap_stats", {ctx->Input(0), ctx->Input(1), ctx->Input(2)},
+                                 xla::ShapeUtil::MakeTupleShape({sums, sums, sums}), BackendConfig(attrs_, false));
+    for (int i = 0; i < 3; ++i) ctx->SetOutput(i, xla::GetTupleElement(call, i));
+  }
+
+ private:
+  OverlapAttrs attrs_;
+};
+
+class OverlapGradXlaOp : public XlaOpKernel {
+ public:
+  explicit OverlapGradXlaOp(tensorflow::OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadOverlapAttrs(ctx, true, &attrs_));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    fastiou::OverlapGeometry g;
+    OP_REQUIRES_OK(ctx, ValidateShapes(attrs_, ctx->InputShape(0), ctx->InputShape(1), ctx->InputShape(2), &g));
+    const tensorflow::TensorShape expected = StatsShape(attrs_, g);
+    static const char* kNames[3] = {"grad_intersection", "grad_pred_sum", "grad_true_sum"};
+    for (int i = 0; i < 3; ++i) {
+      OP_REQUIRES(ctx, ctx->InputShape(3 + i) == expected,
+                  tensorflow::errors::InvalidArgument("fastiou: ", kNames[i], " shape ",
+                                                      ctx->InputShape(3 + i).DebugString(), " must be ",
+                                                      expected.DebugString()));
+    }
+    xla::Shape out;
+    OP_REQUIRES_OK(ctx, tensorflow::TensorShapeToXLAShape(attrs_.pred, ctx->InputShape(1), &out));
+    std::vector<xla::XlaOp> operands;
+    for (int i = 0; i < 6; ++i) operands.push_back(ctx->Input(i));
+    ctx->SetOutput(0, Call(ctx, "fastiou_overlap_grad", operands, out, BackendConfig(attrs_, true)));
+  }
+
+ private:
+  OverlapAttrs attrs_;
+};
+
+REGISTER_XLA_OP(Name("FastiouOverlapStats"), OverlapStatsXlaOp);
+REGISTER_XLA_OP(Name("FastiouOverlapGrad"), OverlapGradXlaOp);
+
+}  // namespace
+}  // namespace fastiou_tf
+
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_overlap_stats", "Host",
+                         fastiou_xla::FastiouOverlapStatsHost);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_overlap_grad", "Host",
+                         fastiou_xla::FastiouOverlapGradHost);
+#if FASTIOU_WITH_CUDA
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_overlap_stats", "CUDA",
+                         fastiou_xla::FastiouOverlapStatsCuda);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_overlap_grad", "CUDA",
+                         fastiou_xla::FastiouOverlapGradCuda);
+#endif
+
+// Lets Python ask whether this op library lowers its ops under XLA.
+extern "C" int fastiou_has_xla_kernels() { return 1; }

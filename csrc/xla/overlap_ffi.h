@@ -1,0 +1,28 @@
+// XLA FFI handlers of fastiou's ops: the framework-neutral entry that XLA
+// custom calls reach, from TensorFlow (jit_compile) and from JAX (jax.ffi).
+//
+// Targets (the names XLA custom calls use):
+//   fastiou_overlap_stats  args (y_true, y_pred, weights), results (I, P, T)
+//   fastiou_overlap_grad   args (y_true, y_pred, weights, dI, dP, dT), result dy
+// Attributes, all i64: from_logits, per_image, has_weights, softmax, sparse,
+// has_ignore, ignore_index, and wrt_true for the gradient. weights is ignored
+// (any shape, e.g. [0]) unless has_weights.
+//
+// Host handlers run the C++ kernels on XLA's thread pool with the same fixed
+// partition as graph mode, so results equal graph mode bitwise. CUDA handlers
+// run the CUDA kernels on XLA's stream without synchronizing; their scratch
+// comes from XLA's allocator.
+#pragma once
+
+#include "xla/ffi/api/ffi.h"
+
+namespace fastiou_xla {
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FastiouOverlapStatsHost);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FastiouOverlapGradHost);
+#if FASTIOU_WITH_CUDA
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FastiouOverlapStatsCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FastiouOverlapGradCuda);
+#endif
+
+}  // namespace fastiou_xla

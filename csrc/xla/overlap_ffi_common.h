@@ -1,0 +1,130 @@
+// What the Host and CUDA FFI handlers share: attributes, buffer checks and the
+// translation of XLA buffers into the kernels' arguments.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "core/overlap_kernels.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace fastiou_xla {
+
+namespace ffi = ::xla::ffi;
+
+inline std::optional<fastiou::DType> ToDType(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::PRED: return fastiou::DType::kBool;
+    case ffi::DataType::U8: return fastiou::DType::kUInt8;
+    case ffi::DataType::S32: return fastiou::DType::kInt32;
+    case ffi::DataType::S64: return fastiou::DType::kInt64;
+    case ffi::DataType::F16: return fastiou::DType::kFloat16;
+    case ffi::DataType::BF16: return fastiou::DType::kBFloat16;
+    case ffi::DataType::F32: return fastiou::DType::kFloat32;
+    case ffi::DataType::F64: return fastiou::DType::kFloat64;
+    default: return std::nullopt;
+  }
+}
+
+inline fastiou::Shape Dims(const ffi::AnyBuffer& b) {
+  const auto d = b.dimensions();
+  return fastiou::Shape(d.begin(), d.end());
+}
+
+// The attributes of a call, decoded from its backend config.
+struct Options {
+  int64_t from_logits = 0;
+  int64_t per_image = 1;
+  int64_t has_weights = 0;
+  int64_t softmax = 0;
+  int64_t sparse = 0;
+  int64_t has_ignore = 0;
+  int64_t ignore_index = 0;
+};
+
+// Aggregates in the order of their attributes: the decoder fills them as T{...}.
+struct GradOptions {
+  int64_t from_logits = 0;
+  int64_t per_image = 1;
+  int64_t has_weights = 0;
+  int64_t softmax = 0;
+  int64_t sparse = 0;
+  int64_t has_ignore = 0;
+  int64_t ignore_index = 0;
+  int64_t wrt_true = 0;
+
+  Options options() const {
+    return Options{from_logits, per_image, has_weights, softmax, sparse, has_ignore, ignore_index};
+  }
+};
+
+// Checks the buffers and fills the kernels' inputs; an empty string or the problem.
+inline std::string FillInputs(const ffi::AnyBuffer& t, const ffi::AnyBuffer& p, const ffi::AnyBuffer& w,
+                              const Options& o, fastiou::OverlapInputs* in) {
+  const auto pd = ToDType(p.element_type());
+  const auto td = ToDType(t.element_type());
+  if (!pd || *pd == fastiou::DType::kBool || *pd == fastiou::DType::kUInt8 || *pd == fastiou::DType::kInt32 ||
+      *pd == fastiou::DType::kInt64) {
+    return "y_pred must be float16, bfloat16, float32 or float64";
+  }
+  if (!td) return "y_true must be bool, uint8, int32, int64 or a float type";
+  in->labels.softmax = o.softmax != 0;
+  in->labels.sparse = o.sparse != 0;
+  in->labels.has_ignore = o.has_ignore != 0;
+  in->labels.ignore_index = o.ignore_index;
+  const fastiou::Shape weights = Dims(w);
+  std::string err = fastiou::validate_overlap_shapes(Dims(p), Dims(t), o.has_weights ? &weights : nullptr,
+                                                     in->labels, &in->geometry);
+  if (!err.empty()) return err;
+  if (o.has_weights && w.element_type() != p.element_type()) return "weights must have y_pred's dtype";
+  in->from_logits = o.from_logits != 0;
+  in->per_image = o.per_image != 0;
+  in->pred_dtype = *pd;
+  in->true_dtype = *td;
+  in->y_true = t.untyped_data();
+  in->y_pred = p.untyped_data();
+  in->weights = o.has_weights ? w.untyped_data() : nullptr;
+  return std::string();
+}
+
+inline fastiou::DType AccDType(fastiou::DType pred) {
+  return pred == fastiou::DType::kFloat64 ? fastiou::DType::kFloat64 : fastiou::DType::kFloat32;
+}
+
+inline ffi::DataType FfiDType(fastiou::DType d) {
+  return d == fastiou::DType::kFloat64 ? ffi::DataType::F64 : ffi::DataType::F32;
+}
+
+// Checks that a sums-shaped buffer (results, or the gradient's dI, dP, dT) has
+// the stats' shape and accumulation dtype.
+inline std::string CheckSums(const ffi::AnyBuffer& b, const char* name, const fastiou::OverlapInputs& in) {
+  const auto& g = in.geometry;
+  const fastiou::Shape want = in.per_image ? fastiou::Shape{g.batch, g.channels} : fastiou::Shape{g.channels};
+  if (Dims(b) != want) {
+    return std::string(name) + " shape " + fastiou::shape_string(Dims(b)) + " must be " + fastiou::shape_string(want);
+  }
+  if (b.element_type() != FfiDType(AccDType(in.pred_dtype))) {
+    return std::string(name) + " must be " + fastiou::dtype_name(AccDType(in.pred_dtype));
+  }
+  return std::string();
+}
+
+inline ffi::Error Invalid(const std::string& message) { return ffi::Error::InvalidArgument("fastiou: " + message); }
+
+}  // namespace fastiou_xla
+
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(fastiou_xla::Options, ::xla::ffi::StructMember<int64_t>("from_logits"),
+                                      ::xla::ffi::StructMember<int64_t>("per_image"),
+                                      ::xla::ffi::StructMember<int64_t>("has_weights"),
+                                      ::xla::ffi::StructMember<int64_t>("softmax"),
+                                      ::xla::ffi::StructMember<int64_t>("sparse"),
+                                      ::xla::ffi::StructMember<int64_t>("has_ignore"),
+                                      ::xla::ffi::StructMember<int64_t>("ignore_index"));
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(fastiou_xla::GradOptions, ::xla::ffi::StructMember<int64_t>("from_logits"),
+                                      ::xla::ffi::StructMember<int64_t>("per_image"),
+                                      ::xla::ffi::StructMember<int64_t>("has_weights"),
+                                      ::xla::ffi::StructMember<int64_t>("softmax"),
+                                      ::xla::ffi::StructMember<int64_t>("sparse"),
+                                      ::xla::ffi::StructMember<int64_t>("has_ignore"),
+                                      ::xla::ffi::StructMember<int64_t>("ignore_index"),
+                                      ::xla::ffi::StructMember<int64_t>("wrt_true"));

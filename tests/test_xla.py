@@ -1,0 +1,228 @@
+"""fastiou under XLA: the ops lower to custom calls of the same kernels.
+
+Under tf.function(jit_compile=True), for every op, mode and input dtype: loss
+and gradient equal graph mode and the reference; the optimized HLO holds the
+fastiou custom calls and no other mask-sized work; bad input fails with a
+clear error. The same Host handlers are also driven from JAX through jax.ffi.
+"""
+
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fastiou
+from fastiou import _ops
+
+pytestmark = pytest.mark.skipif(not _ops.HAS_XLA_KERNELS, reason="built without XLA kernels")
+
+MODES = [
+    # name, channels, loss kwargs, target kind
+    ("binary-logits", 1, dict(from_logits=True), "mask"),
+    ("binary-probabilities", 1, dict(from_logits=False), "mask"),
+    ("multilabel", 3, dict(from_logits=True, mode="multilabel"), "mask"),
+    ("multiclass-one-hot", 4, dict(from_logits=True, mode="multiclass"), "one-hot"),
+    ("multiclass-sparse", 5, dict(from_logits=True, ignore_index=255), "labels"),
+    ("multiclass-sparse-probabilities", 3, dict(from_logits=False), "labels"),
+]
+
+
+def make_case(rng, shape, kind, from_logits, pred_dtype, true_dtype):
+    z = rng.normal(scale=2.0, size=shape)
+    if not from_logits:
+        z = 1 / (1 + np.exp(-z)) if kind == "mask" else np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    if kind == "mask":
+        t = rng.random(shape) < 0.3
+    elif kind == "one-hot":
+        t = np.eye(shape[-1])[rng.integers(0, shape[-1], size=shape[:-1])]
+    else:
+        t = rng.integers(0, shape[-1], size=shape[:-1])
+        t = np.where(rng.random(shape[:-1]) < 0.1, 255, t) if shape[-1] == 5 else t
+        true_dtype = "uint8" if true_dtype not in ("int32", "int64") else true_dtype
+    return tf.constant(t.astype(true_dtype)), tf.cast(tf.constant(z), pred_dtype)
+
+
+def step(fn, **kwargs):
+    def run(t, z):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = tf.reduce_sum(fn(t, z, **kwargs))
+        return loss, tape.gradient(loss, z)
+    return run
+
+
+TOL = {"float16": 2e-3, "bfloat16": 2e-2, "float32": 2e-5, "float64": 1e-10}
+TIGHT = {"float16": 1e-6, "bfloat16": 1e-6, "float32": 1e-6, "float64": 1e-13}
+
+
+@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("pred_dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("loss", ["jaccard", "dice", "tversky"])
+def test_xla_equals_graph_mode_and_reference(rng, name, channels, opts, kind, pred_dtype, per_image, loss):
+    t, z = make_case(rng, (3, 9, 7, channels), kind, opts["from_logits"], pred_dtype, "uint8")
+    extra = dict(alpha=0.3, beta=0.7, gamma=1.5) if loss == "tversky" else {}
+    fused = getattr(fastiou, f"{loss}_loss")
+    kwargs = dict(opts, per_image=per_image, **extra)
+    xla = tf.function(step(fused, **kwargs), jit_compile=True)(t, z)
+    graph = tf.function(step(fused, **kwargs))(t, z)
+    # The kernels, with the same partition: bitwise the same sums.
+    sums = dict(from_logits=opts["from_logits"], per_image=per_image, softmax=kind != "mask",
+                ignore_index=opts.get("ignore_index"))
+    stats_xla = tf.function(lambda t, z: fastiou.overlap_stats(t, z, **sums), jit_compile=True)(t, z)
+    stats_graph = tf.function(lambda t, z: fastiou.overlap_stats(t, z, **sums))(t, z)
+    for a, b in zip(stats_xla, stats_graph):
+        assert a.numpy().tobytes() == b.numpy().tobytes()
+    # The loss algebra on those sums is compiled by XLA: equal to rounding.
+    assert xla[1].dtype == z.dtype
+    np.testing.assert_allclose(float(xla[0]), float(graph[0]), rtol=TIGHT[pred_dtype])
+    out = {"float16": 1e-3, "bfloat16": 8e-3}.get(pred_dtype, TIGHT[pred_dtype])
+    a, b = (tf.cast(g, tf.float64).numpy() for g in (xla[1], graph[1]))
+    np.testing.assert_allclose(a, b, rtol=out, atol=out * np.abs(b).max())
+    ref = step(getattr(fastiou.reference, f"{loss}_loss"), **kwargs)(t, tf.cast(z, tf.float64))
+    tol = TOL[pred_dtype]
+    np.testing.assert_allclose(float(xla[0]), float(ref[0]), rtol=tol, atol=tol)
+    got = tf.cast(xla[1], tf.float64).numpy()
+    np.testing.assert_allclose(got, ref[1].numpy(), rtol=10 * tol, atol=tol * np.abs(ref[1]).max())
+
+
+@pytest.mark.parametrize("true_dtype", ["bool", "uint8", "int32", "int64", "float16", "float32"])
+def test_xla_target_dtypes_and_weights(rng, true_dtype):
+    t, z = make_case(rng, (2, 11, 5, 2), "mask", True, "float32", true_dtype)
+    w = tf.constant(rng.random((2, 11, 5, 1)).astype("float32"))
+    kwargs = dict(from_logits=True, weights=w, mode="multilabel")
+    xla = tf.function(step(fastiou.jaccard_loss, **kwargs), jit_compile=True)(t, z)
+    graph = tf.function(step(fastiou.jaccard_loss, **kwargs))(t, z)
+    np.testing.assert_allclose(float(xla[0]), float(graph[0]), rtol=1e-6)
+    np.testing.assert_allclose(xla[1].numpy(), graph[1].numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_xla_gradient_with_respect_to_float_targets(rng):
+    t, z = make_case(rng, (2, 6, 6, 1), "mask", True, "float32", "float32")
+
+    def both(t, z):
+        with tf.GradientTape() as tape:
+            tape.watch([t, z])
+            loss = fastiou.dice_loss(t, z, from_logits=True)
+        return tape.gradient(loss, [t, z])
+
+    xla = tf.function(both, jit_compile=True)(t, z)
+    graph = tf.function(both)(t, z)
+    for a, b in zip(xla, graph):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-9)
+
+
+# --- The optimized HLO: fastiou's custom calls and nothing else mask-sized.
+
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(\(.*?\)|\w+\[[\d,]*\](?:\{[\d,]*\})?)\s+([\w\-]+)\(")
+_ALLOWED = {"parameter", "bitcast", "reshape", "custom-call", "tuple", "get-tuple-element"}
+
+
+def _elements(shape_text):
+    total = 0
+    for dims in re.findall(r"\w+\[([\d,]*)\]", shape_text):
+        total = max(total, int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1)
+    return total
+
+
+def mask_sized_work(hlo, mask_elements):
+    """(opcode, line) of every instruction whose result is at least mask-sized
+    and is not a parameter, bitcast, reshape or custom call."""
+    found = []
+    for line in hlo.splitlines():
+        m = _INSTR.match(line)
+        if m and _elements(m.group(1)) >= mask_elements and m.group(2) not in _ALLOWED:
+            found.append((m.group(2), line.strip()[:160]))
+    return found
+
+
+@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("pred_dtype,true_dtype", [("float32", "uint8"), ("bfloat16", "bool"),
+                                                   ("float16", "uint8"), ("float32", "float32")])
+def test_optimized_hlo_holds_only_the_custom_calls(rng, name, channels, opts, kind, pred_dtype, true_dtype):
+    shape = (2, 32, 32, channels)
+    t, z = make_case(rng, shape, kind, opts["from_logits"], pred_dtype, true_dtype)
+    fn = tf.function(step(fastiou.jaccard_loss, **opts), jit_compile=True)
+    hlo = fn.experimental_get_compiler_ir(t, z)(stage="optimized_hlo")
+    assert 'custom_call_target="fastiou_overlap_stats"' in hlo
+    assert 'custom_call_target="fastiou_overlap_grad"' in hlo
+    # Pixels of a multi-class case: its one-hot or softmax would be mask-sized too.
+    mask_elements = int(np.prod(shape[:-1]))
+    assert mask_sized_work(hlo, mask_elements) == []
+
+
+def test_hlo_check_catches_plain_formulas(rng):
+    # The check itself: the pure formula under XLA does mask-sized work.
+    t, z = make_case(rng, (2, 32, 32, 1), "mask", True, "float32", "uint8")
+    fn = tf.function(step(fastiou.reference.jaccard_loss, from_logits=True), jit_compile=True)
+    hlo = fn.experimental_get_compiler_ir(t, z)(stage="optimized_hlo")
+    assert "fastiou_overlap" not in hlo
+    assert len(mask_sized_work(hlo, 2 * 32 * 32)) > 0
+
+
+# --- Bad input under XLA.
+
+def test_shape_problems_fail_at_compile_time():
+    spec = tf.TensorSpec(None, tf.float32)
+
+    @tf.function(jit_compile=True, input_signature=[spec, spec])
+    def loss(t, z):
+        return fastiou.jaccard_loss(t, z)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"y_true shape \[2,4,4,1\] does not match"):
+        loss(tf.zeros((2, 4, 4, 1)), tf.zeros((2, 4, 5, 1)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rank >= 2"):
+        loss(tf.zeros((7,)), tf.zeros((7,)))
+    labels = tf.TensorSpec(None, tf.uint8)
+
+    @tf.function(jit_compile=True, input_signature=[labels, spec])
+    def sparse(t, z):
+        return fastiou.overlap_stats(t, z, sparse=True, softmax=True, from_logits=True)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sparse y_true shape"):
+        sparse(tf.zeros((2, 4, 5), tf.uint8), tf.zeros((2, 4, 4, 3)))
+
+
+def test_label_out_of_range_fails_at_run_time_naming_it():
+    labels = np.zeros((2, 4, 4), np.uint8)
+    labels[1, 2, 3] = 9
+    fn = tf.function(lambda t, z: fastiou.jaccard_loss(t, z, from_logits=True, ignore_index=255),
+                     jit_compile=True)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"label 9 at batch index 1, pixel 11 .* outside \[0, 3\) and is not ignore_index 255"):
+        fn(tf.constant(labels), tf.zeros((2, 4, 4, 3)))
+    labels[1, 2, 3] = 255
+    assert np.isfinite(float(fn(tf.constant(labels), tf.zeros((2, 4, 4, 3)))))
+
+
+# --- The Host handlers through JAX's FFI.
+
+def test_host_handlers_through_jax_ffi(rng):
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    import fastiou.kernels as fk
+
+    handlers = fk.ffi_handlers()
+    for target, platforms in handlers.items():
+        jax.ffi.register_ffi_target(target, platforms["cpu"], platform="cpu")
+    z = rng.normal(size=(3, 10, 7, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, size=(3, 10, 7)).astype(np.uint8)
+    attrs = dict(from_logits=np.int64(1), per_image=np.int64(1), has_weights=np.int64(0), softmax=np.int64(1),
+                 sparse=np.int64(1), has_ignore=np.int64(0), ignore_index=np.int64(0))
+    sums = jax.ShapeDtypeStruct((3, 4), jnp.float32)
+    no_weights = jnp.zeros((0,), jnp.float32)
+    stats = jax.jit(lambda t, z: jax.ffi.ffi_call("fastiou_overlap_stats", (sums, sums, sums))(
+        t, z, no_weights, **attrs))
+    cpu = jax.devices("cpu")[0]
+    got = stats(jax.device_put(labels, cpu), jax.device_put(z, cpu))
+    want = fk.overlap_stats(labels, z, from_logits=True, softmax=True, sparse=True)
+    for g, w in zip(got, want):
+        assert np.asarray(g).tobytes() == w.tobytes()
+    g_i, g_p, g_t = (np.full((3, 4), v, np.float32) for v in (0.5, -0.25, 0.0))
+    grad = jax.jit(lambda t, z, a, b, c: jax.ffi.ffi_call(
+        "fastiou_overlap_grad", jax.ShapeDtypeStruct(z.shape, z.dtype))(
+        t, z, no_weights, a, b, c, wrt_true=np.int64(0), **attrs))(labels, z, g_i, g_p, g_t)
+    want = fk.overlap_grad(labels, z, None, g_i, g_p, g_t, from_logits=True, softmax=True, sparse=True)
+    assert np.asarray(grad).tobytes() == want.tobytes()
