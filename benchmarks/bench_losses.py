@@ -11,8 +11,8 @@ keeps the median.
 
 Implementations:
   fused        fastiou's loss, tf.function (the fused custom ops)
-  fused-xla    fastiou's loss, tf.function(jit_compile=True); fastiou has no XLA
-               kernel yet, so this runs its plain-TF fallback
+  fused-xla    fastiou's loss, tf.function(jit_compile=True): the fused kernels
+               as XLA custom calls
   keras        fastiou.reference (keras.ops), tf.function
   keras-xla    fastiou.reference, tf.function(jit_compile=True)
 
