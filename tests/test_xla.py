@@ -226,3 +226,23 @@ def test_host_handlers_through_jax_ffi(rng):
         t, z, no_weights, a, b, c, wrt_true=np.int64(0), **attrs))(labels, z, g_i, g_p, g_t)
     want = fk.overlap_grad(labels, z, None, g_i, g_p, g_t, from_logits=True, softmax=True, sparse=True)
     assert np.asarray(grad).tobytes() == want.tobytes()
+
+
+def test_build_without_xla_kernels_falls_back_with_one_warning(rng, monkeypatch):
+    # What a build without XLA support does under XLA: plain TF ops, one warning.
+    monkeypatch.setattr(_ops, "HAS_XLA_KERNELS", False)
+    monkeypatch.setattr(_ops, "_warned_fallback", False)
+    t, z = make_case(rng, (2, 8, 8, 1), "mask", True, "float32", "uint8")
+    fn = tf.function(step(fastiou.jaccard_loss, from_logits=True), jit_compile=True)
+    with pytest.warns(UserWarning, match="built without XLA kernels"):
+        got = fn(t, z)
+    hlo = fn.experimental_get_compiler_ir(t, z)(stage="optimized_hlo")
+    assert "fastiou_overlap" not in hlo
+    ref = step(fastiou.reference.jaccard_loss, from_logits=True)(t, z)
+    np.testing.assert_allclose(float(got[0]), float(ref[0]), rtol=1e-6)
+    np.testing.assert_allclose(got[1].numpy(), ref[1].numpy(), rtol=1e-5, atol=1e-8)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tf.function(step(fastiou.dice_loss, from_logits=True), jit_compile=True)(t, z)  # no second warning
