@@ -28,9 +28,9 @@ keep smooth > 0 (default 1) when images without foreground are common.
 import keras
 import tensorflow as tf
 
+from fastiou._algebra import MODES, check_options as _check_options, finish
+from fastiou._algebra import flat as _flat
 from fastiou._ops import is_sparse_shape, overlap_stats
-
-MODES = ("auto", "binary", "multilabel", "multiclass")
 
 try:  # Keras' own weighting and reduction, so sample_weight behaves as usual.
     from keras.src.losses.loss import reduce_weighted_values as _reduce_weighted_values
@@ -47,80 +47,19 @@ def _scale_for_replicas(loss):
     return loss * tf.constant(1.0 / ctx.num_replicas_in_sync, loss.dtype)
 
 
-def _index(kind, I, P, T, smooth, alpha, beta):
-    s = tf.constant(smooth, I.dtype)
-    if kind == "jaccard":
-        num, den = I + s, T + P - I + s
-    elif kind == "dice":
-        num, den = 2.0 * I + s, T + P + s
-    else:
-        num = I + s
-        den = I + tf.constant(alpha, I.dtype) * (P - I) + tf.constant(beta, I.dtype) * (T - I) + s
-    # A zero denominator means nothing predicted and nothing there: a perfect
-    # match. The safe denominator keeps the unused branch's gradient finite.
-    empty = den <= keras.config.epsilon()
-    return tf.where(empty, tf.ones_like(num), num / tf.where(empty, tf.ones_like(den), den))
+class _TFOps:
+    """The array functions the shared loss algebra needs, for TensorFlow."""
 
-
-def _group_loss(index, gamma, log_loss):
-    eps = tf.constant(keras.config.epsilon(), index.dtype)
-    if log_loss:
-        return -tf.math.log(tf.maximum(index, eps))
-    base = tf.maximum(1.0 - index, 0.0)
-    if gamma == 1.0:
-        return base
-    # d/dx x**gamma is unbounded at x = 0 for gamma < 1: keep that point out.
-    positive = base > 0
-    safe = tf.where(positive, base, tf.ones_like(base))
-    return tf.where(positive, tf.pow(safe, tf.constant(gamma, base.dtype)), tf.zeros_like(base))
-
-
-def _reduce_channels(loss, class_weights, classes=None):
-    channels = loss.shape[-1]
-    cw = None
-    if class_weights is not None:
-        cw = tf.reshape(tf.constant(class_weights, dtype=loss.dtype), [-1])
-        if channels is not None and cw.shape[0] != channels:
-            raise ValueError(
-                f"fastiou: class_weights has {cw.shape[0]} entries but y_pred has {channels} channels"
-            )
-    if classes is not None:
-        if channels is not None and any(c < 0 or c >= channels for c in classes):
-            raise ValueError(f"fastiou: classes {list(classes)} must lie in [0, {channels})")
-        loss = tf.gather(loss, classes, axis=-1)
-        if cw is not None:
-            cw = tf.gather(cw, classes)
-    if cw is None:
-        return tf.reduce_mean(loss, axis=-1)
-    return tf.reduce_sum(loss * cw, axis=-1) / tf.reduce_sum(cw)
-
-
-def _check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights, mode="auto",
-                   classes=None):
-    if mode not in MODES:
-        raise ValueError(f"fastiou: mode must be one of {MODES}, got {mode!r}")
-    if classes is not None and len(classes) == 0:
-        raise ValueError("fastiou: classes must name at least one channel")
-    if smooth < 0:
-        raise ValueError(f"fastiou: smooth must be >= 0, got {smooth}")
-    if kind == "tversky":
-        if alpha < 0 or beta < 0:
-            raise ValueError(f"fastiou: alpha and beta must be >= 0, got {alpha}, {beta}")
-        if gamma <= 0:
-            raise ValueError(f"fastiou: gamma must be > 0, got {gamma}")
-        if log_loss and gamma != 1.0:
-            raise ValueError("fastiou: log_loss and gamma != 1 cannot be combined")
-    if class_weights is not None and any(w < 0 for w in _flat(class_weights)):
-        raise ValueError("fastiou: class_weights must be >= 0")
-
-
-def _flat(values):
-    if hasattr(values, "numpy"):
-        values = values.numpy()
-    try:
-        return [float(v) for v in values]
-    except TypeError:
-        return [float(values)]
+    asarray = staticmethod(lambda value, dtype: tf.constant(value, dtype))
+    where = staticmethod(tf.where)
+    maximum = staticmethod(tf.maximum)
+    power = staticmethod(tf.pow)
+    log = staticmethod(tf.math.log)
+    ones_like = staticmethod(tf.ones_like)
+    zeros_like = staticmethod(tf.zeros_like)
+    take = staticmethod(lambda x, indices, axis: tf.gather(x, indices, axis=axis))
+    mean = staticmethod(lambda x, axis: tf.reduce_mean(x, axis=axis))
+    sum = staticmethod(lambda x, axis: tf.reduce_sum(x, axis=axis))
 
 
 def _sum_across_replicas(I, P, T):
@@ -176,8 +115,9 @@ def overlap_loss(
                             softmax=multiclass, sparse=sparse, ignore_index=ignore_index)
     if sync_replicas:
         I, P, T = _sum_across_replicas(I, P, T)
-    index = _index(kind, I, P, T, smooth, alpha, beta)
-    return _reduce_channels(_group_loss(index, gamma, log_loss), class_weights, classes)
+    return finish(_TFOps, kind, I, P, T, smooth=smooth, alpha=alpha, beta=beta, gamma=gamma,
+                  log_loss=log_loss, class_weights=class_weights, classes=classes,
+                  eps=keras.config.epsilon())
 
 
 _ARGS_DOC = """
