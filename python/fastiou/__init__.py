@@ -4,8 +4,9 @@
     model.compile(optimizer="adam", loss=fastiou.losses.JaccardLoss(from_logits=True))
 
 `fastiou.kernels` runs the same kernels on NumPy, CuPy, PyTorch or JAX arrays
-without TensorFlow. Where TensorFlow is not installed, or fastiou was built
-without its TensorFlow ops, only `fastiou.kernels` is available.
+without TensorFlow, and `fastiou.jax` gives the losses to JAX and Flax. Where
+TensorFlow is not installed, fastiou was built without its TensorFlow ops, or
+Keras runs on another backend, the TensorFlow losses are not loaded.
 """
 
 import importlib.util as _util
@@ -18,8 +19,27 @@ __version__ = "0.1.0"
 
 __all__ = ["kernels", "built_with_cuda"]
 
-_HAVE_TF_OPS = _util.find_spec("tensorflow") is not None and _os.path.exists(
-    _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "_fastiou_ops.so"))
+def _keras_backend():
+    """The Keras backend this process will use, read as Keras reads it
+    (KERAS_BACKEND, then keras.json) without importing Keras."""
+    if _os.environ.get("KERAS_BACKEND"):
+        return _os.environ["KERAS_BACKEND"]
+    home = _os.environ.get("KERAS_HOME") or _os.path.join(_os.path.expanduser("~"), ".keras")
+    try:
+        import json
+
+        with open(_os.path.join(home, "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+# The TensorFlow side loads only on Keras' TensorFlow backend, where TensorFlow
+# and fastiou's ops for it are installed: on the JAX backend fastiou imports
+# no TensorFlow (fastiou.jax is its way in there).
+_HAVE_TF_OPS = (_keras_backend() == "tensorflow" and _util.find_spec("tensorflow") is not None
+                and _os.path.exists(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)),
+                                                  "_fastiou_ops.so")))
 
 if _HAVE_TF_OPS:
     from fastiou import losses, reference
@@ -40,7 +60,7 @@ else:
         if name in ("losses", "reference", "overlap_stats", "in_xla_context", "jaccard_loss", "dice_loss",
                     "tversky_loss"):
             raise AttributeError(
-                f"fastiou.{name} needs TensorFlow 2.21 and fastiou's TensorFlow ops; this installation "
-                "has only the framework-neutral kernels (fastiou.kernels). Install TensorFlow 2.21 and "
-                "rebuild fastiou against it.")
+                f"fastiou.{name} needs Keras on its TensorFlow backend, TensorFlow 2.21 and fastiou's "
+                f"TensorFlow ops (Keras backend here: {_keras_backend()!r}). For JAX use fastiou.jax; "
+                "for other arrays fastiou.kernels.")
         raise AttributeError(f"module 'fastiou' has no attribute {name!r}")

@@ -1,0 +1,188 @@
+"""fastiou.jax: the fused kernels in plain JAX through XLA FFI, on the CPU.
+
+Values against the float64 oracle, jax.grad against JAX autodiff of the plain
+formula (and numerically in float64), jit and vmap, the compiled HLO, errors,
+and that importing it on Keras' JAX backend imports no TensorFlow.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+
+import fastiou.kernels as fk  # noqa: E402
+
+if not fk.ffi_handlers():
+    pytest.skip("built without XLA FFI handlers", allow_module_level=True)
+
+import fastiou.jax as fj  # noqa: E402
+from overlap_oracle import sums as oracle_sums  # noqa: E402
+from test_xla import mask_sized_work  # noqa: E402
+
+CPU = jax.devices("cpu")[0]
+
+MODES = [
+    ("binary-logits", 1, dict(from_logits=True), "mask"),
+    ("binary-probabilities", 1, dict(from_logits=False), "mask"),
+    ("multilabel", 3, dict(from_logits=True, mode="multilabel"), "mask"),
+    ("multiclass-one-hot", 4, dict(from_logits=True, mode="multiclass"), "one-hot"),
+    ("multiclass-sparse", 5, dict(from_logits=True, ignore_index=255), "labels"),
+]
+
+
+def make_case(rng, shape, kind, from_logits, true_dtype=np.uint8):
+    z = rng.normal(scale=2.0, size=shape)
+    if not from_logits:
+        z = 1 / (1 + np.exp(-z))
+    if kind == "mask":
+        t = (rng.random(shape) < 0.3).astype(true_dtype)
+    elif kind == "one-hot":
+        t = np.eye(shape[-1], dtype=true_dtype)[rng.integers(0, shape[-1], size=shape[:-1])]
+    else:
+        t = rng.integers(0, shape[-1], size=shape[:-1])
+        t = np.where(rng.random(shape[:-1]) < 0.1, 255, t).astype(np.uint8)
+    return t, z
+
+
+def plain_loss(kind, t, z, *, from_logits, mode="auto", per_image=False, ignore_index=None, smooth=1.0,
+               alpha=0.5, beta=0.5, gamma=1.0):
+    """The formula written plainly in jnp: activation, one-hot, sums, index."""
+    sparse = t.ndim == z.ndim - 1
+    multiclass = sparse or mode == "multiclass"
+    p = z
+    if from_logits:
+        p = jax.nn.softmax(z, -1) if multiclass else jax.nn.sigmoid(z)
+    w = jnp.ones_like(p)
+    if sparse:
+        tt = jax.nn.one_hot(t, z.shape[-1], dtype=p.dtype)
+        if ignore_index is not None:
+            w = w * (t != ignore_index)[..., None]
+    else:
+        tt = t.astype(p.dtype)
+    axes = tuple(range(1 if per_image else 0, z.ndim - 1))
+    I, P, T = (w * tt * p).sum(axes), (w * p).sum(axes), (w * tt).sum(axes)
+    if kind == "jaccard":
+        index = (I + smooth) / (T + P - I + smooth)
+    elif kind == "dice":
+        index = (2 * I + smooth) / (T + P + smooth)
+    else:
+        index = (I + smooth) / (I + alpha * (P - I) + beta * (T - I) + smooth)
+    return (jnp.maximum(1 - index, 0) ** gamma).mean(-1)
+
+
+@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("loss", ["jaccard", "dice", "tversky"])
+def test_values_and_gradients_against_plain_jax(rng, name, channels, opts, kind, per_image, loss):
+    t, z = make_case(rng, (3, 9, 7, channels), kind, opts["from_logits"])
+    t, z = jnp.asarray(t), jnp.asarray(z, jnp.float32)
+    extra = dict(alpha=0.3, beta=0.7, gamma=1.5) if loss == "tversky" else {}
+    fused = getattr(fj, f"{loss}_loss")
+
+    def total_fused(z):
+        return fused(t, z, per_image=per_image, **opts, **extra).sum()
+
+    def total_plain(z):
+        return plain_loss(loss, t, z, per_image=per_image, **opts, **extra).sum()
+
+    value, grad = jax.jit(jax.value_and_grad(total_fused))(z)
+    want_value, want_grad = jax.value_and_grad(total_plain)(z)
+    np.testing.assert_allclose(float(value), float(want_value), rtol=2e-5)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-3,
+                               atol=1e-5 * float(jnp.abs(want_grad).max()))
+
+
+@pytest.mark.parametrize("pred_dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("true_dtype", [np.bool_, np.uint8, np.int32, np.float32])
+def test_stats_dtypes_against_float64_oracle(rng, pred_dtype, true_dtype):
+    t, z = make_case(rng, (2, 13, 5, 2), "mask", True, true_dtype)
+    zj = jnp.asarray(z, pred_dtype)
+    got = jax.jit(lambda t, z: fj.overlap_stats(t, z, from_logits=True))(t, zj)
+    want = oracle_sums(t, np.asarray(zj.astype(jnp.float32)), from_logits=True)
+    tol = {"float16": 2e-3, "bfloat16": 2e-3, "float32": 2e-5}[pred_dtype]
+    for g, w in zip(got, want):
+        assert g.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(g), w, rtol=tol, atol=tol)
+    # The same kernels as fastiou.kernels: bitwise the same sums.
+    for g, w in zip(got, fk.overlap_stats(t, jax.device_put(zj, CPU), from_logits=True)):
+        assert np.asarray(g).tobytes() == np.asarray(w).tobytes()
+
+
+def test_gradient_numerically_in_float64(rng):
+    t, z = make_case(rng, (2, 5, 4, 1), "mask", True)
+    with jax.enable_x64(True):
+        z64 = jnp.asarray(z, jnp.float64)
+        f = lambda z: fj.dice_loss(t, z, from_logits=True, per_image=True).sum()  # noqa: E731
+        grad = np.asarray(jax.grad(f)(z64))
+        eps = 1e-6
+        flat = np.asarray(z64).ravel()
+        for i in rng.choice(flat.size, 8, replace=False):
+            up, down = flat.copy(), flat.copy()
+            up[i] += eps
+            down[i] -= eps
+            numeric = (float(f(up.reshape(z.shape))) - float(f(down.reshape(z.shape)))) / (2 * eps)
+            np.testing.assert_allclose(grad.ravel()[i], numeric, rtol=1e-6, atol=1e-10)
+
+
+def test_gradient_with_respect_to_float_targets(rng):
+    t, z = make_case(rng, (2, 6, 6, 1), "mask", True, np.float32)
+    dt, dz = jax.grad(lambda t, z: fj.jaccard_loss(t, z, from_logits=True), argnums=(0, 1))(
+        jnp.asarray(t), jnp.asarray(z, jnp.float32))
+    pt, pz = jax.grad(lambda t, z: plain_loss("jaccard", t, z, from_logits=True), argnums=(0, 1))(
+        jnp.asarray(t), jnp.asarray(z, jnp.float32))
+    np.testing.assert_allclose(np.asarray(dt), np.asarray(pt), rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(dz), np.asarray(pz), rtol=1e-3, atol=1e-7)
+
+
+def test_vmap_gives_per_item_losses(rng):
+    t, z = make_case(rng, (4, 6, 6, 1), "mask", True)
+    batched = jax.vmap(lambda t, z: fj.jaccard_loss(t, z, from_logits=True))(t[:, None], z[:, None])
+    one_by_one = [float(fj.jaccard_loss(t[i:i + 1], z[i:i + 1], from_logits=True)) for i in range(4)]
+    np.testing.assert_allclose(np.asarray(batched), one_by_one, rtol=1e-6)
+    per_image = fj.jaccard_loss(t, z, from_logits=True, per_image=True)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(per_image), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+def test_compiled_hlo_holds_only_the_custom_calls(rng, name, channels, opts, kind):
+    shape = (2, 32, 32, channels)
+    t, z = make_case(rng, shape, kind, opts["from_logits"])
+    step = jax.jit(jax.value_and_grad(lambda z, t: fj.jaccard_loss(t, z, **opts)))
+    hlo = step.lower(jnp.asarray(z, jnp.bfloat16), t).compile().as_text()
+    assert 'custom_call_target="fastiou_overlap_stats"' in hlo
+    assert 'custom_call_target="fastiou_overlap_grad"' in hlo
+    assert mask_sized_work(hlo, int(np.prod(shape[:-1]))) == []
+
+
+def test_errors():
+    z = jnp.zeros((2, 4, 4, 3))
+    with pytest.raises(ValueError, match="does not match y_pred shape"):
+        fj.jaccard_loss(jnp.zeros((2, 4, 5, 3)), z)
+    with pytest.raises(ValueError, match="rank >= 2"):
+        fj.dice_loss(jnp.zeros(5), jnp.zeros(5))
+    with pytest.raises(TypeError, match="y_pred must be float16"):
+        fj.jaccard_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32))
+    with pytest.raises(ValueError, match="need mode='multiclass'"):
+        fj.jaccard_loss(jnp.zeros((2, 4, 4), jnp.uint8), z, mode="binary")
+    with pytest.raises(ValueError, match="smooth must be >= 0"):
+        fj.tversky_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), smooth=-1.0)
+    labels = np.zeros((2, 4, 4), np.uint8)
+    labels[1, 2, 3] = 9
+    with pytest.raises(Exception, match=r"label 9 at batch index 1, pixel 11 .* outside \[0, 3\)"):
+        jax.block_until_ready(jax.jit(lambda t, z: fj.jaccard_loss(t, z, from_logits=True))(labels, z))
+
+
+def test_importing_on_the_jax_backend_imports_no_tensorflow():
+    code = ("import sys, numpy as np, fastiou, fastiou.jax as fj; "
+            "v = float(fj.jaccard_loss(np.ones((1, 4, 1), np.uint8), np.zeros((1, 4, 1), np.float32))); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print(v)")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # p = 0 everywhere, t = 1: J = 1 / (4 + 1), loss 0.8.
+    assert float(proc.stdout.strip()) == pytest.approx(0.8)
