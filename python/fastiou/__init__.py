@@ -36,10 +36,12 @@ def _keras_backend():
 
 # The TensorFlow side loads only on Keras' TensorFlow backend, where TensorFlow
 # and fastiou's ops for it are installed: on the JAX backend fastiou imports
-# no TensorFlow (fastiou.jax is its way in there).
+# no TensorFlow and its losses run through fastiou.jax.
 _HAVE_TF_OPS = (_keras_backend() == "tensorflow" and _util.find_spec("tensorflow") is not None
                 and _os.path.exists(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)),
                                                   "_fastiou_ops.so")))
+
+_ON_JAX = _keras_backend() == "jax" and _util.find_spec("jax") is not None and bool(kernels.ffi_handlers())
 
 if _HAVE_TF_OPS:
     from fastiou import losses, reference
@@ -55,6 +57,13 @@ if _HAVE_TF_OPS:
         "dice_loss",
         "tversky_loss",
     ]
+elif _ON_JAX:
+    # Keras on JAX: the same loss classes and functions on the same kernels.
+    from fastiou import losses, reference
+    from fastiou.jax import overlap_stats
+    from fastiou.losses import dice_loss, jaccard_loss, tversky_loss
+
+    __all__ += ["losses", "reference", "overlap_stats", "jaccard_loss", "dice_loss", "tversky_loss"]
 else:
     def __getattr__(name):
         if name in ("losses", "reference", "overlap_stats", "in_xla_context", "jaccard_loss", "dice_loss",

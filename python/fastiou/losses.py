@@ -26,11 +26,21 @@ keep smooth > 0 (default 1) when images without foreground are common.
 """
 
 import keras
-import tensorflow as tf
 
 from fastiou._algebra import MODES, check_options as _check_options, finish
 from fastiou._algebra import flat as _flat
-from fastiou._ops import is_sparse_shape, overlap_stats
+
+# The same classes serve Keras' TensorFlow backend (fastiou's TensorFlow ops)
+# and its JAX backend (the same kernels through jax.ffi, fastiou.jax).
+_BACKEND = keras.backend.backend()
+if _BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    from fastiou._ops import is_sparse_shape, overlap_stats
+elif _BACKEND == "jax":
+    from fastiou import jax as _fj
+else:  # pragma: no cover - depends on the environment
+    raise ImportError(f"fastiou.losses supports Keras' tensorflow and jax backends, not {_BACKEND!r}")
 
 try:  # Keras' own weighting and reduction, so sample_weight behaves as usual.
     from keras.src.losses.loss import reduce_weighted_values as _reduce_weighted_values
@@ -47,19 +57,21 @@ def _scale_for_replicas(loss):
     return loss * tf.constant(1.0 / ctx.num_replicas_in_sync, loss.dtype)
 
 
-class _TFOps:
-    """The array functions the shared loss algebra needs, for TensorFlow."""
+if _BACKEND == "tensorflow":
 
-    asarray = staticmethod(lambda value, dtype: tf.constant(value, dtype))
-    where = staticmethod(tf.where)
-    maximum = staticmethod(tf.maximum)
-    power = staticmethod(tf.pow)
-    log = staticmethod(tf.math.log)
-    ones_like = staticmethod(tf.ones_like)
-    zeros_like = staticmethod(tf.zeros_like)
-    take = staticmethod(lambda x, indices, axis: tf.gather(x, indices, axis=axis))
-    mean = staticmethod(lambda x, axis: tf.reduce_mean(x, axis=axis))
-    sum = staticmethod(lambda x, axis: tf.reduce_sum(x, axis=axis))
+    class _TFOps:
+        """The array functions the shared loss algebra needs, for TensorFlow."""
+
+        asarray = staticmethod(lambda value, dtype: tf.constant(value, dtype))
+        where = staticmethod(tf.where)
+        maximum = staticmethod(tf.maximum)
+        power = staticmethod(tf.pow)
+        log = staticmethod(tf.math.log)
+        ones_like = staticmethod(tf.ones_like)
+        zeros_like = staticmethod(tf.zeros_like)
+        take = staticmethod(lambda x, indices, axis: tf.gather(x, indices, axis=axis))
+        mean = staticmethod(lambda x, axis: tf.reduce_mean(x, axis=axis))
+        sum = staticmethod(lambda x, axis: tf.reduce_sum(x, axis=axis))
 
 
 def _sum_across_replicas(I, P, T):
@@ -99,6 +111,11 @@ def overlap_loss(
     if sync_replicas and per_image:
         raise ValueError("fastiou: sync_replicas needs per_image=False: per-image sums are "
                          "replica-local by nature (each image lives on one replica)")
+    if _BACKEND == "jax":  # tf.distribute does not exist there: sync_replicas is a no-op
+        return _fj._overlap_loss(kind, y_true, y_pred, from_logits=from_logits, mode=mode, smooth=smooth,
+                                 per_image=per_image, class_weights=class_weights, log_loss=log_loss,
+                                 alpha=alpha, beta=beta, gamma=gamma, weights=weights,
+                                 ignore_index=ignore_index, classes=classes)
     y_true = tf.convert_to_tensor(y_true)
     y_pred = tf.convert_to_tensor(y_pred)
     sparse = is_sparse_shape(y_true, y_pred)
@@ -236,16 +253,16 @@ class _OverlapLoss(keras.losses.Loss):
         # Keras' Loss.__call__ casts y_true and y_pred to the loss dtype first:
         # a full extra pass and a mask-sized copy for uint8 masks and float16
         # predictions. The kernels read those dtypes directly, so skip it.
-        with tf.name_scope(self.name):
+        with keras.name_scope(self.name):
             losses = self.call(y_true, y_pred)
-            if losses.shape.rank == 0 and sample_weight is None:
+            if len(losses.shape) == 0 and sample_weight is None:
                 # One loss for the whole batch. Keras scales per-sample losses
                 # by 1 / num_replicas under tf.distribute (the optimizer then
                 # sums the replicas' gradients) but leaves scalars alone:
                 # scale it here the same way.
-                return _scale_for_replicas(losses)
+                return _scale_for_replicas(losses) if _BACKEND == "tensorflow" else losses
             if _reduce_weighted_values is None:  # pragma: no cover
-                return tf.reduce_mean(losses)
+                return keras.ops.mean(losses)
             return _reduce_weighted_values(losses, sample_weight=sample_weight,
                                            reduction=self.reduction, dtype=self.dtype)
 
