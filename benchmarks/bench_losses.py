@@ -15,6 +15,8 @@ Implementations:
                as XLA custom calls
   keras        fastiou.reference (keras.ops), tf.function
   keras-xla    fastiou.reference, tf.function(jit_compile=True)
+  fused-jax    fastiou.jax (the fused kernels through jax.ffi), jax.jit of value_and_grad
+  keras-jax    fastiou.reference on Keras' JAX backend (the plain formula in jnp), jax.jit
 
 The same run measures the machine's copy bandwidth (bytes read plus written
 per second by a multi-threaded memory copy, in its own process) and reports
@@ -61,7 +63,7 @@ QUICK_CASES = {
     "2x128x128x128x1": (2, 128, 128, 128, 1),
     "4x128x128x21": (4, 128, 128, 21),
 }
-IMPLEMENTATIONS = ["fused", "keras", "fused-xla", "keras-xla"]
+IMPLEMENTATIONS = ["fused", "keras", "fused-xla", "keras-xla", "fused-jax", "keras-jax"]
 BASELINE = "keras"
 
 
@@ -85,9 +87,6 @@ def _reset_peak_rss():
 def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
     """Runs in the child process; returns the measurements as a dict."""
     import numpy as np
-    import tensorflow as tf
-
-    import fastiou
 
     rng = np.random.default_rng(0)
     logits = inputs == "logits"
@@ -100,52 +99,69 @@ def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
         pred /= pred.sum(-1, keepdims=True)
     else:
         pred = 1.0 / (1.0 + np.exp(-z))
-    y_pred = tf.constant(pred)
-    del z, pred
+    del z
     options = {"from_logits": logits}
     if multiclass:
-        labels = rng.integers(0, shape[-1], size=shape[:-1]).astype(np.uint8)
-        labels[rng.random(shape[:-1], dtype=np.float32) < 0.05] = 255
-        y_true = tf.constant(labels)
+        truth = rng.integers(0, shape[-1], size=shape[:-1]).astype(np.uint8)
+        truth[rng.random(shape[:-1], dtype=np.float32) < 0.05] = 255
         options["ignore_index"] = 255
     else:
-        y_true = tf.constant((rng.random(shape, dtype=np.float32) < 0.05).astype(mask_dtype))
-    fn = fastiou.jaccard_loss if impl.startswith("fused") else fastiou.reference.jaccard_loss
+        truth = (rng.random(shape, dtype=np.float32) < 0.05).astype(mask_dtype)
 
-    def step(t, p):
-        with tf.GradientTape() as tape:
-            tape.watch(p)
-            loss = fn(t, p, **options)
-        return loss, tape.gradient(loss, p)
+    import fastiou
 
-    step = tf.function(step, jit_compile=impl.endswith("xla"))
+    if impl.endswith("jax"):
+        # Keras on JAX (set by spawn): fastiou.reference is the plain formula in jnp.
+        import jax
+
+        fn = fastiou.jax.jaccard_loss if impl.startswith("fused") else fastiou.reference.jaccard_loss
+        y_true, y_pred = jax.numpy.asarray(truth), jax.numpy.asarray(pred)
+        value_and_grad = jax.jit(jax.value_and_grad(lambda p, t: fn(t, p, **options)))
+
+        def step(t, p):
+            return value_and_grad(p, t)
+
+        finish = jax.block_until_ready
+    else:
+        import tensorflow as tf
+
+        fn = fastiou.jaccard_loss if impl.startswith("fused") else fastiou.reference.jaccard_loss
+        y_true, y_pred = tf.constant(truth), tf.constant(pred)
+
+        def tf_step(t, p):
+            with tf.GradientTape() as tape:
+                tape.watch(p)
+                loss = fn(t, p, **options)
+            return loss, tape.gradient(loss, p)
+
+        step = tf.function(tf_step, jit_compile=impl.endswith("xla"))
+
+        def finish(out):
+            float(out[0])
+            return out
+    del pred, truth
     for _ in range(2):
-        loss, grad = step(y_true, y_pred)
-        _ = float(loss), grad.shape
-    del loss, grad
+        finish(step(y_true, y_pred))
     elements = int(np.prod(shape))
     if measure == "memory":
         base = _rss_kib("VmRSS")
         peak_ok = _reset_peak_rss()
-        loss, grad = step(y_true, y_pred)
-        float(loss)
+        out = finish(step(y_true, y_pred))
         peak = _rss_kib("VmHWM") if peak_ok else None
+        del out
         return {"peak_extra_bytes": None if peak is None else (peak - base) * 1024,
                 "elements": elements}
     # Short steps are noisy: repeat them for at least about a second.
     start = time.perf_counter()
-    loss, grad = step(y_true, y_pred)
-    float(loss)
+    finish(step(y_true, y_pred))
     once = time.perf_counter() - start
-    del loss, grad
     repeats = int(min(200, max(repeats, 1.0 / max(once, 1e-6))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        loss, grad = step(y_true, y_pred)
-        float(loss)
+        out = finish(step(y_true, y_pred))
         times.append(time.perf_counter() - start)
-        del loss, grad
+        del out
     return {"time_s": float(np.median(times)), "times_s": times, "elements": elements}
 
 
@@ -231,6 +247,8 @@ def child(args):
 
 def spawn(shape, impl, inputs, mask_dtype, repeats, measure):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if impl.endswith("jax"):
+        env.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     if measure == "memory":
         # A fixed mmap threshold returns big freed buffers to the OS at once,
         # so resident memory follows the live tensors. oneDNN's ops (on by
@@ -257,8 +275,8 @@ def markdown_table(rows, machine, mask_dtype):
              "(median), speedup over the pure-Keras graph version, the fused step's bytes per "
              "second as a share of the machine's copy bandwidth measured in the same run, peak "
              "extra memory in mask-sized float32 tensors.", "",
-             "| case | inputs | fused | keras | fused-xla | keras-xla | fused speedup | fused / copy bandwidth | fused / keras memory |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| case | inputs | fused | keras | fused-xla | keras-xla | fused-jax | keras-jax | fused speedup | fused / copy bandwidth | fused / keras memory |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     groups = {}
     for r in rows:
         groups.setdefault((r["case"], r["inputs"]), {})[r["impl"]] = r
@@ -269,7 +287,8 @@ def markdown_table(rows, machine, mask_dtype):
         frac = (f"{g['fused']['bandwidth_fraction']:.0%}" if "fused" in g
                 and g["fused"].get("bandwidth_fraction") is not None else "n/a")
         lines.append(f"| {case} | {inp} | {t.get('fused', 'n/a')} | {t.get('keras', 'n/a')} | "
-                     f"{t.get('fused-xla', 'n/a')} | {t.get('keras-xla', 'n/a')} | {speed} | {frac} | "
+                     f"{t.get('fused-xla', 'n/a')} | {t.get('keras-xla', 'n/a')} | "
+                     f"{t.get('fused-jax', 'n/a')} | {t.get('keras-jax', 'n/a')} | {speed} | {frac} | "
                      f"{mem('fused')} / {mem('keras')} |")
     return "\n".join(lines)
 

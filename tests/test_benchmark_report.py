@@ -41,4 +41,4 @@ def test_plots_and_table(tmp_path):
     assert [os.path.basename(f) for f in written] == ["r-time.png", "r-memory.png"]
     assert all(os.path.getsize(f) > 5000 for f in written)
     table = bench_losses.markdown_table(_rows(), {"cpu": "X", "cores": 2, "tensorflow": "2.21"}, "float32")
-    assert "| a | logits | 1.0 | 3.0 | n/a | n/a | 3.00x | 50% | 1.00 / 2.00 |" in table
+    assert "| a | logits | 1.0 | 3.0 | n/a | n/a | n/a | n/a | 3.00x | 50% | 1.00 / 2.00 |" in table
