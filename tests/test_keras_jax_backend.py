@@ -51,3 +51,12 @@ def test_fit_trains_and_the_model_reloads(results):
 
 def test_bad_input_gets_the_same_error(results):
     assert "y_true shape (2, 4, 4, 1) does not match y_pred shape (2, 4, 5, 1)" in results["shape_error"]
+
+
+def test_missing_backend_names_the_extra():
+    code = ("import fastiou\n"
+            "try:\n    fastiou.losses\nexcept AttributeError as e:\n    print(e)\n")
+    env = dict(os.environ, KERAS_BACKEND="numpy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "pip install 'fastiou[tensorflow]'" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "here: 'numpy'" in proc.stdout

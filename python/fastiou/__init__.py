@@ -68,8 +68,10 @@ else:
     def __getattr__(name):
         if name in ("losses", "reference", "overlap_stats", "in_xla_context", "jaccard_loss", "dice_loss",
                     "tversky_loss"):
+            backend = _keras_backend()
+            extra = "jax" if backend == "jax" else "tensorflow"
             raise AttributeError(
-                f"fastiou.{name} needs Keras on its TensorFlow backend, TensorFlow 2.21 and fastiou's "
-                f"TensorFlow ops (Keras backend here: {_keras_backend()!r}). For JAX use fastiou.jax; "
-                "for other arrays fastiou.kernels.")
+                f"fastiou.{name} runs on Keras' TensorFlow or JAX backend (here: {backend!r}) and needs "
+                f"that framework: pip install 'fastiou[{extra}]' (TensorFlow 2.21, or JAX), and a fastiou "
+                "built with its TensorFlow ops or XLA FFI handlers. Other arrays: fastiou.kernels.")
         raise AttributeError(f"module 'fastiou' has no attribute {name!r}")

@@ -17,9 +17,13 @@ into NaN. Under `jax.vmap` each mapped item is its own batch.
 
 import functools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+try:
+    import jax
+    import jax.numpy as jnp
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError("fastiou.jax needs JAX: pip install 'fastiou[jax]'") from err
 
 from fastiou import _algebra
 from fastiou import kernels as _kernels
