@@ -111,6 +111,41 @@ inline std::string CheckSums(const ffi::AnyBuffer& b, const char* name, const fa
 
 inline ffi::Error Invalid(const std::string& message) { return ffi::Error::InvalidArgument("fastiou: " + message); }
 
+// Checks a stats call's buffers and fills the kernel's arguments (all but the
+// workspace); an empty string or the problem.
+inline std::string PrepareStats(const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
+                                const ffi::AnyBuffer& weights, const Options& options, ffi::AnyBuffer& intersection,
+                                ffi::AnyBuffer& pred_sum, ffi::AnyBuffer& true_sum, fastiou::StatsArgs* a) {
+  std::string err = FillInputs(y_true, y_pred, weights, options, a);
+  if (err.empty()) err = CheckSums(intersection, "intersection", *a);
+  if (err.empty()) err = CheckSums(pred_sum, "pred_sum", *a);
+  if (err.empty()) err = CheckSums(true_sum, "true_sum", *a);
+  a->intersection = intersection.untyped_data();
+  a->pred_sum = pred_sum.untyped_data();
+  a->true_sum = true_sum.untyped_data();
+  return err;
+}
+
+// The same for a gradient call.
+inline std::string PrepareGrad(const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
+                               const ffi::AnyBuffer& weights, const ffi::AnyBuffer& grad_i,
+                               const ffi::AnyBuffer& grad_p, const ffi::AnyBuffer& grad_t, const GradOptions& options,
+                               ffi::AnyBuffer& out, fastiou::GradArgs* a) {
+  std::string err = FillInputs(y_true, y_pred, weights, options.options(), a);
+  if (err.empty()) err = CheckSums(grad_i, "grad_intersection", *a);
+  if (err.empty()) err = CheckSums(grad_p, "grad_pred_sum", *a);
+  if (err.empty()) err = CheckSums(grad_t, "grad_true_sum", *a);
+  if (err.empty() && (Dims(out) != Dims(y_pred) || out.element_type() != y_pred.element_type())) {
+    err = "the gradient must have y_pred's shape and dtype";
+  }
+  a->wrt_true = options.wrt_true != 0;
+  a->grad_intersection = grad_i.untyped_data();
+  a->grad_pred_sum = grad_p.untyped_data();
+  a->grad_true_sum = grad_t.untyped_data();
+  a->output = out.untyped_data();
+  return err;
+}
+
 }  // namespace fastiou_xla
 
 XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(fastiou_xla::Options, ::xla::ffi::StructMember<int64_t>("from_logits"),

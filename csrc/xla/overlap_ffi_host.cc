@@ -43,15 +43,8 @@ ffi::Error StatsHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer
                      ffi::Result<ffi::AnyBuffer> intersection, ffi::Result<ffi::AnyBuffer> pred_sum,
                      ffi::Result<ffi::AnyBuffer> true_sum, Options options) {
   fastiou::StatsArgs a;
-  std::string err = FillInputs(y_true, y_pred, weights, options, &a);
-  for (auto [buffer, name] : {std::pair{&intersection, "intersection"}, std::pair{&pred_sum, "pred_sum"},
-                              std::pair{&true_sum, "true_sum"}}) {
-    if (err.empty()) err = CheckSums(**buffer, name, a);
-  }
+  std::string err = PrepareStats(y_true, y_pred, weights, options, *intersection, *pred_sum, *true_sum, &a);
   if (!err.empty()) return Invalid(err);
-  a.intersection = intersection->untyped_data();
-  a.pred_sum = pred_sum->untyped_data();
-  a.true_sum = true_sum->untyped_data();
   std::vector<double> workspace(static_cast<size_t>(fastiou::stats_workspace_doubles(a.geometry)));
   a.workspace = workspace.data();
   err = fastiou::overlap_stats_cpu(a, PoolParallelFor(&pool));
@@ -63,19 +56,8 @@ ffi::Error GradHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer 
                     ffi::AnyBuffer grad_i, ffi::AnyBuffer grad_p, ffi::AnyBuffer grad_t,
                     ffi::Result<ffi::AnyBuffer> out, GradOptions options) {
   fastiou::GradArgs a;
-  std::string err = FillInputs(y_true, y_pred, weights, options.options(), &a);
-  if (err.empty()) err = CheckSums(grad_i, "grad_intersection", a);
-  if (err.empty()) err = CheckSums(grad_p, "grad_pred_sum", a);
-  if (err.empty()) err = CheckSums(grad_t, "grad_true_sum", a);
-  if (err.empty() && (Dims(*out) != Dims(y_pred) || out->element_type() != y_pred.element_type())) {
-    err = "the gradient must have y_pred's shape and dtype";
-  }
+  std::string err = PrepareGrad(y_true, y_pred, weights, grad_i, grad_p, grad_t, options, *out, &a);
   if (!err.empty()) return Invalid(err);
-  a.wrt_true = options.wrt_true != 0;
-  a.grad_intersection = grad_i.untyped_data();
-  a.grad_pred_sum = grad_p.untyped_data();
-  a.grad_true_sum = grad_t.untyped_data();
-  a.output = out->untyped_data();
   err = fastiou::overlap_grad_cpu(a, PoolParallelFor(&pool));
   if (!err.empty()) return Invalid(err);
   return ffi::Error::Success();

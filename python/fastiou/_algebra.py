@@ -79,6 +79,21 @@ def check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights, mod
         raise ValueError("fastiou: class_weights must be >= 0")
 
 
+def resolve_mode(mode, sparse, channels, true_shape):
+    """Whether the loss is multi-class, from `mode` and whether y_true holds
+    class indices; raises on combinations that cannot be meant."""
+    if mode == "auto":
+        mode = "multiclass" if sparse else "binary"
+    multiclass = mode == "multiclass"
+    if multiclass and channels == 1:
+        raise ValueError("fastiou: mode='multiclass' needs y_pred with at least 2 channels")
+    if sparse and not multiclass:
+        raise ValueError(
+            f"fastiou: y_true of shape {true_shape} holds class indices, which need "
+            f"mode='multiclass' (got mode={mode!r})")
+    return multiclass
+
+
 def finish(xp, kind, I, P, T, *, smooth, alpha, beta, gamma, log_loss, class_weights, classes, eps):
     """The loss per image (or for the batch) from the sums I, P, T."""
     index = overlap_index(xp, kind, I, P, T, smooth, alpha, beta, eps)

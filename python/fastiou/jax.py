@@ -165,14 +165,7 @@ def _overlap_loss(kind, y_true, y_pred, *, from_logits=False, mode="auto", smoot
     y_pred = jnp.asarray(y_pred)
     y_true = jnp.asarray(y_true)
     sparse = _is_sparse(y_true, y_pred)
-    if mode == "auto":
-        mode = "multiclass" if sparse else "binary"
-    multiclass = mode == "multiclass"
-    if multiclass and y_pred.shape[-1] == 1:
-        raise ValueError("fastiou: mode='multiclass' needs y_pred with at least 2 channels")
-    if sparse and not multiclass:
-        raise ValueError(f"fastiou: y_true of shape {y_true.shape} holds class indices, which need "
-                         f"mode='multiclass' (got mode={mode!r})")
+    multiclass = _algebra.resolve_mode(mode, sparse, y_pred.shape[-1], y_true.shape)
     I, P, T = overlap_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
                             softmax=multiclass, sparse=sparse, ignore_index=ignore_index)
     return _algebra.finish(jnp, kind, I, P, T, smooth=smooth, alpha=alpha, beta=beta, gamma=gamma,

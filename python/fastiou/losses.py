@@ -29,6 +29,7 @@ import keras
 
 from fastiou._algebra import MODES, check_options as _check_options, finish
 from fastiou._algebra import flat as _flat
+from fastiou._algebra import resolve_mode as _resolve_mode
 
 # The same classes serve Keras' TensorFlow backend (fastiou's TensorFlow ops)
 # and its JAX backend (the same kernels through jax.ffi, fastiou.jax).
@@ -119,15 +120,7 @@ def overlap_loss(
     y_true = tf.convert_to_tensor(y_true)
     y_pred = tf.convert_to_tensor(y_pred)
     sparse = is_sparse_shape(y_true, y_pred)
-    if mode == "auto":
-        mode = "multiclass" if sparse else "binary"
-    multiclass = mode == "multiclass"
-    if multiclass and y_pred.shape[-1] == 1:
-        raise ValueError("fastiou: mode='multiclass' needs y_pred with at least 2 channels")
-    if sparse and not multiclass:
-        raise ValueError(
-            f"fastiou: y_true of shape {y_true.shape} holds class indices, which need "
-            f"mode='multiclass' (got mode={mode!r})")
+    multiclass = _resolve_mode(mode, sparse, y_pred.shape[-1], y_true.shape)
     I, P, T = overlap_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
                             softmax=multiclass, sparse=sparse, ignore_index=ignore_index)
     if sync_replicas:
