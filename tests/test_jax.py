@@ -186,3 +186,26 @@ def test_importing_on_the_jax_backend_imports_no_tensorflow():
     assert proc.returncode == 0, proc.stderr[-2000:]
     # p = 0 everywhere, t = 1: J = 1 / (4 + 1), loss 0.8.
     assert float(proc.stdout.strip()) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("opts", [
+    dict(class_weights=[1.0, 3.0, 0.5], mode="multilabel"),
+    dict(classes=[0, 2], mode="multilabel"),
+    dict(log_loss=True, smooth=0.5, mode="multilabel"),
+    dict(per_image=True, smooth=0.0, mode="multilabel"),
+    dict(weights="per-pixel", mode="multilabel"),
+])
+@pytest.mark.parametrize("loss", ["jaccard", "dice", "tversky"])
+def test_options_match_the_reference(rng, opts, loss):
+    import fastiou
+
+    if not hasattr(fastiou, "reference"):
+        pytest.skip("the reference runs on Keras' TensorFlow backend in this process")
+    t, z = make_case(rng, (3, 7, 6, 3), "mask", True)
+    opts = dict(opts)
+    if opts.get("weights") == "per-pixel":
+        opts["weights"] = rng.random((3, 7, 6, 1)).astype(np.float32)
+    z = z.astype(np.float32)
+    got = getattr(fj, f"{loss}_loss")(t, z, from_logits=True, **opts)
+    want = getattr(fastiou.reference, f"{loss}_loss")(t, z, from_logits=True, **opts)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=1e-6)

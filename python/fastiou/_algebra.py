@@ -52,9 +52,10 @@ def reduce_channels(xp, loss, class_weights, classes=None):
     if classes is not None:
         if channels is not None and any(c < 0 or c >= channels for c in classes):
             raise ValueError(f"fastiou: classes {list(classes)} must lie in [0, {channels})")
-        loss = xp.take(loss, list(classes), axis=-1)
+        indices = xp.asarray([int(c) for c in classes], "int32")
+        loss = xp.take(loss, indices, axis=-1)
         if cw is not None:
-            cw = xp.take(cw, list(classes), axis=0)
+            cw = xp.take(cw, indices, axis=0)
     if cw is None:
         return xp.mean(loss, axis=-1)
     return xp.sum(loss * cw, axis=-1) / xp.sum(cw, axis=0)
