@@ -22,31 +22,10 @@ if not fk.ffi_handlers():
 
 import fastiou.jax as fj  # noqa: E402
 from overlap_oracle import sums as oracle_sums  # noqa: E402
-from test_xla import mask_sized_work  # noqa: E402
+from test_kernels_module import make_case  # noqa: E402
+from test_xla import MODES, mask_sized_work  # noqa: E402
 
 CPU = jax.devices("cpu")[0]
-
-MODES = [
-    ("binary-logits", 1, dict(from_logits=True), "mask"),
-    ("binary-probabilities", 1, dict(from_logits=False), "mask"),
-    ("multilabel", 3, dict(from_logits=True, mode="multilabel"), "mask"),
-    ("multiclass-one-hot", 4, dict(from_logits=True, mode="multiclass"), "one-hot"),
-    ("multiclass-sparse", 5, dict(from_logits=True, ignore_index=255), "labels"),
-]
-
-
-def make_case(rng, shape, kind, from_logits, true_dtype=np.uint8):
-    z = rng.normal(scale=2.0, size=shape)
-    if not from_logits:
-        z = 1 / (1 + np.exp(-z))
-    if kind == "mask":
-        t = (rng.random(shape) < 0.3).astype(true_dtype)
-    elif kind == "one-hot":
-        t = np.eye(shape[-1], dtype=true_dtype)[rng.integers(0, shape[-1], size=shape[:-1])]
-    else:
-        t = rng.integers(0, shape[-1], size=shape[:-1])
-        t = np.where(rng.random(shape[:-1]) < 0.1, 255, t).astype(np.uint8)
-    return t, z
 
 
 def plain_loss(kind, t, z, *, from_logits, mode="auto", per_image=False, ignore_index=None, smooth=1.0,
@@ -79,7 +58,7 @@ def plain_loss(kind, t, z, *, from_logits, mode="auto", per_image=False, ignore_
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("loss", ["jaccard", "dice", "tversky"])
 def test_values_and_gradients_against_plain_jax(rng, name, channels, opts, kind, per_image, loss):
-    t, z = make_case(rng, (3, 9, 7, channels), kind, opts["from_logits"])
+    t, z = make_case(rng, (3, 9, 7, channels), kind, opts["from_logits"], ignore=opts.get("ignore_index"))
     t, z = jnp.asarray(t), jnp.asarray(z, jnp.float32)
     extra = dict(alpha=0.3, beta=0.7, gamma=1.5) if loss == "tversky" else {}
     fused = getattr(fj, f"{loss}_loss")
@@ -151,7 +130,7 @@ def test_vmap_gives_per_item_losses(rng):
 @pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
 def test_compiled_hlo_holds_only_the_custom_calls(rng, name, channels, opts, kind):
     shape = (2, 32, 32, channels)
-    t, z = make_case(rng, shape, kind, opts["from_logits"])
+    t, z = make_case(rng, shape, kind, opts["from_logits"], ignore=opts.get("ignore_index"))
     step = jax.jit(jax.value_and_grad(lambda z, t: fj.jaccard_loss(t, z, **opts)))
     hlo = step.lower(jnp.asarray(z, jnp.bfloat16), t).compile().as_text()
     assert 'custom_call_target="fastiou_overlap_stats"' in hlo
