@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastiou-installed
 SOURCES := $(shell find csrc python -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test bench test-kernels clean
+.PHONY: setup demo test bench test-kernels gpu-check clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,16 @@ test-kernels:
 	rm -rf $(KBUILD)/pkg && mkdir -p $(KBUILD)/pkg && cp -r python/fastiou $(KBUILD)/pkg/
 	cp $(KBUILD)/_fastiou_kernels*.so $(KBUILD)/pkg/fastiou/
 	PYTHONPATH=$(KBUILD)/pkg$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m pytest -q -rs tests/test_kernels_module.py tests/test_cuda.py $(PYTEST_ARGS)
+
+# The device check for a GPU machine without TensorFlow, in one command: the
+# TensorFlow-free build of test-kernels, the module, CUDA and JAX tests, compute-sanitizer and the GPU
+# benchmark, each stage time-limited (under 8 minutes in all), results in
+# $(OUT) (summary.txt first). FASTIOU_TEST_DEVICE=cpu dry-runs it without a GPU;
+# FASTIOU_CUDA=OFF skips compiling the CUDA kernels there. tools/gpu_check.py
+# lists its other settings.
+OUT ?= build/gpu-check-out
+gpu-check:
+	$(PYTHON) tools/gpu_check.py --out "$(OUT)"
 
 clean:
 	rm -rf build $(VENV)

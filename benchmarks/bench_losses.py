@@ -65,6 +65,7 @@ QUICK_CASES = {
 }
 IMPLEMENTATIONS = ["fused", "keras", "fused-xla", "keras-xla", "fused-jax", "keras-jax"]
 BASELINE = "keras"
+INPUTS = ("logits", "probabilities")
 
 
 def _rss_kib(field):
@@ -88,6 +89,8 @@ def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
     """Runs in the child process; returns the measurements as a dict."""
     import numpy as np
 
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
     rng = np.random.default_rng(0)
     logits = inputs == "logits"
     multiclass = shape[-1] > 1
@@ -139,6 +142,10 @@ def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
         def finish(out):
             float(out[0])
             return out
+    # What this run really computes, for the parent to check against the row.
+    config = {"inputs": inputs, "from_logits": bool(options["from_logits"]), "shape": list(shape),
+              "pred_dtype": str(pred.dtype), "true_dtype": str(truth.dtype),
+              "pred_is_probability": bool(pred.min() >= 0.0 and pred.max() <= 1.0), "impl": impl}
     del pred, truth
     for _ in range(2):
         finish(step(y_true, y_pred))
@@ -150,7 +157,7 @@ def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
         peak = _rss_kib("VmHWM") if peak_ok else None
         del out
         return {"peak_extra_bytes": None if peak is None else (peak - base) * 1024,
-                "elements": elements}
+                "elements": elements, "config": config}
     # Short steps are noisy: repeat them for at least about a second.
     start = time.perf_counter()
     finish(step(y_true, y_pred))
@@ -162,7 +169,7 @@ def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
         out = finish(step(y_true, y_pred))
         times.append(time.perf_counter() - start)
         del out
-    return {"time_s": float(np.median(times)), "times_s": times, "elements": elements}
+    return {"time_s": float(np.median(times)), "times_s": times, "elements": elements, "config": config}
 
 
 def machine_description():
@@ -240,7 +247,7 @@ def child(args):
     if args.measure == "bandwidth":
         result = copy_bandwidth()
     else:
-        result = run_one(tuple(args.shape), args.impl, args.inputs, args.mask_dtype, args.repeats,
+        result = run_one(tuple(args.shape), args.impl, args.input, args.mask_dtype, args.repeats,
                          args.measure)
     print("RESULT " + json.dumps(result))
 
@@ -256,7 +263,7 @@ def spawn(shape, impl, inputs, mask_dtype, repeats, measure):
         # their own, which hides every allocation from resident memory.
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
         env["TF_ENABLE_ONEDNN_OPTS"] = "0"
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--impl", impl, "--inputs", inputs,
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--impl", impl, "--input", inputs,
            "--mask-dtype", mask_dtype, "--repeats", str(repeats), "--measure", measure,
            "--shape", *map(str, shape)]
     if measure == "bandwidth":
@@ -264,8 +271,23 @@ def spawn(shape, impl, inputs, mask_dtype, repeats, measure):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            result = json.loads(line[len("RESULT "):])
+            if measure != "bandwidth":
+                check_config(result.get("config"), shape, impl, inputs)
+            return result
     raise RuntimeError(f"{impl} {shape} failed:\n{proc.stderr[-3000:]}")
+
+
+def check_config(config, shape, impl, inputs):
+    """Raises unless a child ran the configuration its row will be labelled with."""
+    want = {"inputs": inputs, "from_logits": inputs == "logits", "shape": list(shape), "impl": impl}
+    got = {k: (config or {}).get(k) for k in want}
+    if got != want:
+        raise RuntimeError(f"benchmark child ran {got}, the row says {want}")
+    if inputs == "probabilities" and not config.get("pred_is_probability"):
+        raise RuntimeError(f"benchmark child for {impl} {shape} was given values outside [0, 1] as probabilities")
+    if inputs == "logits" and config.get("pred_is_probability"):
+        raise RuntimeError(f"benchmark child for {impl} {shape} was given probabilities as logits")
 
 
 def markdown_table(rows, machine, mask_dtype):
@@ -435,7 +457,7 @@ def main(argv=None):
     parser.add_argument("--suite", choices=["all", "binary", "multiclass"], default="all",
                         help="single-channel cases, multi-class cases, or both")
     parser.add_argument("--cases", nargs="*", help=f"subset of {list(CASES)}")
-    parser.add_argument("--inputs", nargs="*", default=None, choices=["logits", "probabilities"])
+    parser.add_argument("--inputs", nargs="*", default=None, choices=INPUTS)
     parser.add_argument("--impls", nargs="*", default=IMPLEMENTATIONS, choices=IMPLEMENTATIONS)
     parser.add_argument("--mask-dtype", default="float32", choices=["float32", "uint8"])
     parser.add_argument("--repeats", type=int, default=None)
@@ -449,6 +471,7 @@ def main(argv=None):
     # Internal: one measurement in a fresh process.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--input", choices=INPUTS, help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=["time", "memory", "bandwidth"], help=argparse.SUPPRESS)
     parser.add_argument("--shape", nargs="*", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--gpu-device", default="cuda", help=argparse.SUPPRESS)

@@ -42,3 +42,37 @@ def test_plots_and_table(tmp_path):
     assert all(os.path.getsize(f) > 5000 for f in written)
     table = bench_losses.markdown_table(_rows(), {"cpu": "X", "cores": 2, "tensorflow": "2.21"}, "float32")
     assert "| a | logits | 1.0 | 3.0 | n/a | n/a | n/a | n/a | 3.00x | 50% | 1.00 / 2.00 |" in table
+
+
+def test_rows_record_the_configuration_their_children_ran(tmp_path):
+    """Each row's child reports what it computed and the parent checks it: a
+    logits row runs from logits, a probabilities row from probabilities."""
+    import json
+
+    out = tmp_path / "run.json"
+    bench_losses.main(["--cases", "4x128x128x21", "--inputs", "logits", "probabilities", "--impls", "fused",
+                       "--repeats", "1", "--gpu", "no", "--no-plots", "--json", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    by_inputs = {r["inputs"]: r for r in rows}
+    assert set(by_inputs) == {"logits", "probabilities"}
+    assert by_inputs["logits"]["config"]["from_logits"] is True
+    assert by_inputs["logits"]["config"]["pred_is_probability"] is False
+    assert by_inputs["probabilities"]["config"]["from_logits"] is False
+    assert by_inputs["probabilities"]["config"]["pred_is_probability"] is True
+    for r in rows:
+        assert r["config"]["shape"] == [4, 128, 128, 21] and r["config"]["true_dtype"] == "uint8"
+    # From logits the backward pass reads z as well: more bytes for the same time budget.
+    assert by_inputs["logits"]["fused_bytes"] > by_inputs["probabilities"]["fused_bytes"]
+
+
+def test_a_child_that_ran_something_else_is_refused():
+    config = {"inputs": "logits", "from_logits": False, "shape": [2, 3, 1], "impl": "fused",
+              "pred_is_probability": True}
+    with pytest.raises(RuntimeError, match="ran"):
+        bench_losses.check_config(config, (2, 3, 1), "fused", "logits")
+    with pytest.raises(RuntimeError, match="ran"):
+        bench_losses.check_config(None, (2, 3, 1), "fused", "logits")
+    ok = dict(config, from_logits=True, pred_is_probability=False)
+    bench_losses.check_config(ok, (2, 3, 1), "fused", "logits")
+    with pytest.raises(RuntimeError, match="probabilities as logits"):
+        bench_losses.check_config(dict(ok, pred_is_probability=True), (2, 3, 1), "fused", "logits")

@@ -188,3 +188,21 @@ def test_options_match_the_reference(rng, opts, loss):
     got = getattr(fj, f"{loss}_loss")(t, z, from_logits=True, **opts)
     want = getattr(fastiou.reference, f"{loss}_loss")(t, z, from_logits=True, **opts)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=1e-6)
+
+
+def test_raw_custom_call_rejects_float_sparse_labels():
+    """The handlers check the label dtype themselves: the custom-call target can
+    be called without fastiou.jax's checks, and a float label must not be
+    truncated to a class (on the GPU, NaN would become class 0)."""
+    from fastiou.jax import _attrs, _stats_call
+
+    z = jnp.zeros((2, 4, 4, 3))
+    labels = jnp.ones((2, 4, 4), jnp.float32)
+    opts = (True, False, True, True, None, False)  # from_logits, per_image, softmax, sparse, ignore, weights
+    assert _attrs(opts)["sparse"] == 1
+    with pytest.raises(Exception, match=r"sparse labels \(class indices\) must be uint8, int32 or int64, "
+                                        r"got float32"):
+        jax.block_until_ready(_stats_call(labels, z, jnp.zeros((), z.dtype), opts))
+    # The same call with integer labels runs: only the dtype is refused.
+    sums = _stats_call(labels.astype(jnp.int32), z, jnp.zeros((), z.dtype), opts)
+    np.testing.assert_allclose(np.asarray(sums[2]), [0.0, 32.0, 0.0])

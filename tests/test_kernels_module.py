@@ -2,7 +2,10 @@
 kernels against the float64 oracle, bitwise against the TensorFlow op, and its
 input checks; plus what the build says about CUDA."""
 
+import os
+import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +25,10 @@ MODES = [
     ("binary-probabilities", 1, dict(from_logits=False), "mask"),
     ("multilabel-logits", 3, dict(from_logits=True), "mask"),
     ("softmax-one-hot", 4, dict(from_logits=True, softmax=True), "one-hot"),
+    # A softmax over one channel is the constant 1: dense targets on the
+    # per-pixel path with a single channel.
+    ("softmax-one-channel", 1, dict(from_logits=True, softmax=True), "mask"),
+    ("multilabel-probabilities", 3, dict(from_logits=False), "mask"),
     ("softmax-sparse-ignore", 5, dict(from_logits=True, softmax=True, sparse=True, ignore_index=255),
      "labels"),
     ("probabilities-sparse", 3, dict(from_logits=False, softmax=True, sparse=True), "labels"),
@@ -70,6 +77,11 @@ def test_stats_and_grad_match_float64_oracle(rng, name, channels, opts, kind, pe
     assert dz.dtype == z.dtype and dz.shape == z.shape
     want_dz = oracle_grad(t, z, w, g_i, g_p, g_t, per_image=per_image, **opts)
     scale = np.abs(want_dz).max()
+    if opts.get("softmax") and opts["from_logits"]:
+        # The softmax Jacobian p (dL/dp - dot) cancels terms of the size of
+        # dL/dp (exactly, for one channel): rounding is relative to them.
+        dp_opts = dict(opts, from_logits=False)
+        scale = max(scale, np.abs(oracle_grad(t, z, w, g_i, g_p, g_t, per_image=per_image, **dp_opts)).max())
     np.testing.assert_allclose(dz.astype(np.float64), want_dz, rtol=rtol * 10, atol=rtol * scale)
     if kind != "labels":
         dt = fk.overlap_grad(t.astype(pred_dtype), z, w, g_i, g_p, g_t, per_image=per_image,
@@ -112,20 +124,22 @@ def test_bitwise_equal_to_tensorflow_op(rng, name, channels, opts, kind):
 
     t, z = make_case(rng, (2, 40, 30, channels), kind, opts["from_logits"],
                      ignore=opts.get("ignore_index"))
-    for per_image in (True, False):
-        ours = fk.overlap_stats(t, z, per_image=per_image, **opts)
-        theirs = fastiou.overlap_stats(tf.constant(t), tf.constant(z), per_image=per_image, **opts)
-        for a, b in zip(ours, theirs):
-            assert a.tobytes() == b.numpy().tobytes()
-        gs = jaccard_group_grads(*ours)
-        gs = [g.astype(np.float32) for g in gs]
-        dz = fk.overlap_grad(t, z, None, *gs, per_image=per_image, **opts)
-        y_true, y_pred = tf.constant(t), tf.constant(z)
-        with tf.GradientTape() as tape:
-            tape.watch(y_pred)
-            stats = fastiou.overlap_stats(y_true, y_pred, per_image=per_image, **opts)
-            total = sum(tf.reduce_sum(s * tf.constant(g)) for s, g in zip(stats, gs))
-        assert dz.tobytes() == tape.gradient(total, y_pred).numpy().tobytes()
+    # The CPU op: the GPU kernels add in another order (test_tf_gpu.py compares those).
+    with tf.device("/CPU:0"):
+        for per_image in (True, False):
+            ours = fk.overlap_stats(t, z, per_image=per_image, **opts)
+            theirs = fastiou.overlap_stats(tf.constant(t), tf.constant(z), per_image=per_image, **opts)
+            for a, b in zip(ours, theirs):
+                assert a.tobytes() == b.numpy().tobytes()
+            gs = jaccard_group_grads(*ours)
+            gs = [g.astype(np.float32) for g in gs]
+            dz = fk.overlap_grad(t, z, None, *gs, per_image=per_image, **opts)
+            y_true, y_pred = tf.constant(t), tf.constant(z)
+            with tf.GradientTape() as tape:
+                tape.watch(y_pred)
+                stats = fastiou.overlap_stats(y_true, y_pred, per_image=per_image, **opts)
+                total = sum(tf.reduce_sum(s * tf.constant(g)) for s, g in zip(stats, gs))
+            assert dz.tobytes() == tape.gradient(total, y_pred).numpy().tobytes()
 
 
 def test_bad_inputs_raise_clear_errors(rng):
@@ -155,6 +169,93 @@ def test_bad_inputs_raise_clear_errors(rng):
         fk.overlap_grad(labels, z, None, np.zeros(3, np.float32), g, g, sparse=True)
     with pytest.raises(TypeError, match="grad_pred_sum must be float32"):
         fk.overlap_grad(labels, z, None, g, g.astype(np.float64), g, sparse=True)
+
+
+def test_check_labels_false_on_cpu_still_raises_at_once(rng):
+    # On CPU arrays the C++ kernels check each label as they read it: no
+    # deferred path, whatever check_labels says (as documented).
+    z = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(2, 4, 4)).astype(np.uint8)
+    opts = dict(from_logits=True, softmax=True)
+    stats = fk.overlap_stats(labels, z, check_labels=False, **opts)
+    assert isinstance(stats, fk.OverlapStats) and isinstance(stats, tuple) and len(stats) == 3
+    for g, e in zip(stats, oracle_sums(labels, z, sparse=True, **opts)):
+        np.testing.assert_allclose(g, e, rtol=2e-5)
+    assert isinstance(stats.label_check, fk.LabelCheck)
+    assert stats.label_check.ready()
+    assert stats.label_check.check() is None
+    bad = labels.copy()
+    bad[1, 2, 3] = 9
+    for check_labels in (True, False):
+        with pytest.raises(ValueError, match=r"label 9 at batch index 1, pixel 11 .* outside \[0, 3\)"):
+            fk.overlap_stats(bad, z, check_labels=check_labels, **opts)
+
+
+def test_cpu_calls_hold_no_reference_to_their_inputs(rng):
+    # The C++ kernels have run when the call returns: every producer reference
+    # (the array objects, the DLPack tensors NumPy hands out) is given back,
+    # on success and on error alike.
+    t, z = make_case(rng, (2, 6, 5, 3), "mask", True)
+    w = rng.random((2, 6, 5, 1)).astype(np.float32)
+    bad_w = np.ones((2, 6, 4, 1), np.float32)
+    grads = [np.full((2, 3), v, np.float32) for v in (0.5, -1.0, 0.25)]
+    arrays = [t, z, w, bad_w] + grads
+    before = [sys.getrefcount(a) for a in arrays]
+    stats = fk.overlap_stats(t, z, w, from_logits=True)
+    fk.overlap_grad(t, z, w, *grads, from_logits=True)
+    with pytest.raises(ValueError, match="weights shape"):
+        fk.overlap_stats(t, z, bad_w)
+    with pytest.raises(TypeError, match="grad_pred_sum must be float32"):
+        fk.overlap_grad(t, z, w, grads[0], grads[1].astype(np.float64), grads[2], from_logits=True)
+    assert [sys.getrefcount(a) for a in arrays] == before
+    assert fk._ext.release_finished() == 0
+    del stats
+
+
+def test_cuda_unavailable_reason():
+    reason = fk.cuda_unavailable_reason()
+    problem = fk._ext.cuda_driver_problem()
+    runnable = fk.built_with_cuda() and not problem and fk.cuda_device_count() > 0
+    assert (reason is None) == runnable
+    if not fk.built_with_cuda():
+        assert reason == problem == "fastiou was built without CUDA kernels"
+    elif problem:
+        assert reason == problem
+    elif not runnable:
+        assert reason == "no CUDA device visible"
+    if not os.path.exists("/dev/nvidiactl"):
+        # No NVIDIA driver loaded: no CUDA kernel can run here, and the
+        # reason must say why.
+        assert isinstance(reason, str) and reason
+
+
+class FakeCudaArray:
+    """Says it lives on CUDA device 0 and must never be imported: fastiou
+    refuses CUDA arrays its kernels cannot run before touching them."""
+
+    shape = (2, 4, 3)
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+    def __dlpack__(self, **kwargs):
+        raise AssertionError("fastiou imported a CUDA array it cannot run")
+
+
+def test_cuda_array_without_runnable_kernels_raises_the_reason():
+    reason = fk.cuda_unavailable_reason()
+    if reason is None:
+        pytest.skip("fastiou's CUDA kernels can run here")
+    fake = FakeCudaArray()
+    error = RuntimeError if fk.built_with_cuda() else ValueError
+    calls = [lambda: fk.overlap_stats(fake, fake),
+             lambda: fk.overlap_stats(fake, fake, sparse=True, check_labels=False),
+             lambda: fk.overlap_grad(fake, fake, None, fake, fake, fake)]
+    for call in calls:
+        with pytest.raises(error, match=re.escape(reason)) as info:
+            call()
+        if fk.built_with_cuda() and fk._ext.cuda_driver_problem():
+            assert str(info.value) == "fastiou: " + reason
 
 
 def test_read_only_and_strided_singleton_inputs(rng):

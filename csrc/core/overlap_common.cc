@@ -75,6 +75,15 @@ std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const S
   return std::string();
 }
 
+std::string validate_label_dtype(const LabelOptions& labels, DType true_dtype) {
+  if (!labels.sparse) return std::string();
+  if (true_dtype == DType::kUInt8 || true_dtype == DType::kInt32 || true_dtype == DType::kInt64) {
+    return std::string();
+  }
+  return std::string("sparse labels (class indices) must be uint8, int32 or int64, got ") +
+         dtype_name(true_dtype);
+}
+
 std::string bad_label_message(const OverlapInputs& in, int64_t image, int64_t pixel,
                               int64_t value) {
   std::string s = "label " + std::to_string(value) + " at batch index " + std::to_string(image) +

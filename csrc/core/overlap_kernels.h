@@ -105,6 +105,11 @@ std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const S
                                     const LabelOptions& labels, OverlapGeometry* geometry);
 std::string shape_string(const Shape& shape);
 
+// Checks y_true's dtype against the label options: sparse labels (class
+// indices) must be uint8, int32 or int64. Empty, or the problem. Every adapter
+// calls it, so a float label never reaches a kernel that would truncate it.
+std::string validate_label_dtype(const LabelOptions& labels, DType true_dtype);
+
 // The error for a sparse label outside [0, channels) that is not ignore_index.
 std::string bad_label_message(const OverlapInputs& inputs, int64_t image, int64_t pixel,
                               int64_t value);
@@ -133,7 +138,7 @@ bool built_with_cuda();
 // on the stream and return without synchronizing: an empty string, or the
 // launch error. The stats kernel needs a caller-provided device workspace of
 // stats_workspace_doubles_cuda() doubles in args.workspace (any initial
-// content). Its reduction is two-stage over a partition fixed by the shape, so
+// content). Its reduction is a tree over a partition fixed by the shape, so
 // the sums are bitwise the same on every run.
 //
 // A sparse label outside [0, channels) that is not ignore_index cannot raise
@@ -141,6 +146,15 @@ bool built_with_cuda();
 // every sum and records the first such label (lowest flat pixel index) in the
 // workspace, where cuda_bad_label() finds it once the stream has run.
 int64_t stats_workspace_doubles_cuda(const OverlapInputs& inputs);
+
+// Empty when the machine's CUDA driver and the current CUDA device can run
+// this build's kernels; otherwise a message naming the CUDA version the
+// kernels were built with and the version the driver supports (or that no
+// driver was found), or the device and the architectures built, and what to
+// do. Checked once per process (the device once per device);
+// overlap_stats_cuda and overlap_grad_cuda return it as their error before
+// launching anything.
+std::string cuda_driver_problem();
 std::string overlap_stats_cuda(const StatsArgs& args, void* stream);
 std::string overlap_grad_cuda(const GradArgs& args, void* stream);
 

@@ -214,7 +214,8 @@ FASTIOU_HD Acc true_gradient(Acc p, Acc w, Acc g_i, Acc g_t) {
 // the maximum, so that no exponent overflows. Kernels that keep the pixel in
 // registers or cache get (m, 1/sum) once with softmax_norm and each p_c with
 // softmax_prob; kernels that keep it in an array call softmax_inplace. Both
-// evaluate the same operations in the same order.
+// evaluate the same operations in the same order (compilers may still fuse
+// multiply-adds differently, so CPU and GPU agree to rounding, not bitwise).
 template <typename Acc>
 struct SoftmaxNorm {
   Acc max;
@@ -257,45 +258,6 @@ FASTIOU_HD void softmax_inplace(Acc* x, int64_t channels) {
 template <typename Acc>
 FASTIOU_HD Acc softmax_backward(Acc p, Acc dp, Acc dot) {
   return p * (dp - dot);
-}
-
-template <typename Acc>
-FASTIOU_HD void softmax_backward_inplace(const Acc* p, Acc* dp, int64_t channels) {
-  Acc dot = 0;
-  for (int64_t c = 0; c < channels; ++c) dot += p[c] * dp[c];
-  for (int64_t c = 0; c < channels; ++c) dp[c] = softmax_backward(p[c], dp[c], dot);
-}
-
-// What a sparse label means for its pixel: a class in [0, channels), or one of
-// these when it names none.
-constexpr int64_t kLabelIgnored = -1;     // equals ignore_index: counts nowhere, zero gradient
-constexpr int64_t kLabelOutOfRange = -2;  // an error in the sums; matches no channel in the gradient
-
-FASTIOU_HD int64_t classify_label(int64_t label, int64_t channels, bool has_ignore,
-                                  int64_t ignore_index) {
-  if (has_ignore && label == ignore_index) return kLabelIgnored;
-  if (label < 0 || label >= channels) return kLabelOutOfRange;
-  return label;
-}
-
-// Target of channel c for a pixel whose sparse label is in class `label`.
-template <typename Acc>
-FASTIOU_HD Acc sparse_target(int64_t c, int64_t label) {
-  return c == label ? Acc(1) : Acc(0);
-}
-
-// A sparse label as stored, read as an integer.
-template <typename TT>
-FASTIOU_HD int64_t load_label(TT v) {
-  return static_cast<int64_t>(v);
-}
-template <>
-FASTIOU_HD int64_t load_label<f16_t>(f16_t v) {
-  return static_cast<int64_t>(half_bits_to_float(v.bits));
-}
-template <>
-FASTIOU_HD int64_t load_label<bf16_t>(bf16_t v) {
-  return static_cast<int64_t>(load_as<float>(v));
 }
 
 }  // namespace fastiou

@@ -15,6 +15,7 @@
 #include "core/dispatch.h"
 #include "core/overlap_kernels.h"
 #include "core/overlap_math.h"
+#include "core/pixel_math.h"
 
 namespace fastiou {
 namespace {
@@ -65,23 +66,21 @@ struct BadLabel {
   int64_t value = 0;
 };
 
-// One pixel's probabilities: softmax or sigmoid of logits, or as stored.
+// One pixel's probabilities, kept in an array while its channels are walked:
+// the softmax through softmax_inplace (the same operations as softmax_norm and
+// softmax_prob, which the CUDA kernels keep in registers), otherwise as stored
+// or the sigmoid of each channel.
 template <bool kLogits, typename TP, typename A>
-void pixel_probabilities(const TP* pred, int64_t C, bool softmax, A* p) {
+void pixel_probabilities(const PixelRule& rule, const TP* pred, A* p) {
+  const int64_t C = rule.channels;
   for (int64_t c = 0; c < C; ++c) p[c] = load_as<A>(pred[c]);
   if constexpr (kLogits) {
-    if (softmax) {
+    if (rule.softmax) {
       softmax_inplace(p, C);
     } else {
       for (int64_t c = 0; c < C; ++c) p[c] = sigmoid(p[c]);
     }
   }
-}
-
-// Whether the single-channel loop applies: one channel, element targets and a
-// sigmoid (a softmax over one channel is constant).
-bool single_channel_path(const OverlapGeometry& g, const LabelOptions& lab) {
-  return g.channels == 1 && !lab.sparse && !lab.softmax;
 }
 
 template <bool kLogits, bool kWeights, typename TP, typename TT>
@@ -95,8 +94,8 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* b
   const TT* tru = in.tru;
   const TT* labels = in.labels;
   const TP* w = in.w;
-  const int64_t w_stride = in.w_stride;
-  if (single_channel_path(g, a.labels)) {
+  const PixelRule rule = make_pixel_rule(a);
+  if (single_channel_path(rule)) {
     // A SIMD reduction: the compiler keeps one partial sum per vector lane and
     // adds the lanes in a fixed order, so the result depends on the build's
     // vector width only, never on the run or the thread count.
@@ -115,24 +114,16 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* b
   }
   std::vector<A> acc(static_cast<size_t>(3 * C), A(0));
   std::vector<A> p(static_cast<size_t>(C));
-  const LabelOptions& lab = a.labels;
   for (int64_t px = 0; px < r.pixels; ++px) {
-    int64_t label = -1;
-    if (lab.sparse) {
-      const int64_t raw = load_label(labels[px]);
-      label = classify_label(raw, C, lab.has_ignore, lab.ignore_index);
-      if (label == kLabelIgnored) continue;
-      if (label == kLabelOutOfRange) {
-        if (bad->pixel < 0) *bad = BadLabel{r.first_pixel + px, raw};
-        continue;
-      }
-    }
-    pixel_probabilities<kLogits>(pred + px * C, C, lab.softmax, p.data());
-    const TT* tp = tru + px * C;
+    const PixelLabel label = read_pixel_label(rule, labels, px);
+    if (label.kind == PixelKind::kOutOfRange && bad->pixel < 0) *bad = BadLabel{r.first_pixel + px, label.value};
+    if (!pixel_counts(label)) continue;
+    pixel_probabilities<kLogits>(rule, pred + px * C, p.data());
+    const TT* t = pixel_targets(rule, tru, px);
+    const TP* wp = kWeights ? pixel_weights(rule, w, px) : nullptr;
     for (int64_t c = 0; c < C; ++c) {
-      const A t = lab.sparse ? sparse_target<A>(c, label) : load_as<A>(tp[c]);
-      const A wv = kWeights ? load_as<A>(w[px * w_stride + (g.weights_per_pixel ? 0 : c)]) : A(1);
-      accumulate_overlap(p[c], t, wv, acc[3 * c], acc[3 * c + 1], acc[3 * c + 2]);
+      accumulate_overlap(p[c], pixel_target<A>(label, t, c), pixel_weight<A>(rule, wp, c), acc[3 * c],
+                         acc[3 * c + 1], acc[3 * c + 2]);
     }
   }
   for (int64_t j = 0; j < 3 * C; ++j) partial[j] = acc[j];
@@ -219,7 +210,6 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
   const TT* tru = in.tru;
   const TT* labels = in.labels;
   const TP* w = in.w;
-  const int64_t w_stride = in.w_stride;
   TP* __restrict out = static_cast<TP*>(a.output) + in.base;
   const int64_t row = a.per_image ? r.image * C : 0;
   const A* gi = static_cast<const A*>(a.grad_intersection) + row;
@@ -237,39 +227,24 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
       return store_as<TP>(pred_gradient<kLogits>(p, load_as<A>(tru[i]), wv, g_i, g_p));
     }
   };
-  if (single_channel_path(g, a.labels)) {
+  const PixelRule rule = make_pixel_rule(a);
+  if (single_channel_path(rule)) {
     // The group's gradients in registers: the loop then vectorizes.
     const A g_i = gi[0], g_p = gp[0], g_t = gt[0];
     for (int64_t i = 0; i < r.pixels; ++i) out[i] = element(i, i, g_i, g_p, g_t);
     return;
   }
-  const LabelOptions& lab = a.labels;
   std::vector<A> p(static_cast<size_t>(C)), d(static_cast<size_t>(C));
   for (int64_t px = 0; px < r.pixels; ++px) {
     TP* o = out + px * C;
-    int64_t label = -1;
-    if (lab.sparse) {
-      label = classify_label(load_label(labels[px]), C, lab.has_ignore, lab.ignore_index);
-      if (label == kLabelIgnored) {
-        for (int64_t c = 0; c < C; ++c) o[c] = store_as<TP>(A(0));
-        continue;
-      }
-    }
-    pixel_probabilities<kLogits>(pred + px * C, C, lab.softmax, p.data());
-    const TT* tp = tru + px * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const A wv = kWeights ? load_as<A>(w[px * w_stride + (g.weights_per_pixel ? 0 : c)]) : A(1);
-      if constexpr (kWrtTrue) {
-        d[c] = true_gradient(p[c], wv, gi[c], gt[c]);
-      } else {
-        const A t = lab.sparse ? sparse_target<A>(c, label) : load_as<A>(tp[c]);
-        // The sigmoid's Jacobian is per element; the softmax's couples the channels.
-        d[c] = (kLogits && !lab.softmax) ? pred_gradient<true>(p[c], t, wv, gi[c], gp[c])
-                                         : pred_gradient<false>(p[c], t, wv, gi[c], gp[c]);
-      }
-    }
-    if (kLogits && !kWrtTrue && lab.softmax) softmax_backward_inplace(p.data(), d.data(), C);
-    for (int64_t c = 0; c < C; ++c) o[c] = store_as<TP>(d[c]);
+    const PixelLabel label = read_pixel_label(rule, labels, px);
+    if (kNeedsPred && pixel_has_gradient(label)) pixel_probabilities<kLogits>(rule, pred + px * C, p.data());
+    const TT* t = pixel_targets(rule, tru, px);
+    const TP* wp = kWeights ? pixel_weights(rule, w, px) : nullptr;
+    pixel_gradient(
+        rule, kWrtTrue, label, t, [&](int64_t c) { return p[c]; },
+        [&](int64_t c) { return pixel_weight<A>(rule, wp, c); }, gi, gp, gt, d.data(),
+        [&](int64_t c, A v) { o[c] = store_as<TP>(v); });
   }
 }
 
@@ -298,10 +273,14 @@ struct GradCpu {
 }  // namespace
 
 std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for) {
+  const std::string err = validate_label_dtype(args.labels, args.true_dtype);
+  if (!err.empty()) return err;
   return run_for_dtypes<StatsCpu>(args, parallel_for);
 }
 
 std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for) {
+  const std::string err = validate_label_dtype(args.labels, args.true_dtype);
+  if (!err.empty()) return err;
   return run_for_dtypes<GradCpu>(args, parallel_for);
 }
 

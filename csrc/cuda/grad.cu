@@ -63,14 +63,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Per-pixel gradient: thread per pixel, channels walked in registers and L1.
-// With a softmax the Jacobian couples the channels: one walk for
-// dot = sum_c p_c dL/dp_c, one to write p_c (dL/dp_c - dot).
+// Per-pixel gradient: thread per pixel, channels walked in registers and L1
+// by the shared pixel_gradient (with a softmax: one walk for the Jacobian's dot
+// product, one to write).
 template <typename TP, typename TT>
 __global__ void __launch_bounds__(kThreads)
     grad_pixels(Inputs<TP, TT> in, GroupGrads<typename AccOf<TP>::type> g, bool wrt_true, TP* out) {
   using A = typename AccOf<TP>::type;
-  const int64_t C = in.channels;
+  const int64_t C = in.rule.channels;
   const Tile tile = block_tile(in.pixels, in.tiles_per_image, kTilePixels);
   const int64_t row = tile.image * C;
   const A* gi = g.gi + row;
@@ -80,38 +80,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 1
   for (int k = 0; k < kPixelsPerThread; ++k) {
     const PixelState<A> s = load_pixel<A>(in, tile, k);
-    if (!s.live) continue;
+    if (!s.in_tile) continue;
     TP* o = out + s.pixel * C;
-    if (s.label == kLabelIgnored) {
-      for (int64_t c = 0; c < C; ++c) o[c] = store_as<TP>(A(0));
-      continue;
-    }
-    if (wrt_true) {
-      for (int64_t c = 0; c < C; ++c)
-        o[c] = store_as<TP>(true_gradient(pixel_probability(in, s, c), pixel_weight(in, s, c), gi[c], gt[c]));
-      continue;
-    }
-    auto dp = [&](int64_t c, A p) {
-      return pred_gradient<false>(p, pixel_target(in, s, c), pixel_weight(in, s, c), gi[c], gp[c]);
-    };
-    if (in.from_logits && in.softmax) {
-      A dot = 0;
-      for (int64_t c = 0; c < C; ++c) {
-        const A p = pixel_probability(in, s, c);
-        dot += p * dp(c, p);
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        const A p = pixel_probability(in, s, c);
-        o[c] = store_as<TP>(softmax_backward(p, dp(c, p), dot));
-      }
-    } else if (in.from_logits) {
-      for (int64_t c = 0; c < C; ++c) {
-        const A p = pixel_probability(in, s, c);
-        o[c] = store_as<TP>(pred_gradient<true>(p, pixel_target(in, s, c), pixel_weight(in, s, c), gi[c], gp[c]));
-      }
-    } else {
-      for (int64_t c = 0; c < C; ++c) o[c] = store_as<TP>(dp(c, A(0)));
-    }
+    pixel_gradient(
+        in.rule, wrt_true, s.label, pixel_targets(in.rule, in.tru, s.pixel),
+        [&](int64_t c) { return state_probability(in, s, c); }, [&](int64_t c) { return state_weight(in, s, c); },
+        gi, gp, gt, static_cast<A*>(nullptr), [&](int64_t c, A v) { o[c] = store_as<TP>(v); });
   }
 }
 
@@ -144,6 +118,11 @@ struct GradCuda {
 using namespace cuda_detail;
 
 std::string overlap_grad_cuda(const GradArgs& args, void* stream) {
+  const std::string labels = validate_label_dtype(args.labels, args.true_dtype);
+  if (!labels.empty()) return labels;
+  const std::string driver = cuda_driver_problem();
+  if (!driver.empty()) return driver;
+  cudaGetLastError();  // an error left by an earlier call is not this launch's
   // bool targets are read as uint8: half the instantiations, the same values.
   return run_for_dtypes<GradCuda, true>(args, static_cast<cudaStream_t>(stream));
 }

@@ -22,6 +22,7 @@
 #include "core/dispatch.h"
 #include "core/overlap_kernels.h"
 #include "core/overlap_math.h"
+#include "core/pixel_math.h"
 
 namespace fastiou {
 namespace cuda_detail {
@@ -33,6 +34,8 @@ constexpr int64_t kTileElements = 8192;
 constexpr int kPixelsPerThread = 4;
 constexpr int64_t kTilePixels = int64_t(kThreads) * kPixelsPerThread;
 constexpr unsigned long long kNoBadLabel = ~0ull;
+// Partials one block of the final reduction adds per level (8 per thread).
+constexpr int64_t kReduceSpan = int64_t(kThreads) * 8;
 
 // The problem as the CUDA kernels see it. Sums over the whole batch do not
 // depend on image boundaries, so without per_image the batch is viewed as one
@@ -56,7 +59,7 @@ inline Layout make_layout(const OverlapInputs& in) {
   l.batch = in.per_image ? g.batch : 1;
   l.pixels = in.per_image ? g.pixels : g.batch * g.pixels;
   l.channels = g.channels;
-  l.single = g.channels == 1 && !in.labels.sparse && !in.labels.softmax;
+  l.single = single_channel_path(make_pixel_rule(in));
   l.tile_pixels = l.single ? kTileElements : kTilePixels;
   l.tiles_per_image = g.channels > 0 ? (l.pixels + l.tile_pixels - 1) / l.tile_pixels : 0;
   return l;
@@ -69,14 +72,8 @@ struct Inputs {
   const TT* tru;  // element targets, or one sparse label per pixel
   const TP* w;    // nullptr for unit weights
   int64_t pixels;
-  int64_t channels;
   int64_t tiles_per_image;
-  bool weights_per_pixel;
-  bool from_logits;
-  bool softmax;
-  bool sparse;
-  bool has_ignore;
-  int64_t ignore_index;
+  PixelRule rule;  // channels, activation, label options: the per-pixel decisions
 };
 
 template <typename TP, typename TT>
@@ -86,14 +83,8 @@ Inputs<TP, TT> make_inputs(const OverlapInputs& a, const Layout& l) {
   in.tru = static_cast<const TT*>(a.y_true);
   in.w = static_cast<const TP*>(a.weights);
   in.pixels = l.pixels;
-  in.channels = l.channels;
   in.tiles_per_image = l.tiles_per_image;
-  in.weights_per_pixel = a.geometry.weights_per_pixel;
-  in.from_logits = a.from_logits;
-  in.softmax = a.labels.softmax;
-  in.sparse = a.labels.sparse;
-  in.has_ignore = a.labels.has_ignore;
-  in.ignore_index = a.labels.ignore_index;
+  in.rule = make_pixel_rule(a);
   return in;
 }
 
@@ -143,12 +134,15 @@ __device__ __forceinline__ bool pack_aligned(const T* p) {
   return p == nullptr || reinterpret_cast<uintptr_t>(p) % alignof(Pack<T, N>) == 0;
 }
 
-// A pixel as the per-pixel kernels see it.
+// A pixel as the per-pixel kernels see it. Every decision about it (its kind,
+// whether it counts, its targets, weights and probabilities) is made by the
+// functions of core/pixel_math.h, which the C++ kernels call too.
 template <typename A>
 struct PixelState {
-  int64_t pixel;  // flat pixel index over (image, pixel)
-  int64_t label;  // sparse class, kLabelIgnored, kLabelOutOfRange; -1 unused for dense targets
-  bool live;      // inside the tile and not ignored
+  int64_t pixel;     // flat pixel index over (image, pixel)
+  bool in_tile;      // a pixel of this block's tile (the last tile may be short); nothing
+                     // about a pixel outside the tile is read or written
+  PixelLabel label;  // dense, a class, ignored or out of range; set only when in_tile
   SoftmaxNorm<A> norm;
 };
 
@@ -156,37 +150,32 @@ template <typename A, typename TP, typename TT>
 __device__ __forceinline__ PixelState<A> load_pixel(const Inputs<TP, TT>& in, const Tile& tile, int k) {
   PixelState<A> s;
   const int64_t local = threadIdx.x + int64_t(k) * kThreads;
-  s.live = local < tile.count;
+  s.in_tile = local < tile.count;
   s.pixel = tile.first + local;
-  s.label = -1;
+  s.label = PixelLabel{PixelKind::kIgnored, 0};
   s.norm = SoftmaxNorm<A>{A(0), A(1)};
-  if (!s.live) return s;
-  if (in.sparse) {
-    s.label = classify_label(load_label(in.tru[s.pixel]), in.channels, in.has_ignore, in.ignore_index);
-  }
-  if (in.from_logits && in.softmax && s.label != kLabelIgnored) {
-    const TP* z = in.pred + s.pixel * in.channels;
-    s.norm = softmax_norm<A>([&](int64_t c) { return load_as<A>(z[c]); }, in.channels);
+  if (!s.in_tile) return s;
+  s.label = read_pixel_label(in.rule, in.tru, s.pixel);
+  if (pixel_needs_softmax(in.rule, s.label)) {
+    const TP* z = in.pred + s.pixel * in.rule.channels;
+    s.norm = softmax_norm<A>([&](int64_t c) { return load_as<A>(z[c]); }, in.rule.channels);
   }
   return s;
 }
 
 template <typename A, typename TP, typename TT>
-__device__ __forceinline__ A pixel_probability(const Inputs<TP, TT>& in, const PixelState<A>& s, int64_t c) {
-  const A x = load_as<A>(in.pred[s.pixel * in.channels + c]);
-  if (!in.from_logits) return x;
-  return in.softmax ? softmax_prob(x, s.norm) : sigmoid(x);
+__device__ __forceinline__ A state_probability(const Inputs<TP, TT>& in, const PixelState<A>& s, int64_t c) {
+  return channel_probability(in.rule, load_as<A>(in.pred[s.pixel * in.rule.channels + c]), s.norm);
 }
 
 template <typename A, typename TP, typename TT>
-__device__ __forceinline__ A pixel_target(const Inputs<TP, TT>& in, const PixelState<A>& s, int64_t c) {
-  return in.sparse ? sparse_target<A>(c, s.label) : load_as<A>(in.tru[s.pixel * in.channels + c]);
+__device__ __forceinline__ A state_target(const Inputs<TP, TT>& in, const PixelState<A>& s, int64_t c) {
+  return pixel_target<A>(s.label, pixel_targets(in.rule, in.tru, s.pixel), c);
 }
 
 template <typename A, typename TP, typename TT>
-__device__ __forceinline__ A pixel_weight(const Inputs<TP, TT>& in, const PixelState<A>& s, int64_t c) {
-  if (!in.w) return A(1);
-  return load_as<A>(in.w[in.weights_per_pixel ? s.pixel : s.pixel * in.channels + c]);
+__device__ __forceinline__ A state_weight(const Inputs<TP, TT>& in, const PixelState<A>& s, int64_t c) {
+  return pixel_weight<A>(in.rule, pixel_weights(in.rule, in.w, s.pixel), c);
 }
 
 inline std::string launch_status(const char* what) {

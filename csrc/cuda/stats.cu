@@ -65,44 +65,82 @@ __global__ void __launch_bounds__(kThreads)
   using A = typename AccOf<TP>::type;
   const Tile tile = block_tile(in.pixels, in.tiles_per_image, kTilePixels);
   PixelState<A> px[kPixelsPerThread];
+  bool live[kPixelsPerThread];
+  unsigned long long bad = kNoBadLabel;  // the thread's lowest out-of-range pixel
 #pragma unroll
   for (int k = 0; k < kPixelsPerThread; ++k) {
     px[k] = load_pixel<A>(in, tile, k);
-    if (px[k].live && px[k].label == kLabelOutOfRange) {
-      atomicMin(bad_pixel, static_cast<unsigned long long>(px[k].pixel));
-      px[k].live = false;
+    if (px[k].in_tile && px[k].label.kind == PixelKind::kOutOfRange) {
+      bad = min(bad, static_cast<unsigned long long>(px[k].pixel));
     }
-    if (px[k].label == kLabelIgnored) px[k].live = false;
+    live[k] = px[k].in_tile && pixel_counts(px[k].label);
   }
-  for (int64_t c = 0; c < in.channels; ++c) {
+  // One atomic per warp that met a bad label, not one per pixel: labels of 255
+  // without ignore_index would otherwise queue millions on one address.
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) bad = min(bad, __shfl_down_sync(0xffffffffu, bad, offset));
+  if ((threadIdx.x & 31) == 0 && bad != kNoBadLabel) atomicMin(bad_pixel, bad);
+  for (int64_t c = 0; c < in.rule.channels; ++c) {
     Sum3<A> s{A(0), A(0), A(0)};
 #pragma unroll
     for (int k = 0; k < kPixelsPerThread; ++k) {
-      if (!px[k].live) continue;
-      accumulate_overlap(pixel_probability(in, px[k], c), pixel_target(in, px[k], c),
-                         pixel_weight(in, px[k], c), s.i, s.p, s.t);
+      if (!live[k]) continue;
+      accumulate_overlap(state_probability(in, px[k], c), state_target(in, px[k], c), state_weight(in, px[k], c),
+                         s.i, s.p, s.t);
     }
-    write_partial(s, partials + (int64_t(blockIdx.x) * in.channels + c) * 3);
+    write_partial(s, partials + (int64_t(blockIdx.x) * in.rule.channels + c) * 3);
   }
 }
 
-// Adds the partials of each group's tiles in a fixed order, in double, and
-// writes the sums; NaN everywhere when a sparse label was out of range.
+// The partials of one group's items (tiles, or segments of a previous level)
+// summed by one thread: items first, first + kThreads, ... below end, in order.
+__device__ __forceinline__ Sum3<double> sum_items(const double* src, int64_t items, int64_t channels,
+                                                  int64_t image, int64_t c, int64_t first, int64_t end) {
+  Sum3<double> s{0.0, 0.0, 0.0};
+  for (int64_t k = first + threadIdx.x; k < end; k += kThreads) {
+    const double* q = src + ((image * items + k) * channels + c) * 3;
+    s.i += q[0];
+    s.p += q[1];
+    s.t += q[2];
+  }
+  return s;
+}
+
+// One level of the reduction tree: block (group, segment) adds the group's
+// items [segment * kReduceSpan, (segment + 1) * kReduceSpan) and writes one
+// partial, laid out like its input with `segments` items per image.
+__global__ void __launch_bounds__(kThreads)
+    reduce_level(const double* src, int64_t items, int64_t segments, int64_t channels, double* dst) {
+  const int64_t block = blockIdx.x;
+  const int64_t group = block / segments;
+  const int64_t segment = block - group * segments;
+  const int64_t image = group / channels;
+  const int64_t c = group - image * channels;
+  const int64_t first = segment * kReduceSpan;
+  const int64_t end = min(items, first + kReduceSpan);
+  const Sum3<double> s = sum_items(src, items, channels, image, c, first, end);
+  using Reduce = cub::BlockReduce<Sum3<double>, kThreads>;
+  __shared__ typename Reduce::TempStorage temp;
+  const Sum3<double> total = Reduce(temp).Reduce(s, Sum3Add());
+  if (threadIdx.x != 0) return;
+  double* q = dst + ((image * segments + segment) * channels + c) * 3;
+  q[0] = total.i;
+  q[1] = total.p;
+  q[2] = total.t;
+}
+
+// The last level: adds each group's remaining items (at most kReduceSpan) in a
+// fixed order, in double, and writes the sums; NaN everywhere when a sparse
+// label was out of range.
 template <typename A, typename TT>
 __global__ void __launch_bounds__(kThreads)
-    reduce_tiles(const double* partials, int64_t tiles_per_image, int64_t channels,
+    reduce_tiles(const double* partials, int64_t items, int64_t channels,
                  const unsigned long long* bad_pixel, int64_t* bad_value, const TT* labels,
                  bool sparse, A* out_i, A* out_p, A* out_t) {
   const int64_t group = blockIdx.x;
   const int64_t image = group / channels;
   const int64_t c = group - image * channels;
-  Sum3<double> s{0.0, 0.0, 0.0};
-  for (int64_t k = threadIdx.x; k < tiles_per_image; k += kThreads) {
-    const double* q = partials + ((image * tiles_per_image + k) * channels + c) * 3;
-    s.i += q[0];
-    s.p += q[1];
-    s.t += q[2];
-  }
+  const Sum3<double> s = sum_items(partials, items, channels, image, c, 0, items);
   using Reduce = cub::BlockReduce<Sum3<double>, kThreads>;
   __shared__ typename Reduce::TempStorage temp;
   const Sum3<double> total = Reduce(temp).Reduce(s, Sum3Add());
@@ -130,10 +168,12 @@ struct StatsCuda {
     auto* bad_pixel = reinterpret_cast<unsigned long long*>(a.workspace + kCudaLabelRecordOffset);
     auto* bad_value = reinterpret_cast<int64_t*>(a.workspace + kCudaLabelRecordOffset + 1);
     double* partials = a.workspace + kCudaLabelRecordOffset + 2;
-    *error = check_grid(l.tiles()) + check_grid(l.groups());
+    *error = check_grid(l.tiles());
+    if (error->empty()) *error = check_grid(l.groups());
     if (!error->empty()) return;
-    if (cudaMemsetAsync(bad_pixel, 0xff, 2 * sizeof(int64_t), stream) != cudaSuccess) {
-      *error = launch_status("fastiou stats workspace");
+    const cudaError_t memset = cudaMemsetAsync(bad_pixel, 0xff, 2 * sizeof(int64_t), stream);
+    if (memset != cudaSuccess) {
+      *error = std::string("fastiou stats workspace: ") + cudaGetErrorString(memset);
       return;
     }
     const unsigned tiles = static_cast<unsigned>(l.tiles());
@@ -148,12 +188,29 @@ struct StatsCuda {
       *error = launch_status("fastiou stats kernel");
       if (!error->empty()) return;
     }
-    if (l.groups() > 0) {
-      reduce_tiles<A, TT><<<static_cast<unsigned>(l.groups()), kThreads, 0, stream>>>(
-          partials, l.tiles_per_image, l.channels, bad_pixel, bad_value, in.tru, a.labels.sparse,
-          static_cast<A*>(a.intersection), static_cast<A*>(a.pred_sum), static_cast<A*>(a.true_sum));
+    if (l.groups() == 0) return;
+    // A tree over the tiles with a fan-in of kReduceSpan per level: no block
+    // adds more than kReduceSpan partials, and the tree depends on the shape
+    // alone, so the sums stay bitwise reproducible.
+    const double* src = partials;
+    double* scratch = partials + l.tiles() * l.channels * 3;
+    int64_t items = l.tiles_per_image;
+    while (items > kReduceSpan) {
+      const int64_t segments = (items + kReduceSpan - 1) / kReduceSpan;
+      *error = check_grid(l.groups() * segments);
+      if (!error->empty()) return;
+      reduce_level<<<static_cast<unsigned>(l.groups() * segments), kThreads, 0, stream>>>(src, items, segments,
+                                                                                           l.channels, scratch);
       *error = launch_status("fastiou stats reduction");
+      if (!error->empty()) return;
+      src = scratch;
+      scratch += l.groups() * segments * 3;
+      items = segments;
     }
+    reduce_tiles<A, TT><<<static_cast<unsigned>(l.groups()), kThreads, 0, stream>>>(
+        src, items, l.channels, bad_pixel, bad_value, in.tru, a.labels.sparse, static_cast<A*>(a.intersection),
+        static_cast<A*>(a.pred_sum), static_cast<A*>(a.true_sum));
+    *error = launch_status("fastiou stats reduction");
   }
 };
 
@@ -164,10 +221,20 @@ using namespace cuda_detail;
 
 int64_t stats_workspace_doubles_cuda(const OverlapInputs& inputs) {
   const Layout l = make_layout(inputs);
-  return kCudaLabelRecordOffset + 2 + l.tiles() * l.channels * 3;
+  int64_t doubles = l.tiles() * l.channels * 3;  // the tile partials
+  for (int64_t items = l.tiles_per_image; items > kReduceSpan;) {
+    items = (items + kReduceSpan - 1) / kReduceSpan;
+    doubles += l.groups() * items * 3;  // one level of the reduction tree
+  }
+  return kCudaLabelRecordOffset + 2 + doubles;
 }
 
 std::string overlap_stats_cuda(const StatsArgs& args, void* stream) {
+  const std::string labels = validate_label_dtype(args.labels, args.true_dtype);
+  if (!labels.empty()) return labels;
+  const std::string driver = cuda_driver_problem();
+  if (!driver.empty()) return driver;
+  cudaGetLastError();  // an error left by an earlier call is not this launch's
   // bool targets are read as uint8: half the instantiations, the same values.
   return run_for_dtypes<StatsCuda, true>(args, static_cast<cudaStream_t>(stream));
 }

@@ -2,12 +2,15 @@
 // framework behind them. NumPy arrays run the C++ kernels; CUDA arrays (CuPy,
 // PyTorch, JAX, ...) run the CUDA kernels on the stream the caller names.
 // Outputs are Buffers that any framework takes in with its from_dlpack.
+// This file: argument checks, the two entry points and the bindings; the
+// DLPack exchange is in dlpack.cc, the work left queued on a stream (held
+// inputs, deferred label checks) in pending.cc.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -16,347 +19,14 @@
 #include <vector>
 
 #include "core/overlap_kernels.h"
+#include "python/dlpack.h"
+#include "python/pending.h"
 
-#if FASTIOU_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
 #if FASTIOU_WITH_FFI
 #include "xla/overlap_ffi.h"
 #endif
 
-namespace py = pybind11;
-
 namespace fastiou_py {
-
-// --- DLPack ABI, from the DLPack specification (unversioned "dltensor" capsule).
-enum DLDeviceType : int32_t { kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3, kDLCUDAManaged = 13 };
-enum DLDataTypeCode : uint8_t { kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLBfloat = 4, kDLBool = 6 };
-struct DLDevice {
-  int32_t device_type;
-  int32_t device_id;
-};
-struct DLDataType {
-  uint8_t code;
-  uint8_t bits;
-  uint16_t lanes;
-};
-struct DLTensor {
-  void* data;
-  DLDevice device;
-  int32_t ndim;
-  DLDataType dtype;
-  int64_t* shape;
-  int64_t* strides;
-  uint64_t byte_offset;
-};
-struct DLManagedTensor {
-  DLTensor dl_tensor;
-  void* manager_ctx;
-  void (*deleter)(DLManagedTensor* self);
-};
-// DLPack >= 1.0 ("dltensor_versioned"): can say read-only, which NumPy needs
-// to export a read-only array.
-struct DLPackVersion {
-  uint32_t major;
-  uint32_t minor;
-};
-struct DLManagedTensorVersioned {
-  DLPackVersion version;
-  void* manager_ctx;
-  void (*deleter)(DLManagedTensorVersioned* self);
-  uint64_t flags;
-  DLTensor dl_tensor;
-};
-
-using fastiou::DType;
-
-std::optional<DType> from_dl(DLDataType t) {
-  if (t.lanes != 1) return std::nullopt;
-  switch (t.code) {
-    case kDLBool: return t.bits == 8 ? std::optional<DType>(DType::kBool) : std::nullopt;
-    case kDLUInt: return t.bits == 8 ? std::optional<DType>(DType::kUInt8) : std::nullopt;
-    case kDLInt:
-      if (t.bits == 32) return DType::kInt32;
-      if (t.bits == 64) return DType::kInt64;
-      return std::nullopt;
-    case kDLFloat:
-      if (t.bits == 16) return DType::kFloat16;
-      if (t.bits == 32) return DType::kFloat32;
-      if (t.bits == 64) return DType::kFloat64;
-      return std::nullopt;
-    case kDLBfloat: return t.bits == 16 ? std::optional<DType>(DType::kBFloat16) : std::nullopt;
-    default: return std::nullopt;
-  }
-}
-
-DLDataType to_dl(DType d) {
-  switch (d) {
-    case DType::kBool: return {kDLBool, 8, 1};
-    case DType::kUInt8: return {kDLUInt, 8, 1};
-    case DType::kInt32: return {kDLInt, 32, 1};
-    case DType::kInt64: return {kDLInt, 64, 1};
-    case DType::kFloat16: return {kDLFloat, 16, 1};
-    case DType::kBFloat16: return {kDLBfloat, 16, 1};
-    case DType::kFloat32: return {kDLFloat, 32, 1};
-    case DType::kFloat64: return {kDLFloat, 64, 1};
-  }
-  return {kDLFloat, 32, 1};
-}
-
-int64_t dtype_size(DType d) {
-  switch (d) {
-    case DType::kBool:
-    case DType::kUInt8: return 1;
-    case DType::kFloat16:
-    case DType::kBFloat16: return 2;
-    case DType::kInt32:
-    case DType::kFloat32: return 4;
-    case DType::kInt64:
-    case DType::kFloat64: return 8;
-  }
-  return 4;
-}
-
-bool is_cuda(int32_t device_type) { return device_type == kDLCUDA || device_type == kDLCUDAManaged; }
-
-#if FASTIOU_WITH_CUDA
-void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string("fastiou: ") + what + ": " + cudaGetErrorString(err));
-}
-
-// Makes `device` current for the scope.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (device != previous_) check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-
- private:
-  int previous_ = 0;
-};
-
-// Orders `later` after the work enqueued so far on `earlier`.
-void stream_wait(cudaStream_t earlier, cudaStream_t later) {
-  if (earlier == later) return;
-  cudaEvent_t event;
-  check_cuda(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
-  check_cuda(cudaEventRecord(event, earlier), "cudaEventRecord");
-  check_cuda(cudaStreamWaitEvent(later, event, 0), "cudaStreamWaitEvent");
-  cudaEventDestroy(event);
-}
-#endif
-
-// Memory fastiou allocated: host memory, or device memory from the stream-
-// ordered allocator, given back on the stream that last used it.
-struct Storage {
-  void* data = nullptr;
-  DLDevice device{kDLCPU, 0};
-  uintptr_t stream = 0;      // stream it was allocated (and is freed) on
-  uintptr_t last_user = 0;   // stream of the last consumer
-
-  Storage(int64_t bytes, DLDevice dev, uintptr_t s) : device(dev), stream(s), last_user(s) {
-    const size_t n = static_cast<size_t>(std::max<int64_t>(bytes, 1));
-    if (!is_cuda(device.device_type)) {
-      data = std::aligned_alloc(64, (n + 63) / 64 * 64);
-      if (!data) throw std::bad_alloc();
-      return;
-    }
-#if FASTIOU_WITH_CUDA
-    DeviceGuard guard(device.device_id);
-    check_cuda(cudaMallocAsync(&data, n, reinterpret_cast<cudaStream_t>(stream)), "cudaMallocAsync");
-#endif
-  }
-  Storage(const Storage&) = delete;
-  Storage& operator=(const Storage&) = delete;
-  ~Storage() {
-    if (!is_cuda(device.device_type)) {
-      std::free(data);
-      return;
-    }
-#if FASTIOU_WITH_CUDA
-    DeviceGuard guard(device.device_id);
-    auto s = reinterpret_cast<cudaStream_t>(stream);
-    stream_wait(reinterpret_cast<cudaStream_t>(last_user), s);
-    cudaFreeAsync(data, s);
-#endif
-  }
-};
-
-// An output array: exported to frameworks through __dlpack__.
-class Buffer {
- public:
-  Buffer(std::vector<int64_t> shape, DType dtype, DLDevice device, uintptr_t stream)
-      : shape_(std::move(shape)), dtype_(dtype) {
-    int64_t n = 1;
-    for (int64_t d : shape_) n *= d;
-    storage_ = std::make_shared<Storage>(n * dtype_size(dtype_), device, stream);
-  }
-
-  void* data() const { return storage_->data; }
-  const std::vector<int64_t>& shape() const { return shape_; }
-  DType dtype() const { return dtype_; }
-  DLDevice device() const { return storage_->device; }
-  uintptr_t stream() const { return storage_->stream; }
-
-  py::tuple dlpack_device() const { return py::make_tuple(storage_->device.device_type, storage_->device.device_id); }
-
-  // The Python array API's __dlpack__: the consumer's stream waits for the
-  // work that wrote this buffer.
-  // max_version, dl_device and copy are accepted and need nothing: fastiou
-  // exports an unversioned capsule on the buffer's own device, without a copy.
-  py::capsule dlpack(py::object stream, py::object, py::object, py::object) {
-#if FASTIOU_WITH_CUDA
-    if (is_cuda(storage_->device.device_type) && !stream.is_none()) {
-      const int64_t s = stream.cast<int64_t>();
-      if (s != -1) {
-        DeviceGuard guard(storage_->device.device_id);
-        const uintptr_t consumer = static_cast<uintptr_t>(s);
-        stream_wait(reinterpret_cast<cudaStream_t>(storage_->stream),
-                    reinterpret_cast<cudaStream_t>(consumer));
-        storage_->last_user = consumer;
-      }
-    }
-#else
-    (void)stream;
-#endif
-    struct Context {
-      std::shared_ptr<Storage> storage;
-      std::vector<int64_t> shape;
-    };
-    auto* ctx = new Context{storage_, shape_};
-    auto* managed = new DLManagedTensor{};
-    managed->dl_tensor.data = storage_->data;
-    managed->dl_tensor.device = storage_->device;
-    managed->dl_tensor.ndim = static_cast<int32_t>(shape_.size());
-    managed->dl_tensor.dtype = to_dl(dtype_);
-    managed->dl_tensor.shape = ctx->shape.data();
-    managed->dl_tensor.strides = nullptr;
-    managed->dl_tensor.byte_offset = 0;
-    managed->manager_ctx = ctx;
-    managed->deleter = [](DLManagedTensor* self) {
-      delete static_cast<Context*>(self->manager_ctx);
-      delete self;
-    };
-    return py::capsule(managed, "dltensor", [](PyObject* capsule) {
-      // Not taken by a consumer: free it here.
-      if (PyCapsule_IsValid(capsule, "dltensor")) {
-        auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
-        if (m && m->deleter) m->deleter(m);
-      } else {
-        PyErr_Clear();
-      }
-    });
-  }
-
- private:
-  std::vector<int64_t> shape_;
-  DType dtype_;
-  std::shared_ptr<Storage> storage_;
-};
-
-// An input array taken in through __dlpack__; released when this goes away.
-class Imported {
- public:
-  Imported(const py::handle& obj, const char* name, std::optional<uintptr_t> stream) : name_(name) {
-    if (!py::hasattr(obj, "__dlpack__")) {
-      throw py::type_error(std::string("fastiou: ") + name + " must be an array with __dlpack__ (NumPy, CuPy, "
-                           "PyTorch, JAX, ...), got " + std::string(py::str(py::type::of(obj))));
-    }
-    // Ask for a versioned capsule first; producers that predate DLPack 1.0
-    // reject max_version with a TypeError.
-    py::dict kwargs;
-    if (stream) kwargs["stream"] = *stream == 0 ? uintptr_t(1) : *stream;  // 1: the legacy default stream
-    py::object capsule;
-    try {
-      py::dict versioned;
-      for (auto item : kwargs) versioned[item.first] = item.second;
-      versioned["max_version"] = py::make_tuple(1, 0);
-      capsule = obj.attr("__dlpack__")(**versioned);
-    } catch (py::error_already_set& e) {
-      if (!e.matches(PyExc_TypeError)) throw;
-      capsule = obj.attr("__dlpack__")(**kwargs);
-    }
-    PyObject* cap = capsule.ptr();
-    if (PyCapsule_IsValid(cap, "dltensor_versioned")) {
-      versioned_ = static_cast<DLManagedTensorVersioned*>(PyCapsule_GetPointer(cap, "dltensor_versioned"));
-      PyCapsule_SetName(cap, "used_dltensor_versioned");  // ours now: we call its deleter
-      tensor_ = &versioned_->dl_tensor;
-    } else if (PyCapsule_IsValid(cap, "dltensor")) {
-      managed_ = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
-      PyCapsule_SetName(cap, "used_dltensor");
-      tensor_ = &managed_->dl_tensor;
-    } else {
-      throw py::type_error(std::string("fastiou: ") + name + ".__dlpack__() did not return a DLPack capsule");
-    }
-    try {
-      check(*tensor_);
-    } catch (...) {
-      release();
-      throw;
-    }
-  }
-  Imported(const Imported&) = delete;
-  Imported& operator=(const Imported&) = delete;
-  ~Imported() { release(); }
-
-  const void* data() const { return static_cast<const char*>(tensor_->data) + tensor_->byte_offset; }
-  const std::vector<int64_t>& shape() const { return shape_; }
-  DType dtype() const { return dtype_; }
-  DLDevice device() const { return tensor_->device; }
-  const char* name() const { return name_; }
-
- private:
-  void release() {
-    if (managed_ && managed_->deleter) managed_->deleter(managed_);
-    if (versioned_ && versioned_->deleter) versioned_->deleter(versioned_);
-    managed_ = nullptr;
-    versioned_ = nullptr;
-  }
-
-  void check(const DLTensor& t) {
-    const char* name = name_;
-    shape_.assign(t.shape, t.shape + t.ndim);
-    const auto dtype = from_dl(t.dtype);
-    if (!dtype) {
-      throw py::type_error(std::string("fastiou: ") + name + " has an unsupported dtype (DLPack code " +
-                           std::to_string(t.dtype.code) + ", " + std::to_string(t.dtype.bits) + " bits)");
-    }
-    dtype_ = *dtype;
-    const bool empty = std::find(shape_.begin(), shape_.end(), int64_t(0)) != shape_.end();
-    if (t.strides && !empty) {
-      int64_t expected = 1;
-      for (int d = t.ndim - 1; d >= 0; --d) {
-        if (t.shape[d] != 1 && t.strides[d] != expected) {
-          throw py::value_error(std::string("fastiou: ") + name + " must be contiguous (row-major)");
-        }
-        expected *= t.shape[d];
-      }
-    }
-    if (t.device.device_type != kDLCPU && !is_cuda(t.device.device_type)) {
-      throw py::value_error(std::string("fastiou: ") + name + " lives on an unsupported device (DLPack type " +
-                            std::to_string(t.device.device_type) + ")");
-    }
-  }
-
-  const char* name_;
-  DLManagedTensor* managed_ = nullptr;
-  DLManagedTensorVersioned* versioned_ = nullptr;
-  const DLTensor* tensor_ = nullptr;
-  std::vector<int64_t> shape_;
-  DType dtype_ = DType::kFloat32;
-};
-
-// The device of an array, from __dlpack_device__, before importing it.
-DLDevice device_of(const py::handle& obj, const char* name) {
-  if (!py::hasattr(obj, "__dlpack_device__")) {
-    throw py::type_error(std::string("fastiou: ") + name + " must be an array with __dlpack__ (NumPy, CuPy, "
-                         "PyTorch, JAX, ...), got " + std::string(py::str(py::type::of(obj))));
-  }
-  const py::tuple d = obj.attr("__dlpack_device__")();
-  return DLDevice{d[0].cast<int32_t>(), d[1].cast<int32_t>()};
-}
 
 // Runs the CPU kernels on std::threads; results do not depend on the split.
 fastiou::ParallelFor thread_parallel_for() {
@@ -376,6 +46,50 @@ fastiou::ParallelFor thread_parallel_for() {
     }
     for (auto& t : threads) t.join();
   };
+}
+
+int cuda_device_count() {
+#if FASTIOU_WITH_CUDA
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    forget_cuda_error(err);
+    return 0;
+  }
+  return n;
+#else
+  return 0;
+#endif
+}
+
+// "" when this build's CUDA kernels can run on the machine's driver, else why not.
+std::string cuda_driver_problem() {
+#if FASTIOU_WITH_CUDA
+  return fastiou::cuda_driver_problem();
+#else
+  return "fastiou was built without CUDA kernels";
+#endif
+}
+
+// Raises, before any CUDA call, when a CUDA array cannot run fastiou's kernels.
+void require_cuda_kernels(int device) {
+#if FASTIOU_WITH_CUDA
+  const std::string problem = fastiou::cuda_driver_problem();
+  if (!problem.empty()) throw std::runtime_error("fastiou: " + problem);
+  const int n = cuda_device_count();
+  if (n == 0) {
+    throw std::runtime_error("fastiou: no CUDA device visible to fastiou's kernels (y_pred is on CUDA device " +
+                             std::to_string(device) + ")");
+  }
+  if (device < 0 || device >= n) {
+    throw std::runtime_error("fastiou: y_pred is on CUDA device " + std::to_string(device) +
+                             ", but fastiou's kernels see " + std::to_string(n) + " CUDA devices");
+  }
+#else
+  (void)device;
+  throw py::value_error("fastiou: y_pred is a CUDA array, but fastiou was built without CUDA kernels "
+                        "(fastiou.built_with_cuda() is False)");
+#endif
 }
 
 struct Options {
@@ -398,10 +112,7 @@ struct Call {
     device = device_of(p, "y_pred");
     const bool cuda = is_cuda(device.device_type);
     if (cuda) {
-#if !FASTIOU_WITH_CUDA
-      throw py::value_error("fastiou: y_pred is a CUDA array but this build of fastiou has no CUDA kernels "
-                            "(fastiou.built_with_cuda() is False)");
-#endif
+      require_cuda_kernels(device.device_id);
       stream = stream_arg.value_or(0);
     }
     const std::optional<uintptr_t> export_stream = cuda ? std::optional<uintptr_t>(stream) : std::nullopt;
@@ -417,21 +128,19 @@ struct Call {
                            fastiou::dtype_name(pd));
     }
     const DType td = y_true->dtype();
-    if (o.sparse && td != DType::kUInt8 && td != DType::kInt32 && td != DType::kInt64) {
-      throw py::type_error(std::string("fastiou: sparse labels (class indices) must be uint8, int32 or int64, got ") +
-                           fastiou::dtype_name(td));
-    }
+    fastiou::LabelOptions labels;
+    labels.softmax = o.softmax;
+    labels.sparse = o.sparse;
+    labels.has_ignore = o.ignore_index.has_value();
+    labels.ignore_index = o.ignore_index.value_or(0);
+    const std::string dtype_err = fastiou::validate_label_dtype(labels, td);
+    if (!dtype_err.empty()) throw py::type_error("fastiou: " + dtype_err);
     if (weights && weights->dtype() != pd) {
       throw py::type_error(std::string("fastiou: weights must have y_pred's dtype ") + fastiou::dtype_name(pd) +
                            ", got " + fastiou::dtype_name(weights->dtype()));
     }
     if (o.ignore_index && !o.sparse) throw py::value_error("fastiou: ignore_index needs sparse labels (class indices)");
 
-    fastiou::LabelOptions labels;
-    labels.softmax = o.softmax;
-    labels.sparse = o.sparse;
-    labels.has_ignore = o.ignore_index.has_value();
-    labels.ignore_index = o.ignore_index.value_or(0);
     fastiou::OverlapGeometry g;
     const std::string err = fastiou::validate_overlap_shapes(
         y_pred->shape(), y_true->shape(), weights ? &weights->shape() : nullptr, labels, &g);
@@ -461,6 +170,26 @@ struct Call {
       throw py::value_error(std::string("fastiou: ") + a.name() + " is on another device than y_pred");
     }
   }
+
+#if FASTIOU_WITH_CUDA
+  // Once the kernels are queued: hands the inputs (and `more`) over to be
+  // released when the stream has run them (see pending.h). Never raises.
+  void hold_until_stream_ran(ImportedList more = {}) noexcept {
+    for (auto* a : {&y_true, &y_pred, &weights}) {
+      if (!*a) continue;
+      try {
+        more.push_back(std::move(*a));
+      } catch (...) {
+        // No room in the list: keep it here, and wait for the stream below.
+      }
+    }
+    release_after_stream(std::move(more), device.device_id, reinterpret_cast<cudaStream_t>(stream));
+    if (y_true || y_pred || weights) {
+      py::gil_scoped_release nogil;
+      forget_cuda_error(cudaStreamSynchronize(reinterpret_cast<cudaStream_t>(stream)));
+    }
+  }
+#endif
 };
 
 Options make_options(bool from_logits, bool per_image, bool softmax, bool sparse,
@@ -473,9 +202,28 @@ std::optional<uintptr_t> stream_value(const py::object& stream) {
   return static_cast<uintptr_t>(stream.cast<uint64_t>());
 }
 
+#if FASTIOU_WITH_CUDA
+// check_labels=True with sparse labels on the GPU: the label record is read on
+// the host, which waits for everything queued on the stream so far.
+void wait_and_check_labels(const fastiou::StatsArgs& a, cudaStream_t s) {
+  fastiou::CudaLabelRecord record{-1, 0};
+  check_cuda(cudaMemcpyAsync(&record, a.workspace + fastiou::kCudaLabelRecordOffset, sizeof record,
+                             cudaMemcpyDeviceToHost, s),
+             "cudaMemcpyAsync");
+  {
+    py::gil_scoped_release release;
+    check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+  }
+  release_finished();  // this call's inputs among them
+  if (record.flat_pixel >= 0) throw py::value_error(bad_label_error(a, record));
+}
+#endif
+
+// Returns (I, P, T, LabelCheck).
 py::tuple overlap_stats(const py::object& y_true, const py::object& y_pred, const py::object& weights,
                         bool from_logits, bool per_image, bool softmax, bool sparse,
                         std::optional<int64_t> ignore_index, const py::object& stream, bool check_labels) {
+  release_finished();
   Call call(y_true, y_pred, weights, make_options(from_logits, per_image, softmax, sparse, ignore_index),
             stream_value(stream));
   std::vector<Buffer> out;
@@ -485,8 +233,11 @@ py::tuple overlap_stats(const py::object& y_true, const py::object& y_pred, cons
   a.intersection = out[0].data();
   a.pred_sum = out[1].data();
   a.true_sum = out[2].data();
+  auto label_check = std::make_unique<LabelCheck>();
   std::string err;
   if (!call.cuda()) {
+    // The C++ kernels check every label as they go: a bad one raises below,
+    // whatever check_labels says.
     std::vector<double> workspace(static_cast<size_t>(fastiou::stats_workspace_doubles(a.geometry)));
     a.workspace = workspace.data();
     py::gil_scoped_release release;
@@ -498,43 +249,39 @@ py::tuple overlap_stats(const py::object& y_true, const py::object& y_pred, cons
     a.workspace = static_cast<double*>(workspace.data());
     auto s = reinterpret_cast<cudaStream_t>(call.stream);
     err = fastiou::overlap_stats_cuda(a, s);
-    if (err.empty() && a.labels.sparse && check_labels) {
-      // Raising on a bad label needs its record on the host: one synchronization.
-      fastiou::CudaLabelRecord record{-1, 0};
-      check_cuda(cudaMemcpyAsync(&record, a.workspace + fastiou::kCudaLabelRecordOffset, sizeof record,
-                                 cudaMemcpyDeviceToHost, s),
-                 "cudaMemcpyAsync");
-      {
-        py::gil_scoped_release release;
-        check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize");
-      }
-      if (record.flat_pixel >= 0) {
-        const int64_t pixels = std::max<int64_t>(1, a.geometry.pixels);
-        throw py::value_error("fastiou: " + fastiou::bad_label_message(a, record.flat_pixel / pixels,
-                                                                        record.flat_pixel % pixels, record.value));
+    call.hold_until_stream_ran();
+    if (err.empty() && a.labels.sparse) {
+      if (check_labels) {
+        wait_and_check_labels(a, s);
+      } else {
+        label_check = LabelCheck::after_stats(a, call.device.device_id, s);
       }
     }
+#else
+    (void)check_labels;
 #endif
   }
   if (!err.empty()) {
     if (err.rfind("label ", 0) == 0) throw py::value_error("fastiou: " + err);
     throw std::runtime_error("fastiou: " + err);
   }
-  return py::make_tuple(out[0], out[1], out[2]);
+  return py::make_tuple(out[0], out[1], out[2], std::move(label_check));
 }
 
 Buffer overlap_grad(const py::object& y_true, const py::object& y_pred, const py::object& weights,
                     const py::object& grad_intersection, const py::object& grad_pred_sum,
                     const py::object& grad_true_sum, bool from_logits, bool per_image, bool softmax,
                     bool sparse, std::optional<int64_t> ignore_index, bool wrt_true, const py::object& stream) {
+  release_finished();
   Call call(y_true, y_pred, weights, make_options(from_logits, per_image, softmax, sparse, ignore_index),
             stream_value(stream));
   const std::optional<uintptr_t> export_stream =
       call.cuda() ? std::optional<uintptr_t>(call.stream) : std::nullopt;
-  Imported gi(grad_intersection, "grad_intersection", export_stream);
-  Imported gp(grad_pred_sum, "grad_pred_sum", export_stream);
-  Imported gt(grad_true_sum, "grad_true_sum", export_stream);
-  for (const Imported* g : {&gi, &gp, &gt}) {
+  ImportedList grads;
+  grads.push_back(std::make_unique<Imported>(grad_intersection, "grad_intersection", export_stream));
+  grads.push_back(std::make_unique<Imported>(grad_pred_sum, "grad_pred_sum", export_stream));
+  grads.push_back(std::make_unique<Imported>(grad_true_sum, "grad_true_sum", export_stream));
+  for (const auto& g : grads) {
     call.same_device(*g);
     if (g->dtype() != call.acc_dtype()) {
       throw py::type_error(std::string("fastiou: ") + g->name() + " must be " + fastiou::dtype_name(call.acc_dtype()) +
@@ -550,9 +297,9 @@ Buffer overlap_grad(const py::object& y_true, const py::object& y_pred, const py
   fastiou::GradArgs a;
   static_cast<fastiou::OverlapInputs&>(a) = call.inputs;
   a.wrt_true = wrt_true;
-  a.grad_intersection = gi.data();
-  a.grad_pred_sum = gp.data();
-  a.grad_true_sum = gt.data();
+  a.grad_intersection = grads[0]->data();
+  a.grad_pred_sum = grads[1]->data();
+  a.grad_true_sum = grads[2]->data();
   a.output = out.data();
   std::string err;
   if (!call.cuda()) {
@@ -562,23 +309,11 @@ Buffer overlap_grad(const py::object& y_true, const py::object& y_pred, const py
 #if FASTIOU_WITH_CUDA
     DeviceGuard guard(call.device.device_id);
     err = fastiou::overlap_grad_cuda(a, reinterpret_cast<cudaStream_t>(call.stream));
+    call.hold_until_stream_ran(std::move(grads));
 #endif
   }
   if (!err.empty()) throw std::runtime_error("fastiou: " + err);
   return out;
-}
-
-int cuda_device_count() {
-#if FASTIOU_WITH_CUDA
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return n;
-#else
-  return 0;
-#endif
 }
 
 // Bytes in use in the device's default stream-ordered pool, which fastiou's
@@ -650,13 +385,31 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
       .def_property_readonly("dtype", [](const Buffer& b) { return dtype_str(b.dtype()); })
       .def_property_readonly("stream", &Buffer::stream);
 
+  py::class_<LabelCheck>(m, "LabelCheck",
+                         "Whether the sparse labels of one overlap_stats call were all in [0, C) (or ignore_index). "
+                         "With check_labels=False on a CUDA array the call does not wait for its kernels; this "
+                         "record answers later. ready(): whether the answer is in, without waiting. check(): "
+                         "waits for it and raises the ValueError check_labels=True would have raised.")
+      .def("ready", &LabelCheck::ready, "Whether check() would return at once (never waits).")
+      .def("check", &LabelCheck::check,
+           "Waits for the stats kernel that read the labels (not for the rest of its stream) and raises "
+           "ValueError naming the first out-of-range label, if any; returns None otherwise. Raises again on "
+           "every call.")
+      .def("__repr__", &LabelCheck::repr);
+
   m.def("overlap_stats", &overlap_stats, py::arg("y_true"), py::arg("y_pred"), py::arg("weights") = py::none(),
         py::kw_only(), py::arg("from_logits") = false, py::arg("per_image") = true, py::arg("softmax") = false,
         py::arg("sparse") = false, py::arg("ignore_index") = py::none(), py::arg("stream") = py::none(),
         py::arg("check_labels") = true,
-        "Soft overlap sums (I, P, T) per (image, channel), or per channel with per_image=False. On a CUDA "
-        "array the work is enqueued on `stream` (a cudaStream_t as an int; 0 = the legacy default stream); "
-        "with sparse labels and check_labels, the call waits for the stream to raise on an out-of-range label.");
+        "Soft overlap sums per (image, channel), or per channel with per_image=False: returns (I, P, T, "
+        "label_check). On a CUDA array the work is enqueued on `stream` (a cudaStream_t as an int; 0 = the "
+        "legacy default stream) and the call returns without waiting, except for sparse labels with "
+        "check_labels=True (the default): the call then waits for everything queued on the stream so far "
+        "(one host synchronization per call, which stops the host from running ahead of the GPU) and raises "
+        "ValueError on a label outside [0, C). With check_labels=False it does not wait: a bad label turns "
+        "every sum into NaN and label_check.check() raises that ValueError later. On CPU arrays the C++ "
+        "kernels check every label as they run and raise at once, whatever check_labels says; label_check "
+        "then has nothing left to check.");
   m.def("overlap_grad", &overlap_grad, py::arg("y_true"), py::arg("y_pred"), py::arg("weights"),
         py::arg("grad_intersection"), py::arg("grad_pred_sum"), py::arg("grad_true_sum"), py::kw_only(),
         py::arg("from_logits") = false, py::arg("per_image") = true, py::arg("softmax") = false,
@@ -668,6 +421,14 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
         "The XLA FFI handlers as PyCapsules: {target: {platform: capsule}}, platforms 'cpu' and 'cuda' "
         "(empty when built without XLA FFI headers).");
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible (0 without CUDA kernels).");
+  m.def("cuda_driver_problem", &cuda_driver_problem,
+        "'' when the machine's CUDA driver can run this build's CUDA kernels, else a message naming the "
+        "versions; without CUDA kernels in the build, 'fastiou was built without CUDA kernels'.");
+  m.def("release_finished", &release_finished,
+        "Lets go of the inputs of CUDA calls whose kernels have run (every call does this first); returns "
+        "how many calls' inputs are still held because their kernels are still queued.");
+  // Inputs still held at exit are released while Python is alive to take them.
+  py::module_::import("atexit").attr("register")(py::cpp_function(&release_all));
   m.def("cuda_pool_used", &cuda_pool_used, py::arg("device"), py::arg("reset_high") = false,
         "Bytes in use in the device's default stream-ordered memory pool (fastiou's outputs and scratch); "
         "reset_high restarts its high-water mark.");

@@ -19,6 +19,19 @@ struct OverlapAttrs {
   tensorflow::DataType acc = tensorflow::DT_FLOAT;
 };
 
+inline fastiou::DType ToDType(tensorflow::DataType dt) {
+  switch (dt) {
+    case tensorflow::DT_BOOL: return fastiou::DType::kBool;
+    case tensorflow::DT_UINT8: return fastiou::DType::kUInt8;
+    case tensorflow::DT_INT32: return fastiou::DType::kInt32;
+    case tensorflow::DT_INT64: return fastiou::DType::kInt64;
+    case tensorflow::DT_HALF: return fastiou::DType::kFloat16;
+    case tensorflow::DT_BFLOAT16: return fastiou::DType::kBFloat16;
+    case tensorflow::DT_FLOAT: return fastiou::DType::kFloat32;
+    default: return fastiou::DType::kFloat64;  // the op's type constraints admit nothing else
+  }
+}
+
 // Reads the attributes and checks the ones the type constraints cannot.
 inline absl::Status ReadOverlapAttrs(tensorflow::OpKernelConstruction* ctx, bool gradient,
                                      OverlapAttrs* a) {
@@ -35,11 +48,8 @@ inline absl::Status ReadOverlapAttrs(tensorflow::OpKernelConstruction* ctx, bool
   TF_RETURN_IF_ERROR(ctx->GetAttr("Ttrue", &a->tru));
   TF_RETURN_IF_ERROR(ctx->GetAttr("T", &a->pred));
   TF_RETURN_IF_ERROR(ctx->GetAttr("Tacc", &a->acc));
-  if (a->labels.sparse && a->tru != tensorflow::DT_UINT8 && a->tru != tensorflow::DT_INT32 &&
-      a->tru != tensorflow::DT_INT64) {
-    return InvalidArgument("fastiou: sparse labels must be uint8, int32 or int64, got ",
-                           DataTypeString(a->tru));
-  }
+  const std::string label_error = fastiou::validate_label_dtype(a->labels, ToDType(a->tru));
+  if (!label_error.empty()) return InvalidArgument("fastiou: ", label_error);
   const tensorflow::DataType expected =
       a->pred == tensorflow::DT_DOUBLE ? tensorflow::DT_DOUBLE : tensorflow::DT_FLOAT;
   if (a->acc != expected) {

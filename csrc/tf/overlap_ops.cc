@@ -121,19 +121,6 @@ group, writes dL/dy_pred = w*(dL/dI*t + dL/dP) (times p*(1-p) with
 from_logits), or with wrt_true dL/dy_true = w*(dL/dI*p + dL/dT).
 )doc");
 
-fastiou::DType ToDType(DataType dt) {
-  switch (dt) {
-    case tensorflow::DT_BOOL: return fastiou::DType::kBool;
-    case tensorflow::DT_UINT8: return fastiou::DType::kUInt8;
-    case tensorflow::DT_INT32: return fastiou::DType::kInt32;
-    case tensorflow::DT_INT64: return fastiou::DType::kInt64;
-    case tensorflow::DT_HALF: return fastiou::DType::kFloat16;
-    case tensorflow::DT_BFLOAT16: return fastiou::DType::kBFloat16;
-    case tensorflow::DT_FLOAT: return fastiou::DType::kFloat32;
-    default: return fastiou::DType::kFloat64;  // the op's type constraints admit nothing else
-  }
-}
-
 fastiou::ParallelFor ThreadPoolFor(OpKernelContext* ctx) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
   return [pool](int64_t units, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
@@ -161,6 +148,15 @@ class OverlapOpBase : public OpKernel {
   }
 
  protected:
+  // The CUDA driver can run the kernels (a too-old one is named in the error).
+  static absl::Status CheckDriver() {
+#if FASTIOU_WITH_CUDA
+    const std::string problem = fastiou::cuda_driver_problem();
+    if (!problem.empty()) return tensorflow::errors::FailedPrecondition("fastiou: ", problem);
+#endif
+    return absl::OkStatus();
+  }
+
   absl::Status ValidateInputs(OpKernelContext* ctx, fastiou::OverlapGeometry* g) const {
     return ValidateShapes(attrs_, ctx->input(0).shape(), ctx->input(1).shape(), ctx->input(2).shape(), g);
   }
@@ -190,6 +186,7 @@ class OverlapStatsOp : public OverlapOpBase {
   explicit OverlapStatsOp(OpKernelConstruction* ctx) : OverlapOpBase(ctx, false) {}
 
   void Compute(OpKernelContext* ctx) override {
+    if constexpr (kGpu) OP_REQUIRES_OK(ctx, CheckDriver());
     fastiou::OverlapGeometry g;
     OP_REQUIRES_OK(ctx, ValidateInputs(ctx, &g));
     Tensor* out[3];
@@ -227,6 +224,7 @@ class OverlapGradOp : public OverlapOpBase {
   explicit OverlapGradOp(OpKernelConstruction* ctx) : OverlapOpBase(ctx, true) {}
 
   void Compute(OpKernelContext* ctx) override {
+    if constexpr (kGpu) OP_REQUIRES_OK(ctx, CheckDriver());
     fastiou::OverlapGeometry g;
     OP_REQUIRES_OK(ctx, ValidateInputs(ctx, &g));
     const TensorShape expected = StatsShape(attrs_, g);

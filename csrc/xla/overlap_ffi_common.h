@@ -72,8 +72,11 @@ inline std::string FillInputs(const ffi::AnyBuffer& t, const ffi::AnyBuffer& p, 
   in->labels.sparse = o.sparse != 0;
   in->labels.has_ignore = o.has_ignore != 0;
   in->labels.ignore_index = o.ignore_index;
+  // The raw custom-call target can be called without fastiou's Python checks.
+  std::string err = fastiou::validate_label_dtype(in->labels, *td);
+  if (!err.empty()) return err;
   const fastiou::Shape weights = Dims(w);
-  std::string err = fastiou::validate_overlap_shapes(Dims(p), Dims(t), o.has_weights ? &weights : nullptr,
+  err = fastiou::validate_overlap_shapes(Dims(p), Dims(t), o.has_weights ? &weights : nullptr,
                                                      in->labels, &in->geometry);
   if (!err.empty()) return err;
   if (o.has_weights && w.element_type() != p.element_type()) return "weights must have y_pred's dtype";

@@ -9,10 +9,16 @@
 namespace fastiou_xla {
 namespace {
 
+// A driver too old for the kernels: the same message at every door.
+ffi::Error DriverError(const std::string& problem) {
+  return ffi::Error(ffi::ErrorCode::kFailedPrecondition, "fastiou: " + problem);
+}
+
 ffi::Error StatsCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
                      ffi::AnyBuffer y_pred, ffi::AnyBuffer weights, ffi::Result<ffi::AnyBuffer> intersection,
                      ffi::Result<ffi::AnyBuffer> pred_sum, ffi::Result<ffi::AnyBuffer> true_sum,
                      Options options) {
+  if (const std::string d = fastiou::cuda_driver_problem(); !d.empty()) return DriverError(d);
   fastiou::StatsArgs a;
   std::string err = PrepareStats(y_true, y_pred, weights, options, *intersection, *pred_sum, *true_sum, &a);
   if (!err.empty()) return Invalid(err);
@@ -28,6 +34,7 @@ ffi::Error StatsCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::An
 ffi::Error GradCuda(cudaStream_t stream, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred, ffi::AnyBuffer weights,
                     ffi::AnyBuffer grad_i, ffi::AnyBuffer grad_p, ffi::AnyBuffer grad_t,
                     ffi::Result<ffi::AnyBuffer> out, GradOptions options) {
+  if (const std::string d = fastiou::cuda_driver_problem(); !d.empty()) return DriverError(d);
   fastiou::GradArgs a;
   std::string err = PrepareGrad(y_true, y_pred, weights, grad_i, grad_p, grad_t, options, *out, &a);
   if (!err.empty()) return Invalid(err);

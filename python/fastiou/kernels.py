@@ -10,16 +10,28 @@ and CuPy, PyTorch or JAX arrays (CUDA), with no TensorFlow involved:
 On a CUDA array the work is enqueued on the array's framework's current stream
 (PyTorch's and CuPy's current stream; for JAX arrays, the legacy default stream
 after the inputs are ready) and the call returns without waiting, except that
-with sparse labels and `check_labels=True` it waits to raise on a label outside
-[0, C). Results come back in the framework of y_pred.
+with sparse labels and `check_labels=True` (the default) it waits to raise on a
+label outside [0, C); `check_labels=False` defers that check (see
+`overlap_stats`). Results come back in the framework of y_pred. fastiou holds
+on to the input arrays until the kernels reading them have run, so an array
+may be dropped (or, with JAX, freed) as soon as the call returns.
+
+`cuda_unavailable_reason()` says why CUDA arrays cannot run here, if they
+cannot: no CUDA kernels in the build, a driver too old for them, or no GPU.
 """
 
 import importlib
 
 from fastiou import _fastiou_kernels as _ext
 
-__all__ = ["overlap_stats", "overlap_grad", "built_with_cuda", "cuda_device_count", "cuda_pool_used",
-           "cuda_pool_used_high", "ffi_handlers", "is_sparse_shape"]
+__all__ = ["overlap_stats", "overlap_grad", "OverlapStats", "LabelCheck", "built_with_cuda",
+           "cuda_device_count", "cuda_unavailable_reason", "cuda_pool_used", "cuda_pool_used_high",
+           "ffi_handlers", "is_sparse_shape"]
+
+# What overlap_stats(check_labels=False) hands back to check the labels later:
+# ready() never waits; check() waits for the stats kernel and raises the
+# ValueError that check_labels=True would have raised, or returns None.
+LabelCheck = _ext.LabelCheck
 
 _CUDA_DEVICE_TYPES = (2, 13)  # DLPack: kDLCUDA, kDLCUDAManaged
 
@@ -32,6 +44,22 @@ def built_with_cuda():
 def cuda_device_count():
     """CUDA devices the kernels can see (0 without CUDA kernels or GPU)."""
     return _ext.cuda_device_count()
+
+
+def cuda_unavailable_reason():
+    """None when fastiou's CUDA kernels can run here: built with them, a driver
+    new enough for them, and a GPU visible. Otherwise why not, as a message:
+    "fastiou was built without CUDA kernels", the driver's problem (naming the
+    CUDA version the kernels need and the one the driver supports), or
+    "no CUDA device visible". A CUDA array passed to overlap_stats or
+    overlap_grad then raises RuntimeError with that reason (ValueError in a
+    build without CUDA kernels)."""
+    problem = _ext.cuda_driver_problem()  # the first reason in a build without CUDA kernels
+    if problem:
+        return problem
+    if _ext.cuda_device_count() == 0:
+        return "no CUDA device visible"
+    return None
 
 
 def cuda_pool_used(device=0, reset_high=False):
@@ -57,8 +85,9 @@ def _framework(x):
     return type(x).__module__.split(".")[0]
 
 
-def _stream(x):
-    """The cudaStream_t (as an int) x's framework is working on, or None on CPU."""
+def _stream(x, *others):
+    """The cudaStream_t (as an int) x's framework is working on, or None on CPU.
+    others: the call's other arrays (None allowed), which JAX must finish too."""
     device_type, device_id = x.__dlpack_device__()
     if device_type not in _CUDA_DEVICE_TYPES:
         return None
@@ -72,7 +101,11 @@ def _stream(x):
 
         return cupy.cuda.get_current_stream().ptr
     if framework in ("jax", "jaxlib"):
-        x.block_until_ready()  # JAX's streams are its own: hand over finished arrays
+        # JAX's streams are its own: hand over finished arrays. fastiou holds
+        # them until its kernels on the legacy default stream have read them.
+        for a in (x, *others):
+            if a is not None and hasattr(a, "block_until_ready"):
+                a.block_until_ready()
     return 0
 
 
@@ -128,19 +161,52 @@ def _prepare(y_true, y_pred, sparse):
     return y_true, sparse
 
 
+class OverlapStats(tuple):
+    """What overlap_stats returns: the tuple (I, P, T), which unpacks as a
+    plain tuple, plus `label_check`, the call's LabelCheck."""
+
+    def __new__(cls, sums, label_check=None):
+        self = super().__new__(cls, sums)
+        self.label_check = label_check
+        return self
+
+
 def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=True, softmax=False,
                   sparse=None, ignore_index=None, check_labels=True):
     """Soft overlap sums I = sum(w*t*p), P = sum(w*p), T = sum(w*t).
 
     Same inputs and options as `fastiou.overlap_stats`, as arrays of one
-    framework on one device. Returns (I, P, T) of shape (B, C), or (C,)
-    without per_image, in float32 (float64 for float64 y_pred).
+    framework on one device. Returns an OverlapStats: the tuple (I, P, T) of
+    shape (B, C), or (C,) without per_image, in float32 (float64 for float64
+    y_pred), with the call's LabelCheck as its `label_check` attribute.
+
+    check_labels decides when a sparse label outside [0, C) (and not
+    ignore_index) is reported, on CUDA arrays:
+
+    - True (the default): the call raises ValueError naming the first such
+      label. The label is found by the GPU, so the call waits for everything
+      queued on the stream so far: one host synchronization per call with
+      sparse labels, which stops the host from queueing the next steps while
+      the GPU works (in a training loop, the GPU then idles while Python
+      prepares the next step).
+    - False: the call does not wait. A bad label turns every sum of the call
+      into NaN (as in fastiou's TensorFlow ops on a GPU), and
+      `stats.label_check.check()`, whenever called, waits for this call's
+      kernel only and raises the same ValueError (every time it is called);
+      `stats.label_check.ready()` says, without waiting, whether check() would
+      return at once.
+
+    On CPU arrays the C++ kernels check every label as they run and raise
+    ValueError at once, with either setting; label_check then has nothing left
+    to check. Without sparse labels there is nothing to check either.
     """
     y_true, sparse = _prepare(y_true, y_pred, sparse)
-    outs = _ext.overlap_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
-                              softmax=softmax, sparse=sparse, ignore_index=ignore_index,
-                              stream=_stream(y_pred), check_labels=check_labels)
-    return tuple(_to_framework(o, y_pred) for o in outs)
+    *outs, label_check = _ext.overlap_stats(y_true, y_pred, weights, from_logits=from_logits,
+                                            per_image=per_image, softmax=softmax, sparse=sparse,
+                                            ignore_index=ignore_index,
+                                            stream=_stream(y_pred, y_true, weights),
+                                            check_labels=check_labels)
+    return OverlapStats((_to_framework(o, y_pred) for o in outs), label_check)
 
 
 def overlap_grad(y_true, y_pred, weights, grad_intersection, grad_pred_sum, grad_true_sum, *,
@@ -155,5 +221,7 @@ def overlap_grad(y_true, y_pred, weights, grad_intersection, grad_pred_sum, grad
     y_true, sparse = _prepare(y_true, y_pred, sparse)
     out = _ext.overlap_grad(y_true, y_pred, weights, grad_intersection, grad_pred_sum, grad_true_sum,
                             from_logits=from_logits, per_image=per_image, softmax=softmax, sparse=sparse,
-                            ignore_index=ignore_index, wrt_true=wrt_true, stream=_stream(y_pred))
+                            ignore_index=ignore_index, wrt_true=wrt_true,
+                            stream=_stream(y_pred, y_true, weights, grad_intersection, grad_pred_sum,
+                                           grad_true_sum))
     return _to_framework(out, y_pred)
