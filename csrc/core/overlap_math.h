@@ -138,6 +138,16 @@ FASTIOU_HD float select(bool c, float a, float b) {
   const uint32_t m = 0u - static_cast<uint32_t>(c);
   return bits_to_float((m & float_to_bits(a)) | (~m & float_to_bits(b)));
 }
+FASTIOU_HD double select(bool c, double a, double b) {
+  const uint64_t m = 0u - static_cast<uint64_t>(c);
+  uint64_t ua, ub;
+  std::memcpy(&ua, &a, sizeof ua);
+  std::memcpy(&ub, &b, sizeof ub);
+  const uint64_t u = (m & ua) | (~m & ub);
+  double r;
+  std::memcpy(&r, &u, sizeof r);
+  return r;
+}
 
 // e^x in float without libm: x = k ln2 + r with |r| <= ln2/2, e^r by its
 // degree-7 Taylor polynomial (truncation error below 1e-8, so the result is

@@ -151,7 +151,9 @@ struct DenseTargets {
 template <typename A>
 struct ClassTargets {
   int64_t cls;
-  FASTIOU_HD A operator()(int64_t c) const { return c == cls ? A(1) : A(0); }
+  // Through select: a conditional with constant arms keeps the channel loops
+  // from vectorizing (see select).
+  FASTIOU_HD A operator()(int64_t c) const { return select(c == cls, A(1), A(0)); }
 };
 
 // dL/dy_pred of a counted pixel's channels for one kind of target (see
