@@ -68,12 +68,49 @@ def main():
     out["reloaded_loss"] = type(reloaded.loss).__name__
     out["reloaded_predictions_equal"] = bool(np.allclose(reloaded.predict(x, verbose=0),
                                                          model.predict(x, verbose=0)))
+    conventions(out, t, z)
     try:
         fastiou.losses.JaccardLoss()(np.zeros((2, 4, 4, 1), np.uint8), np.zeros((2, 4, 5, 1), np.float32))
         out["shape_error"] = None
     except ValueError as e:
         out["shape_error"] = str(e)
     print("RESULT " + json.dumps(out))
+
+
+def error_of(fn):
+    """The message of the ValueError fn raises, or None."""
+    try:
+        fn()
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def conventions(out, t, z):
+    """sample_weight and reduction, masks, mode="auto" and epsilon on Keras' JAX backend."""
+    JaccardLoss = fastiou.losses.JaccardLoss
+    w = np.array([2.0, 0.0, 0.5, 1.0], np.float32)
+    per = np.asarray(fastiou.reference.jaccard_loss(t, z, from_logits=True, per_image=True), np.float64)
+    by_weight = JaccardLoss(from_logits=True, per_image=True, reduction="mean_with_sample_weight")
+    in_jit = jax.jit(lambda p: JaccardLoss(from_logits=True, per_image=True)(t, p, sample_weight=w))(z)
+    out["sample_weight"] = [rel(by_weight(t, z, sample_weight=w), (per * w).sum() / w.sum()),
+                            rel(in_jit, (per * w).mean())]
+    out["sample_weight_error"] = error_of(lambda: JaccardLoss()(t, z, sample_weight=w))
+    # Under jax.jit the mask of a traced array lives in Keras' side table.
+    out["mask_error"] = error_of(
+        lambda: jax.jit(lambda p: JaccardLoss()(t, keras.layers.Masking(mask_value=0.0)(p)))(z))
+    dense = np.zeros((2, 4, 4, 3), np.float32)
+    out["mode_error"] = error_of(lambda: fastiou.losses.DiceLoss()(dense, dense))
+    # A prediction disjoint from its target: -log of the index clamped at epsilon.
+    target = np.zeros((1, 4, 1), np.float32)
+    target[0, :2] = 1.0
+    pred = (1.0 - target) * 0.8
+    default = keras.config.epsilon()
+    keras.config.set_epsilon(0.05)
+    try:
+        out["log_loss_at_epsilon_0.05"] = float(JaccardLoss(log_loss=True, smooth=0.0)(target, pred))
+    finally:
+        keras.config.set_epsilon(default)
 
 
 if __name__ == "__main__":

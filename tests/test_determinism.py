@@ -25,7 +25,8 @@ out = {}
 for per_image in (False, True):
     with tf.GradientTape() as tape:
         tape.watch(y_pred)
-        loss = tf.reduce_sum(fastiou.jaccard_loss(y_true, y_pred, from_logits=True, per_image=per_image))
+        loss = tf.reduce_sum(fastiou.jaccard_loss(y_true, y_pred, from_logits=True, per_image=per_image,
+                                                  mode="multilabel"))
     grad = tape.gradient(loss, y_pred)
     stats = fastiou.overlap_stats(y_true, y_pred, from_logits=True, per_image=per_image)
     out[str(per_image)] = [float(loss).hex(), [s.numpy().tobytes().hex() for s in stats],
@@ -54,7 +55,8 @@ def test_identical_across_runs(rng):
     def run():
         with tf.GradientTape() as tape:
             tape.watch(y_pred)
-            loss = fastiou.tversky_loss(y_true, y_pred, from_logits=True, gamma=0.75)
+            loss = fastiou.tversky_loss(y_true, y_pred, from_logits=True, gamma=0.75,
+                                        mode="multilabel")
         return loss.numpy(), tape.gradient(loss, y_pred).numpy()
 
     first = run()

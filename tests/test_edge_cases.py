@@ -86,10 +86,10 @@ def test_empty_batch():
     inter, psum, tsum = fastiou.overlap_stats(y_true, y_pred, per_image=False)
     np.testing.assert_array_equal(inter.numpy(), [0.0, 0.0])
     for fn in (fastiou.jaccard_loss, fastiou.dice_loss, fastiou.tversky_loss):
-        loss, grad = value_and_grads(fn, y_true, y_pred, from_logits=True)
+        loss, grad = value_and_grads(fn, y_true, y_pred, from_logits=True, mode="multilabel")
         assert float(loss) == 0.0  # nothing there, nothing predicted
         assert grad.shape == (0, 8, 8, 2)
-        per_image, _ = value_and_grads(fn, y_true, y_pred, per_image=True)
+        per_image, _ = value_and_grads(fn, y_true, y_pred, per_image=True, mode="multilabel")
         assert float(per_image) == 0.0
 
 

@@ -41,7 +41,8 @@ def test_bad_options():
     with pytest.raises(ValueError, match="gamma must be > 0"):
         fastiou.tversky_loss(tf.zeros((1, 2)), tf.zeros((1, 2)), gamma=0.0)
     with pytest.raises(ValueError, match="class_weights has 2 entries but y_pred has 3 channels"):
-        fastiou.jaccard_loss(tf.zeros((1, 3)), tf.zeros((1, 3)), class_weights=[1.0, 2.0])
+        fastiou.jaccard_loss(tf.zeros((1, 3)), tf.zeros((1, 3)), class_weights=[1.0, 2.0],
+                             mode="multilabel")
 
 
 def test_shapes_known_only_at_run_time_are_checked_by_the_op():
@@ -51,7 +52,7 @@ def test_shapes_known_only_at_run_time_are_checked_by_the_op():
 
     @tf.function(input_signature=[spec, spec])
     def loss(t, p):
-        return fastiou.jaccard_loss(t, p)
+        return fastiou.jaccard_loss(t, p, mode="binary")  # "auto" cannot tell without shapes
 
     with pytest.raises(tf.errors.InvalidArgumentError, match="does not match y_pred shape"):
         loss(tf.zeros((2, 4, 4, 1)), tf.zeros((2, 4, 5, 1)))

@@ -21,6 +21,8 @@ def gradients(fn, y_true, y_pred, **kwargs):
 
 def compare(name, y_true, y_pred, rtol, atol, **options):
     fused, extra = LOSSES[name]
+    if y_pred.shape[-1] > 1:  # dense targets of several channels: mode="auto" would ask which
+        options.setdefault("mode", "multilabel")
     got_pred, got_true = gradients(fused, y_true, y_pred, **extra, **options)
     want_pred, want_true = gradients(REFERENCE[name], y_true, y_pred, **extra, **options)
     assert got_pred.dtype == y_pred.dtype and got_pred.shape == y_pred.shape
@@ -80,10 +82,12 @@ def test_numerical_gradient(rng, name, from_logits, per_image):
     fused, extra = LOSSES[name]
 
     def loss_pred(p):
-        return fused(y_true, p, from_logits=from_logits, per_image=per_image, **extra)
+        return fused(y_true, p, from_logits=from_logits, per_image=per_image, mode="multilabel",
+                     **extra)
 
     def loss_true(t):
-        return fused(t, y_pred, from_logits=from_logits, per_image=per_image, **extra)
+        return fused(t, y_pred, from_logits=from_logits, per_image=per_image, mode="multilabel",
+                     **extra)
 
     for fn, x in [(loss_pred, y_pred), (loss_true, y_true)]:
         theoretical, numerical = tf.test.compute_gradient(fn, [x], delta=1e-6)

@@ -49,7 +49,7 @@ def test_xla_matches_reference(rng):
         def f(t, p):
             with tf.GradientTape() as tape:
                 tape.watch(p)
-                loss = tf.reduce_sum(fn(t, p, from_logits=True, per_image=True))
+                loss = tf.reduce_sum(fn(t, p, from_logits=True, per_image=True, mode="multilabel"))
             return loss, tape.gradient(loss, p)
         return f
 
@@ -73,15 +73,16 @@ def test_fused_op_runs_in_graph_mode_and_under_xla():
 def test_loss_class_equals_functional(rng):
     y_true, y_pred = make_inputs(rng, (4, 9, 9, 2), "float32", "uint8")
     loss = TverskyLoss(alpha=0.2, beta=0.8, gamma=1.5, from_logits=True, per_image=True,
-                       class_weights=[1.0, 2.0])
+                       class_weights=[1.0, 2.0], mode="multilabel")
     want = fastiou.reference.tversky_loss(y_true, y_pred, alpha=0.2, beta=0.8, gamma=1.5,
-                                          from_logits=True, per_image=True, class_weights=[1.0, 2.0])
+                                          from_logits=True, per_image=True, class_weights=[1.0, 2.0],
+                                          mode="multilabel")
     np.testing.assert_allclose(loss(y_true, y_pred), np.mean(want), rtol=1e-6)
     sw = tf.constant([1.0, 0.0, 2.0, 1.0])
     np.testing.assert_allclose(loss(y_true, y_pred, sample_weight=sw),
                                np.sum(want * sw) / 4, rtol=1e-6)
     none = TverskyLoss(alpha=0.2, beta=0.8, gamma=1.5, from_logits=True, per_image=True,
-                       class_weights=[1.0, 2.0], reduction=None)
+                       class_weights=[1.0, 2.0], reduction=None, mode="multilabel")
     np.testing.assert_allclose(none(y_true, y_pred), want, rtol=1e-6)
 
 
@@ -100,9 +101,10 @@ def test_alias():
 
 
 @pytest.mark.parametrize("loss", [
-    JaccardLoss(from_logits=True, smooth=0.5, per_image=True, class_weights=[1.0, 2.0], log_loss=True),
-    DiceLoss(smooth=2.0, name="my_dice"),
-    TverskyLoss(alpha=0.1, beta=0.9, gamma=0.5, reduction="sum"),
+    JaccardLoss(from_logits=True, smooth=0.5, per_image=True, class_weights=[1.0, 2.0], log_loss=True,
+                mode="multilabel"),
+    DiceLoss(smooth=2.0, name="my_dice", mode="multilabel"),
+    TverskyLoss(alpha=0.1, beta=0.9, gamma=0.5, reduction="sum", mode="multilabel"),
 ])
 def test_serialization_round_trip(rng, loss):
     config = keras.losses.serialize(loss)

@@ -2,6 +2,7 @@
 through jax.ffi, with no TensorFlow imported (run in a fresh process)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,6 +52,15 @@ def test_fit_trains_and_the_model_reloads(results):
 
 def test_bad_input_gets_the_same_error(results):
     assert "y_true shape (2, 4, 4, 1) does not match y_pred shape (2, 4, 5, 1)" in results["shape_error"]
+
+
+def test_keras_conventions(results):
+    # Per-image losses weighted and reduced as Keras does, against the reference.
+    assert max(results["sample_weight"]) < 2e-6
+    assert "sample_weight needs per_image=True" in results["sample_weight_error"]
+    assert "carries a Keras mask" in results["mask_error"]
+    assert "mode='auto' cannot tell" in results["mode_error"]
+    assert abs(results["log_loss_at_epsilon_0.05"] + math.log(0.05)) < 1e-6
 
 
 def test_missing_backend_names_the_extra():

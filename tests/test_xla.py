@@ -168,7 +168,7 @@ def test_shape_problems_fail_at_compile_time():
 
     @tf.function(jit_compile=True, input_signature=[spec, spec])
     def loss(t, z):
-        return fastiou.jaccard_loss(t, z)
+        return fastiou.jaccard_loss(t, z, mode="binary")  # "auto" cannot tell without shapes
 
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"y_true shape \[2,4,4,1\] does not match"):
         loss(tf.zeros((2, 4, 4, 1)), tf.zeros((2, 4, 5, 1)))

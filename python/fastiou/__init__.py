@@ -13,26 +13,12 @@ import importlib.util as _util
 import os as _os
 
 from fastiou import kernels
+from fastiou._defaults import keras_backend as _keras_backend
 from fastiou.kernels import built_with_cuda
 
 __version__ = "0.1.0"
 
 __all__ = ["kernels", "built_with_cuda"]
-
-def _keras_backend():
-    """The Keras backend this process will use, read as Keras reads it
-    (KERAS_BACKEND, then keras.json) without importing Keras."""
-    if _os.environ.get("KERAS_BACKEND"):
-        return _os.environ["KERAS_BACKEND"]
-    home = _os.environ.get("KERAS_HOME") or _os.path.join(_os.path.expanduser("~"), ".keras")
-    try:
-        import json
-
-        with open(_os.path.join(home, "keras.json")) as f:
-            return json.load(f).get("backend", "tensorflow")
-    except (OSError, ValueError):
-        return "tensorflow"
-
 
 # The TensorFlow side loads only on Keras' TensorFlow backend, where TensorFlow
 # and fastiou's ops for it are installed: on the JAX backend fastiou imports

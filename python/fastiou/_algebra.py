@@ -6,6 +6,8 @@ axis), mean(x, axis), sum(x, axis)): jax.numpy as it is, or the TensorFlow
 shim in fastiou.losses. No framework is imported here.
 """
 
+from fastiou._defaults import ALPHA, BETA, GAMMA, MODE, SMOOTH
+
 MODES = ("auto", "binary", "multilabel", "multiclass")
 
 
@@ -61,8 +63,9 @@ def reduce_channels(xp, loss, class_weights, classes=None):
     return xp.sum(loss * cw, axis=-1) / xp.sum(cw, axis=0)
 
 
-def check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights, mode="auto",
-                   classes=None):
+def check_options(kind, smooth=SMOOTH, alpha=ALPHA, beta=BETA, gamma=GAMMA, log_loss=False,
+                  class_weights=None, mode=MODE, classes=None):
+    """Raises ValueError on option values no loss accepts."""
     if mode not in MODES:
         raise ValueError(f"fastiou: mode must be one of {MODES}, got {mode!r}")
     if classes is not None and len(classes) == 0:
@@ -81,10 +84,26 @@ def check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights, mod
 
 
 def resolve_mode(mode, sparse, channels, true_shape):
-    """Whether the loss is multi-class, from `mode` and whether y_true holds
-    class indices; raises on combinations that cannot be meant."""
+    """Whether the loss is multi-class, from `mode`, whether y_true holds
+    class indices and y_pred's channel count (None where unknown); raises on
+    combinations that cannot be meant, and where "auto" cannot tell.
+
+    "auto" decides only what the shapes say: class indices are multi-class,
+    a single channel is binary. Dense targets of several channels are
+    multi-label masks or one-hot classes alike, so they need an explicit mode.
+    """
     if mode == "auto":
-        mode = "multiclass" if sparse else "binary"
+        if sparse:
+            mode = "multiclass"
+        elif channels == 1:
+            mode = "binary"
+        else:
+            count = "an unknown number of" if channels is None else channels
+            raise ValueError(
+                f"fastiou: mode='auto' cannot tell what dense y_true of shape {true_shape} holds for "
+                f"y_pred with {count} channels: multi-label masks or one-hot classes. Pass "
+                "mode='multilabel' (a sigmoid per channel) or mode='multiclass' (a softmax over the "
+                "channels)")
     multiclass = mode == "multiclass"
     if multiclass and channels == 1:
         raise ValueError("fastiou: mode='multiclass' needs y_pred with at least 2 channels")

@@ -10,6 +10,12 @@ import; `jax.custom_vjp` routes `jax.grad` to the fused gradient kernel. The
 loss algebra on the sums is the same as in `fastiou.losses`. No TensorFlow is
 imported.
 
+Epsilon (the empty-denominator threshold and the clamp of `log_loss`) is
+`keras.config.epsilon()` where Keras is imported, as on the TensorFlow side,
+and otherwise keras.json's or Keras' default 1e-7 (fastiou.jax never imports
+Keras itself). It is read when the loss is traced: a function already
+compiled by jax.jit keeps the value it was traced with.
+
 Differences from the TensorFlow side: a sparse label outside [0, C) under
 JAX on the CPU raises at run time from the kernel; on the GPU it turns the sums
 into NaN. Under `jax.vmap` each mapped item is its own batch.
@@ -27,10 +33,9 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from fastiou import _algebra
 from fastiou import kernels as _kernels
+from fastiou._defaults import ALPHA, BETA, GAMMA, MODE, SMOOTH, epsilon
 
 __all__ = ["overlap_stats", "jaccard_loss", "dice_loss", "tversky_loss"]
-
-EPSILON = 1e-7  # Keras' default epsilon: the empty-denominator threshold and the log clamp
 
 
 def _register():
@@ -125,6 +130,14 @@ def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=
     shape or with a channel axis of 1. Returns (I, P, T) of shape (B, C), or
     (C,) without per_image, in float32 (float64 for float64 y_pred).
     """
+    y_true, y_pred, weights, sparse = _prepare(y_true, y_pred, weights, sparse, ignore_index)
+    return _call_stats(y_true, y_pred, weights, from_logits, per_image, softmax, sparse, ignore_index)
+
+
+def _prepare(y_true, y_pred, weights, sparse, ignore_index):
+    """Converts and checks the inputs; returns (y_true, y_pred, weights or
+    None, sparse), y_true and weights with a channel axis where y_pred has
+    one channel (or weights one per pixel)."""
     y_pred = jnp.asarray(y_pred)
     y_true = jnp.asarray(y_true)
     if y_pred.dtype not in _PRED_DTYPES:
@@ -146,33 +159,35 @@ def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=
             raise ValueError(f"fastiou: y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}")
     if ignore_index is not None and not sparse:
         raise ValueError("fastiou: ignore_index needs sparse labels (class indices)")
-    has_weights = weights is not None
-    if has_weights:
+    if weights is not None:
         weights = jnp.asarray(weights, y_pred.dtype)
         if weights.ndim == y_pred.ndim - 1:
             weights = weights[..., None]
-    else:
+    return y_true, y_pred, weights, bool(sparse)
+
+
+def _call_stats(y_true, y_pred, weights, from_logits, per_image, softmax, sparse, ignore_index):
+    has_weights = weights is not None
+    if not has_weights:
         weights = jnp.zeros((0,), y_pred.dtype)
     opts = (bool(from_logits), bool(per_image), bool(softmax), bool(sparse),
             None if ignore_index is None else int(ignore_index), has_weights)
     return _stats(y_true, y_pred, weights, opts)
 
 
-def _overlap_loss(kind, y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
-                  class_weights=None, log_loss=False, alpha=0.5, beta=0.5, gamma=1.0, weights=None,
+def _overlap_loss(kind, y_true, y_pred, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
+                  class_weights=None, log_loss=False, alpha=ALPHA, beta=BETA, gamma=GAMMA, weights=None,
                   ignore_index=None, classes=None):
     _algebra.check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights, mode, classes)
-    y_pred = jnp.asarray(y_pred)
-    y_true = jnp.asarray(y_true)
-    sparse = _is_sparse(y_true, y_pred)
+    # The inputs' own errors (dtype, rank, shapes) before the mode's.
+    y_true, y_pred, weights, sparse = _prepare(y_true, y_pred, weights, None, ignore_index)
     multiclass = _algebra.resolve_mode(mode, sparse, y_pred.shape[-1], y_true.shape)
-    I, P, T = overlap_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
-                            softmax=multiclass, sparse=sparse, ignore_index=ignore_index)
+    I, P, T = _call_stats(y_true, y_pred, weights, from_logits, per_image, multiclass, sparse, ignore_index)
     return _algebra.finish(jnp, kind, I, P, T, smooth=smooth, alpha=alpha, beta=beta, gamma=gamma,
-                           log_loss=log_loss, class_weights=class_weights, classes=classes, eps=EPSILON)
+                           log_loss=log_loss, class_weights=class_weights, classes=classes, eps=epsilon())
 
 
-def jaccard_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+def jaccard_loss(y_true, y_pred, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
                  class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None):
     """Soft Jaccard (IoU) loss, 1 - (I + s) / (T + P - I + s); arguments as
     `fastiou.jaccard_loss`. Returns a scalar, or one loss per image with per_image."""
@@ -181,7 +196,7 @@ def jaccard_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, 
                          weights=weights, ignore_index=ignore_index, classes=classes)
 
 
-def dice_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+def dice_loss(y_true, y_pred, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
               class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None):
     """Soft Dice loss, 1 - (2I + s) / (T + P + s); arguments as `fastiou.dice_loss`."""
     return _overlap_loss("dice", y_true, y_pred, from_logits=from_logits, mode=mode, smooth=smooth,
@@ -189,8 +204,8 @@ def dice_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per
                          weights=weights, ignore_index=ignore_index, classes=classes)
 
 
-def tversky_loss(y_true, y_pred, *, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False, mode="auto",
-                 smooth=1.0, per_image=False, class_weights=None, log_loss=False, weights=None,
+def tversky_loss(y_true, y_pred, *, alpha=ALPHA, beta=BETA, gamma=GAMMA, from_logits=False, mode=MODE,
+                 smooth=SMOOTH, per_image=False, class_weights=None, log_loss=False, weights=None,
                  ignore_index=None, classes=None):
     """(Focal) Tversky loss, (1 - (I + s) / (I + a FP + b FN + s)) ** gamma;
     arguments as `fastiou.tversky_loss`."""

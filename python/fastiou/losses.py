@@ -18,18 +18,22 @@ per-element weights. With s = `smooth`, FP = P - I and FN = T - I:
 over channels (weighted by `class_weights`), then over images by Keras'
 reduction when `per_image=True`.
 
-Empty masks: a group whose denominator is zero (empty target and empty
-prediction with smooth=0) counts as a perfect match, index 1 and loss 0, with
-zero gradient. With smooth=0, an empty target and a non-empty prediction give
-index 0 whatever the prediction's size, so nothing pulls the prediction down:
-keep smooth > 0 (default 1) when images without foreground are common.
+Empty masks: a group whose denominator is zero (at most keras.config.epsilon():
+empty target and empty prediction with smooth=0) counts as a perfect match,
+index 1 and loss 0, with zero gradient. With smooth=0, an empty target and a
+non-empty prediction give index 0 whatever the prediction's size, so nothing
+pulls the prediction down: keep smooth > 0 (default 1) when images without
+foreground are common.
 """
 
 import keras
 
-from fastiou._algebra import MODES, check_options as _check_options, finish
+from fastiou._algebra import check_options as _check_options, finish
 from fastiou._algebra import flat as _flat
 from fastiou._algebra import resolve_mode as _resolve_mode
+from fastiou._defaults import ALPHA, BETA, GAMMA, MODE, REDUCTION, SMOOTH, epsilon
+from fastiou._keras_reduction import check_no_mask, check_sample_weight, reduce_image_losses
+from fastiou._keras_reduction import scale_for_replicas as _scale_for_replicas
 
 # The same classes serve Keras' TensorFlow backend (fastiou's TensorFlow ops)
 # and its JAX backend (the same kernels through jax.ffi, fastiou.jax).
@@ -37,25 +41,11 @@ _BACKEND = keras.backend.backend()
 if _BACKEND == "tensorflow":
     import tensorflow as tf
 
-    from fastiou._ops import is_sparse_shape, overlap_stats
+    from fastiou._ops import is_sparse_shape, overlap_stats, prepare_inputs
 elif _BACKEND == "jax":
     from fastiou import jax as _fj
 else:  # pragma: no cover - depends on the environment
     raise ImportError(f"fastiou.losses supports Keras' tensorflow and jax backends, not {_BACKEND!r}")
-
-try:  # Keras' own weighting and reduction, so sample_weight behaves as usual.
-    from keras.src.losses.loss import reduce_weighted_values as _reduce_weighted_values
-except ImportError:  # pragma: no cover - older or reorganized Keras
-    _reduce_weighted_values = None
-
-
-def _scale_for_replicas(loss):
-    """loss / num_replicas inside a tf.distribute replica context with several
-    replicas, as Keras scales its per-sample losses."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return loss
-    return loss * tf.constant(1.0 / ctx.num_replicas_in_sync, loss.dtype)
 
 
 if _BACKEND == "tensorflow":
@@ -94,15 +84,15 @@ def overlap_loss(
     y_pred,
     *,
     from_logits=False,
-    smooth=1.0,
+    smooth=SMOOTH,
     per_image=False,
     class_weights=None,
     log_loss=False,
-    alpha=0.5,
-    beta=0.5,
-    gamma=1.0,
+    alpha=ALPHA,
+    beta=BETA,
+    gamma=GAMMA,
     weights=None,
-    mode="auto",
+    mode=MODE,
     ignore_index=None,
     classes=None,
     sync_replicas=False,
@@ -120,6 +110,8 @@ def overlap_loss(
     y_true = tf.convert_to_tensor(y_true)
     y_pred = tf.convert_to_tensor(y_pred)
     sparse = is_sparse_shape(y_true, y_pred)
+    # The inputs' own errors (dtype, rank, shapes) before the mode's.
+    y_true, y_pred, weights = prepare_inputs(y_true, y_pred, weights, sparse=sparse)
     multiclass = _resolve_mode(mode, sparse, y_pred.shape[-1], y_true.shape)
     I, P, T = overlap_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
                             softmax=multiclass, sparse=sparse, ignore_index=ignore_index)
@@ -127,7 +119,7 @@ def overlap_loss(
         I, P, T = _sum_across_replicas(I, P, T)
     return finish(_TFOps, kind, I, P, T, smooth=smooth, alpha=alpha, beta=beta, gamma=gamma,
                   log_loss=log_loss, class_weights=class_weights, classes=classes,
-                  eps=keras.config.epsilon())
+                  eps=epsilon())
 
 
 _ARGS_DOC = """
@@ -143,8 +135,10 @@ _ARGS_DOC = """
       mode: "binary"/"multilabel" (a sigmoid per channel, element targets),
         "multiclass" (softmax over the channels; one-hot or sparse targets)
         or "auto" (default): "multiclass" when y_true holds class indices,
-        "binary" otherwise. One-hot multi-class targets need
-        mode="multiclass", since their shape alone does not say so.
+        "binary" when y_pred has one channel. Dense targets of y_pred's
+        shape with several channels may be multi-label masks or one-hot
+        classes, so "auto" raises a ValueError for them: pass
+        mode="multilabel" or mode="multiclass".
       ignore_index: a sparse label (e.g. 255) whose pixels count in no sum
         and get zero gradient.
       classes: the channels that enter the mean (e.g. all but background);
@@ -170,7 +164,7 @@ _ARGS_DOC = """
 """
 
 
-def jaccard_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+def jaccard_loss(y_true, y_pred, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
                  class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None,
                  sync_replicas=False):
     return overlap_loss("jaccard", y_true, y_pred, from_logits=from_logits, smooth=smooth,
@@ -179,7 +173,7 @@ def jaccard_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, 
                         sync_replicas=sync_replicas)
 
 
-def dice_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+def dice_loss(y_true, y_pred, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
               class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None,
               sync_replicas=False):
     return overlap_loss("dice", y_true, y_pred, from_logits=from_logits, smooth=smooth,
@@ -188,8 +182,8 @@ def dice_loss(y_true, y_pred, *, from_logits=False, mode="auto", smooth=1.0, per
                         sync_replicas=sync_replicas)
 
 
-def tversky_loss(y_true, y_pred, *, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False,
-                 mode="auto", smooth=1.0, per_image=False, class_weights=None, log_loss=False,
+def tversky_loss(y_true, y_pred, *, alpha=ALPHA, beta=BETA, gamma=GAMMA, from_logits=False,
+                 mode=MODE, smooth=SMOOTH, per_image=False, class_weights=None, log_loss=False,
                  weights=None, ignore_index=None, classes=None, sync_replicas=False):
     return overlap_loss("tversky", y_true, y_pred, from_logits=from_logits, smooth=smooth,
                         per_image=per_image, class_weights=class_weights, log_loss=log_loss,
@@ -201,22 +195,23 @@ jaccard_loss.__doc__ = "Soft Jaccard (IoU) loss, 1 - (I + s) / (T + P - I + s).\
 dice_loss.__doc__ = "Soft Dice loss, 1 - (2I + s) / (T + P + s).\n" + _ARGS_DOC
 tversky_loss.__doc__ = (
     "Tversky loss, (1 - (I + s) / (I + alpha FP + beta FN + s)) ** gamma.\n\n"
-    "    alpha weighs false positives FP = P - I, beta false negatives FN = T - I;\n"
-    "    alpha = beta = 0.5 is Dice, alpha = beta = 1 is Jaccard, and gamma != 1\n"
-    "    is the focal Tversky loss (gamma < 1 stresses hard, poorly overlapping\n"
-    "    groups).\n" + _ARGS_DOC
+    "    alpha weighs false positives FP = P - I, beta false negatives FN = T - I,\n"
+    "    as in Salehi et al. (2017); keras.losses.Tversky swaps them (see\n"
+    "    `TverskyLoss`). alpha = beta = 0.5 is Dice, alpha = beta = 1 is Jaccard,\n"
+    "    and gamma != 1 is the focal Tversky loss (gamma < 1 stresses hard,\n"
+    "    poorly overlapping groups).\n" + _ARGS_DOC
 )
 
 
 class _OverlapLoss(keras.losses.Loss):
-    """Keras wrapper of a fused overlap loss."""
+    """Keras wrapper of a fused overlap loss: every option a plain attribute,
+    echoed by get_config."""
 
     _kind = None
 
-    def __init__(self, *, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+    def __init__(self, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
                  class_weights=None, log_loss=False, ignore_index=None, classes=None,
-                 sync_replicas=False, reduction="sum_over_batch_size", name=None, dtype=None,
-                 **options):
+                 sync_replicas=False, reduction=REDUCTION, name=None, dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.sync_replicas = bool(sync_replicas)
         if self.sync_replicas and per_image:
@@ -230,43 +225,81 @@ class _OverlapLoss(keras.losses.Loss):
         self.per_image = bool(per_image)
         self.class_weights = None if class_weights is None else _flat(class_weights)
         self.log_loss = bool(log_loss)
-        self._options = {k: float(v) for k, v in options.items()}
-        _check_options(self._kind, self.smooth, self._options.get("alpha", 0.5),
-                       self._options.get("beta", 0.5), self._options.get("gamma", 1.0),
-                       self.log_loss, self.class_weights, self.mode, self.classes)
+        _check_options(self._kind, self.smooth, log_loss=self.log_loss,
+                       class_weights=self.class_weights, mode=self.mode, classes=self.classes,
+                       **self._kind_options())
+
+    def _kind_options(self):
+        """The options of this kind of loss beyond the shared ones."""
+        return {}
 
     def call(self, y_true, y_pred):
         return overlap_loss(self._kind, y_true, y_pred, from_logits=self.from_logits,
                             smooth=self.smooth, per_image=self.per_image,
                             class_weights=self.class_weights, log_loss=self.log_loss,
                             mode=self.mode, ignore_index=self.ignore_index, classes=self.classes,
-                            sync_replicas=self.sync_replicas, **self._options)
+                            sync_replicas=self.sync_replicas, **self._kind_options())
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras' Loss.__call__ casts y_true and y_pred to the loss dtype first:
         # a full extra pass and a mask-sized copy for uint8 masks and float16
-        # predictions. The kernels read those dtypes directly, so skip it.
+        # predictions. The kernels read those dtypes directly, so the checks,
+        # the weighting and the reduction are done here (fastiou._keras_reduction).
+        check_no_mask(y_pred)
+        check_sample_weight(sample_weight, self.per_image)
         with keras.name_scope(self.name):
             losses = self.call(y_true, y_pred)
-            if len(losses.shape) == 0 and sample_weight is None:
+            if not self.per_image:
                 # One loss for the whole batch. Keras scales per-sample losses
                 # by 1 / num_replicas under tf.distribute (the optimizer then
                 # sums the replicas' gradients) but leaves scalars alone:
                 # scale it here the same way.
-                return _scale_for_replicas(losses) if _BACKEND == "tensorflow" else losses
-            if _reduce_weighted_values is None:  # pragma: no cover
-                return keras.ops.mean(losses)
-            return _reduce_weighted_values(losses, sample_weight=sample_weight,
-                                           reduction=self.reduction, dtype=self.dtype)
+                return _scale_for_replicas(losses)
+            return reduce_image_losses(losses, sample_weight, self.reduction, self.dtype)
 
     def get_config(self):
         config = super().get_config()
         config.update(from_logits=self.from_logits, mode=self.mode, smooth=self.smooth,
                       per_image=self.per_image, class_weights=self.class_weights,
                       log_loss=self.log_loss, ignore_index=self.ignore_index, classes=self.classes,
-                      sync_replicas=self.sync_replicas)
-        config.update(self._options)
+                      sync_replicas=self.sync_replicas, **self._kind_options())
         return config
+
+
+_CLASS_ARGS_DOC = """from_logits: y_pred holds logits; the sigmoid (or, multi-class, the
+        softmax over the channels) runs inside the kernels.
+      mode: "auto" (default), "binary", "multilabel" or "multiclass"; see
+        `fastiou.jaccard_loss`. "auto" takes class indices as multi-class
+        and a single channel as binary, and raises for dense targets of
+        several channels. Multi-class targets may be sparse class indices,
+        read as such and never expanded to one-hot.
+      smooth: s, added to numerator and denominator (default 1).
+      per_image: one loss per image, weighted by `sample_weight` and reduced
+        by `reduction`; otherwise one loss over the whole batch (default).
+      class_weights: weights of the channels in their mean.
+      log_loss: -log(index) instead of 1 - index.
+      ignore_index: sparse label whose pixels are left out (e.g. 255).
+      classes: channels that enter the mean (e.g. leave out background).
+      sync_replicas: under tf.distribute (MirroredStrategy,
+        MultiWorkerMirroredStrategy), sum I, P, T over all replicas before
+        the loss algebra: one all-reduce of 3C values per step. Needs
+        per_image=False (per-image losses are replica-local by nature, and
+        Keras' mean over images already matches one device).
+      reduction: how the per-image losses (per_image=True) are reduced, as in
+        Keras: "sum_over_batch_size" (default) and "mean" divide their
+        weighted sum by the number of images, "mean_with_sample_weight" by
+        the sum of the sample weights, "sum" returns the sum, "none" or None
+        the weighted losses. With per_image=False the loss is one value for
+        the batch, whatever the reduction.
+      name, dtype: as for any Keras loss.
+
+    Calling the loss: `loss(y_true, y_pred, sample_weight=None)`.
+    `sample_weight`, shape (B,) or (B, 1), weighs the images' losses and needs
+    per_image=True; with per_image=False there is no per-image loss to weigh,
+    and a ValueError says so. A y_pred that carries a Keras mask (from
+    Masking or Embedding(mask_zero=True)) raises a ValueError: leave pixels
+    out with `ignore_index` or the functional forms' `weights` instead.
+"""
 
 
 @keras.saving.register_keras_serializable(package="fastiou")
@@ -276,27 +309,6 @@ class JaccardLoss(_OverlapLoss):
     Drop-in Keras loss:
 
         model.compile(optimizer="adam", loss=fastiou.losses.JaccardLoss(from_logits=True))
-
-    Args:
-      from_logits: y_pred holds logits; the sigmoid (or, multi-class, the
-        softmax over the channels) runs inside the kernels.
-      mode: "auto" (default), "binary", "multilabel" or "multiclass"; see
-        `fastiou.jaccard_loss`. Multi-class targets may be sparse class
-        indices, read as such and never expanded to one-hot.
-      smooth: s, added to numerator and denominator (default 1).
-      per_image: one Jaccard per image, averaged by `reduction`; otherwise
-        one Jaccard over the whole batch (default).
-      class_weights: weights of the channels in their mean.
-      log_loss: -log(J) instead of 1 - J.
-      ignore_index: sparse label whose pixels are left out (e.g. 255).
-      classes: channels that enter the mean (e.g. leave out background).
-      sync_replicas: under tf.distribute (MirroredStrategy,
-        MultiWorkerMirroredStrategy), sum I, P, T over all replicas before
-        the loss algebra: one all-reduce of 3C values per step. Needs
-        per_image=False (per-image losses are replica-local by nature, and
-        Keras' mean over images already matches one device).
-      reduction, name, dtype: as for any Keras loss. `sample_weight` weighs
-        images and needs `per_image=True`.
 
     Under tf.distribute each replica sees a slice of the global batch. Without
     sync_replicas the loss is computed per replica and the replicas' losses
@@ -309,14 +321,15 @@ class JaccardLoss(_OverlapLoss):
     L itself. Each replica's weight gradient is then its slice's share of
     dL/dw, and the optimizer's sum over replicas gives exactly dL/dw of
     single-device training on the global batch.
-    """
+
+    Args:
+      """
 
     _kind = "jaccard"
 
-    def __init__(self, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+    def __init__(self, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
                  class_weights=None, log_loss=False, ignore_index=None, classes=None,
-                 sync_replicas=False, reduction="sum_over_batch_size", name="jaccard_loss",
-                 dtype=None):
+                 sync_replicas=False, reduction=REDUCTION, name="jaccard_loss", dtype=None):
         super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
                          class_weights=class_weights, log_loss=log_loss,
                          ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas,
@@ -330,15 +343,14 @@ IoULoss = JaccardLoss
 class DiceLoss(_OverlapLoss):
     """Soft Dice loss on fused kernels: 1 - (2I + s) / (T + P + s).
 
-    Same arguments as `JaccardLoss`.
-    """
+    Args:
+      """
 
     _kind = "dice"
 
-    def __init__(self, from_logits=False, mode="auto", smooth=1.0, per_image=False,
+    def __init__(self, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
                  class_weights=None, log_loss=False, ignore_index=None, classes=None,
-                 sync_replicas=False, reduction="sum_over_batch_size", name="dice_loss",
-                 dtype=None):
+                 sync_replicas=False, reduction=REDUCTION, name="dice_loss", dtype=None):
         super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
                          class_weights=class_weights, log_loss=log_loss,
                          ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas,
@@ -351,35 +363,48 @@ class TverskyLoss(_OverlapLoss):
 
     loss = (1 - TI) ** gamma with TI = (I + s) / (I + alpha FP + beta FN + s),
     FP = P - I, FN = T - I. alpha weighs false positives, beta false
-    negatives: beta > alpha favours recall, the usual choice for small
-    structures (e.g. alpha=0.3, beta=0.7). gamma != 1 is the focal Tversky
-    loss. Other arguments as for `JaccardLoss`.
-    """
+    negatives, as in Salehi et al. (2017): beta > alpha favours recall, the
+    usual choice for small structures (e.g. alpha=0.3, beta=0.7). gamma != 1
+    is the focal Tversky loss.
+
+    keras.losses.Tversky(alpha, beta) multiplies alpha by the false negatives
+    and beta by the false positives, the other way round. On probabilities,
+    `TverskyLoss(alpha=a, beta=b, smooth=0, mode="multilabel")` equals
+    `keras.losses.Tversky(alpha=b, beta=a, axis=...)` with `axis` the axes
+    fastiou sums over: all but the channel axis, e.g. (0, 1, 2) for
+    (B, H, W, C) (None too for one channel); with per_image=True the axes
+    within an image, (1, 2). They differ only by the epsilon Keras adds to
+    its denominator. Keras has no smoothing: with smooth > 0 (the default)
+    the values differ.
+
+    Args:
+      alpha: weight of the false positives (default 0.5).
+      beta: weight of the false negatives (default 0.5).
+      gamma: focal exponent (default 1, plain Tversky).
+      """
 
     _kind = "tversky"
 
-    def __init__(self, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False, mode="auto",
-                 smooth=1.0, per_image=False, class_weights=None, log_loss=False,
-                 ignore_index=None, classes=None, sync_replicas=False,
-                 reduction="sum_over_batch_size", name="tversky_loss", dtype=None):
+    def __init__(self, alpha=ALPHA, beta=BETA, gamma=GAMMA, from_logits=False, mode=MODE,
+                 smooth=SMOOTH, per_image=False, class_weights=None, log_loss=False,
+                 ignore_index=None, classes=None, sync_replicas=False, reduction=REDUCTION,
+                 name="tversky_loss", dtype=None):
+        # Set before the base class checks the options.
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.gamma = float(gamma)
         super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
                          class_weights=class_weights, log_loss=log_loss,
                          ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas,
-                         reduction=reduction, name=name, dtype=dtype, alpha=alpha, beta=beta,
-                         gamma=gamma)
+                         reduction=reduction, name=name, dtype=dtype)
 
-    @property
-    def alpha(self):
-        return self._options["alpha"]
+    def _kind_options(self):
+        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
 
-    @property
-    def beta(self):
-        return self._options["beta"]
 
-    @property
-    def gamma(self):
-        return self._options["gamma"]
-
+for _cls in (JaccardLoss, DiceLoss, TverskyLoss):
+    _cls.__doc__ += _CLASS_ARGS_DOC
+del _cls
 
 __all__ = [
     "JaccardLoss",

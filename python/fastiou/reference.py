@@ -11,6 +11,9 @@ losses in `fastiou.losses`.
 import keras
 from keras import ops
 
+from fastiou._algebra import resolve_mode
+from fastiou._defaults import ALPHA, BETA, GAMMA, MODE, SMOOTH, epsilon
+
 
 def _inputs(y_true, y_pred, weights, from_logits, mode, ignore_index):
     y_pred = ops.convert_to_tensor(y_pred)
@@ -20,11 +23,10 @@ def _inputs(y_true, y_pred, weights, from_logits, mode, ignore_index):
     sparse = channels != 1 and (
         len(y_true.shape) == len(y_pred.shape) - 1
         or (len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1))
-    if mode == "auto":
-        mode = "multiclass" if sparse else "binary"
+    multiclass = resolve_mode(mode, sparse, channels, tuple(y_true.shape))
     p = ops.cast(y_pred, dtype)
     if from_logits:
-        p = ops.softmax(p, axis=-1) if mode == "multiclass" else ops.sigmoid(p)
+        p = ops.softmax(p, axis=-1) if multiclass else ops.sigmoid(p)
     w = None
     if weights is not None:
         w = ops.cast(ops.convert_to_tensor(weights), dtype)
@@ -43,7 +45,7 @@ def _inputs(y_true, y_pred, weights, from_logits, mode, ignore_index):
     return t, p, w
 
 
-def _sums(y_true, y_pred, weights, from_logits, per_image, mode="auto", ignore_index=None):
+def _sums(y_true, y_pred, weights, from_logits, per_image, mode=MODE, ignore_index=None):
     t, p, w = _inputs(y_true, y_pred, weights, from_logits, mode, ignore_index)
     axes = tuple(range(1 if per_image else 0, len(p.shape) - 1))
     if w is None:
@@ -55,7 +57,7 @@ def _sums(y_true, y_pred, weights, from_logits, per_image, mode="auto", ignore_i
 
 
 def _finish(numerator, denominator, gamma, log_loss, per_image, class_weights, classes=None):
-    eps = keras.config.epsilon()
+    eps = epsilon()
     empty = denominator <= eps
     score = ops.where(empty, 1.0, numerator / ops.where(empty, 1.0, denominator))
     if log_loss:
@@ -74,8 +76,8 @@ def _finish(numerator, denominator, gamma, log_loss, per_image, class_weights, c
     return ops.sum(loss * cw, axis=-1) / ops.sum(cw)
 
 
-def jaccard_loss(y_true, y_pred, *, from_logits=False, smooth=1.0, per_image=False,
-                 class_weights=None, log_loss=False, weights=None, mode="auto", ignore_index=None,
+def jaccard_loss(y_true, y_pred, *, from_logits=False, smooth=SMOOTH, per_image=False,
+                 class_weights=None, log_loss=False, weights=None, mode=MODE, ignore_index=None,
                  classes=None):
     """Reference soft Jaccard loss, 1 - (I + s) / (T + P - I + s)."""
     inter, psum, tsum = _sums(y_true, y_pred, weights, from_logits, per_image, mode, ignore_index)
@@ -83,18 +85,18 @@ def jaccard_loss(y_true, y_pred, *, from_logits=False, smooth=1.0, per_image=Fal
     return _finish(inter + smooth, union + smooth, 1.0, log_loss, per_image, class_weights, classes)
 
 
-def dice_loss(y_true, y_pred, *, from_logits=False, smooth=1.0, per_image=False,
-              class_weights=None, log_loss=False, weights=None, mode="auto", ignore_index=None,
-                 classes=None):
+def dice_loss(y_true, y_pred, *, from_logits=False, smooth=SMOOTH, per_image=False,
+              class_weights=None, log_loss=False, weights=None, mode=MODE, ignore_index=None,
+              classes=None):
     """Reference soft Dice loss, 1 - (2I + s) / (T + P + s)."""
     inter, psum, tsum = _sums(y_true, y_pred, weights, from_logits, per_image, mode, ignore_index)
     return _finish(2.0 * inter + smooth, tsum + psum + smooth, 1.0, log_loss, per_image,
                    class_weights, classes)
 
 
-def tversky_loss(y_true, y_pred, *, alpha=0.5, beta=0.5, gamma=1.0, from_logits=False,
-                 smooth=1.0, per_image=False, class_weights=None, log_loss=False, weights=None, mode="auto", ignore_index=None,
-                 classes=None):
+def tversky_loss(y_true, y_pred, *, alpha=ALPHA, beta=BETA, gamma=GAMMA, from_logits=False,
+                 smooth=SMOOTH, per_image=False, class_weights=None, log_loss=False, weights=None,
+                 mode=MODE, ignore_index=None, classes=None):
     """Reference (focal) Tversky loss, (1 - (I + s) / (I + a FP + b FN + s)) ** gamma."""
     inter, psum, tsum = _sums(y_true, y_pred, weights, from_logits, per_image, mode, ignore_index)
     false_pos = psum - inter
