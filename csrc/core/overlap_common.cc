@@ -48,6 +48,11 @@ std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const S
   for (int64_t d : pred) {
     if (d < 0) return "y_pred shape " + shape_string(pred) + " has a negative dimension";
   }
+  // Channel indices are compared as 32-bit integers in the kernels.
+  if (pred.back() > kMaxChannels) {
+    return "y_pred shape " + shape_string(pred) + " has " + std::to_string(pred.back()) +
+           " channels; fastiou supports at most " + std::to_string(kMaxChannels);
+  }
   Shape per_pixel = pred;
   per_pixel.back() = 1;
   if (labels.sparse) {

@@ -44,6 +44,10 @@ struct OverlapGeometry {
   int64_t groups(bool per_image) const { return per_image ? batch * channels : channels; }
 };
 
+// The most channels a y_pred may have: channel indices, and the offsets of a
+// vector's worth of pixels, fit in 32 bits.
+constexpr int64_t kMaxChannels = int64_t(1) << 24;
+
 // Work elements aimed at per chunk.
 constexpr int64_t kChunkElements = 32768;
 

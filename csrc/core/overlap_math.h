@@ -20,7 +20,23 @@
 #define FASTIOU_HD inline
 #endif
 
+// A loop reduction the compiler may split across vector lanes (OpenMP SIMD,
+// -fopenmp-simd): the lanes' partial results are combined in a fixed order
+// set by the build's vector width, so results stay the same on every run.
+// Device code keeps the loop as written.
+#if defined(__CUDACC__)
+#define FASTIOU_SIMD_REDUCE(op, var)
+#else
+#define FASTIOU_PRAGMA(x) _Pragma(#x)
+#define FASTIOU_SIMD_REDUCE(op, var) FASTIOU_PRAGMA(omp simd reduction(op : var))
+#endif
+
 namespace fastiou {
+
+// A channel index in the per-pixel loops: 32-bit, which vector units compare
+// and count as cheaply as floats (64-bit indices cost shuffles in every
+// vectorized channel loop). y_pred has at most kMaxChannels channels.
+using Channel = int32_t;
 
 // 16-bit float storage types. They are layout-compatible with Eigen::half,
 // Eigen::bfloat16, __half and __nv_bfloat16, so any framework's buffer can be
@@ -224,8 +240,9 @@ FASTIOU_HD Acc true_gradient(Acc p, Acc w, Acc g_i, Acc g_t) {
 // the maximum, so that no exponent overflows. Kernels that keep the pixel in
 // registers or cache get (m, 1/sum) once with softmax_norm and each p_c with
 // softmax_prob; kernels that keep it in an array call softmax_inplace. Both
-// evaluate the same operations in the same order (compilers may still fuse
-// multiply-adds differently, so CPU and GPU agree to rounding, not bitwise).
+// evaluate the same operations, but the host adds the exponentials across
+// vector lanes and compilers fuse multiply-adds differently, so CPU and GPU
+// agree to rounding, not bitwise.
 template <typename Acc>
 struct SoftmaxNorm {
   Acc max;
@@ -250,17 +267,22 @@ FASTIOU_HD Acc softmax_prob(Acc z, SoftmaxNorm<Acc> n) {
   return exp_(z - n.max) * n.inv_sum;
 }
 
+// The maximum and the sum are reductions split across vector lanes on the
+// host (FASTIOU_SIMD_REDUCE).
 template <typename Acc>
 FASTIOU_HD void softmax_inplace(Acc* x, int64_t channels) {
+  const Channel n = static_cast<Channel>(channels);
   Acc m = x[0];
-  for (int64_t c = 1; c < channels; ++c) m = x[c] > m ? x[c] : m;
+  FASTIOU_SIMD_REDUCE(max, m)
+  for (Channel c = 1; c < n; ++c) m = x[c] > m ? x[c] : m;
   Acc sum = 0;
-  for (int64_t c = 0; c < channels; ++c) {
+  FASTIOU_SIMD_REDUCE(+, sum)
+  for (Channel c = 0; c < n; ++c) {
     x[c] = exp_(x[c] - m);
     sum += x[c];
   }
   const Acc inv = Acc(1) / sum;
-  for (int64_t c = 0; c < channels; ++c) x[c] *= inv;
+  for (Channel c = 0; c < n; ++c) x[c] *= inv;
 }
 
 // Softmax Jacobian applied to dL/dp of one pixel: dL/dz_k = p_k (dL/dp_k - dot)

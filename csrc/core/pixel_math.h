@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "core/overlap_kernels.h"
 #include "core/overlap_math.h"
@@ -103,20 +104,28 @@ FASTIOU_HD bool pixel_needs_softmax(const PixelRule& r, PixelLabel l) {
   return r.from_logits && r.softmax && pixel_has_gradient(l);
 }
 
-// Target of channel c. t points at the pixel's C element targets
-// (pixel_targets; read for dense pixels only).
-template <typename A, typename TT>
-FASTIOU_HD A pixel_target(PixelLabel l, const TT* t, int64_t c) {
-  if (l.kind == PixelKind::kDense) return load_as<A>(t[c]);
-  return (l.kind == PixelKind::kClass && c == l.value) ? A(1) : A(0);
-}
-
 // Weight of channel c. w points at the pixel's weights (pixel_weights), or
 // is nullptr for unit weights.
 template <typename A, typename TP>
 FASTIOU_HD A pixel_weight(const PixelRule& r, const TP* w, int64_t c) {
   if (w == nullptr) return A(1);
   return load_as<A>(w[r.weights_per_pixel ? 0 : c]);
+}
+
+// Calls f(weight) with weight(c) the weight of channel c (as pixel_weight)
+// of the pixel whose weights wp points at (pixel_weights, nullptr for unit
+// weights): one functor per kind of weights, so that channel loops stay
+// branch-free.
+template <typename A, typename TP, typename F>
+FASTIOU_HD void with_pixel_weight(const PixelRule& r, const TP* wp, const F& f) {
+  if (wp == nullptr) {
+    f([](int64_t) { return A(1); });
+  } else if (r.weights_per_pixel) {
+    const A v = load_as<A>(wp[0]);
+    f([v](int64_t) { return v; });
+  } else {
+    f([wp](int64_t c) { return load_as<A>(wp[c]); });
+  }
 }
 
 // The element targets of pixel `pixel` (flat over batch and spatial axes),
@@ -150,84 +159,103 @@ struct DenseTargets {
 };
 template <typename A>
 struct ClassTargets {
-  int64_t cls;
+  Channel cls;
   // Through select: a conditional with constant arms keeps the channel loops
   // from vectorizing (see select).
-  FASTIOU_HD A operator()(int64_t c) const { return select(c == cls, A(1), A(0)); }
+  FASTIOU_HD A operator()(Channel c) const { return select(c == cls, A(1), A(0)); }
 };
 
-// dL/dy_pred of a counted pixel's channels for one kind of target (see
-// pixel_gradient).
-template <typename A, typename Target, typename Prob, typename Weight, typename Store>
-FASTIOU_HD void pred_gradient_channels(const PixelRule& r, const Target& target, const Prob& prob,
-                                       const Weight& weight, const A* gi, const A* gp, A* dp_cache,
-                                       const Store& store) {
-  const int64_t C = r.channels;
-  if (!r.from_logits) {
-    // dL/dp = w (g_I t + g_P) needs no probability. Computed apart from the
-    // stores where memory is at hand, the loop vectorizes.
-    if (dp_cache != nullptr) {
-      for (int64_t c = 0; c < C; ++c) dp_cache[c] = pred_gradient<false>(A(0), target(c), weight(c), gi[c], gp[c]);
-      for (int64_t c = 0; c < C; ++c) store(c, dp_cache[c]);
-    } else {
-      for (int64_t c = 0; c < C; ++c) store(c, pred_gradient<false>(A(0), target(c), weight(c), gi[c], gp[c]));
-    }
-    return;
-  }
-  if (!r.softmax) {
-    for (int64_t c = 0; c < C; ++c) store(c, pred_gradient<true>(prob(c), target(c), weight(c), gi[c], gp[c]));
-    return;
-  }
-  // The softmax Jacobian couples the channels: one walk for
-  // dot = sum_c p_c dL/dp_c, in channel order, one to store p_c (dL/dp_c - dot).
-  A dot = 0;
-  if (dp_cache != nullptr) {
-    for (int64_t c = 0; c < C; ++c) {
-      dp_cache[c] = pred_gradient<false>(prob(c), target(c), weight(c), gi[c], gp[c]);
-      dot += prob(c) * dp_cache[c];
-    }
-    for (int64_t c = 0; c < C; ++c) store(c, softmax_backward(prob(c), dp_cache[c], dot));
-    return;
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    const A p = prob(c);
-    dot += p * pred_gradient<false>(p, target(c), weight(c), gi[c], gp[c]);
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    const A p = prob(c);
-    store(c, softmax_backward(p, pred_gradient<false>(p, target(c), weight(c), gi[c], gp[c]), dot));
+// Calls f(target) with target(c) the target of channel c of a counted or
+// out-of-range pixel: its element targets (t, from pixel_targets), or the
+// one-hot of its class (none when out of range).
+template <typename A, typename TT, typename F>
+FASTIOU_HD void with_pixel_targets(PixelLabel l, const TT* t, const F& f) {
+  if (l.kind == PixelKind::kDense) {
+    f(DenseTargets<A, TT>{t});
+  } else {
+    f(ClassTargets<A>{static_cast<Channel>(l.kind == PixelKind::kClass ? l.value : -1)});
   }
 }
 
-// The pixel's gradient, channel by channel: store(c, value) receives
-// dL/dy_pred (or, with wrt_true, dL/dy_true) of channel c. t points at the
-// pixel's element targets (pixel_targets); prob(c) and weight(c) give the
-// channel's probability and weight; gi, gp, gt point at the pixel's group row
-// of dL/dI, dL/dP, dL/dT. The channel loops are instantiated once per kind of
-// target (element targets, or the one-hot of a class) so that they stay
-// branch-free. dp_cache (C values, or nullptr) keeps dL/dp_c between the two
-// softmax walks where memory is at hand; without it the second walk
-// recomputes them.
-template <typename A, typename TT, typename Prob, typename Weight, typename Store>
-FASTIOU_HD void pixel_gradient(const PixelRule& r, bool wrt_true, PixelLabel l, const TT* t, const Prob& prob,
-                               const Weight& weight, const A* gi, const A* gp, const A* gt, A* dp_cache,
-                               const Store& store) {
-  const int64_t C = r.channels;
-  if (!pixel_has_gradient(l)) {
-    for (int64_t c = 0; c < C; ++c) store(c, A(0));
-    return;
+// Target of channel c. t points at the pixel's C element targets
+// (pixel_targets; read for dense pixels only).
+template <typename A, typename TT>
+FASTIOU_HD A pixel_target(PixelLabel l, const TT* t, int64_t c) {
+  if (l.kind == PixelKind::kDense) return DenseTargets<A, TT>{t}(c);
+  return ClassTargets<A>{static_cast<Channel>(l.kind == PixelKind::kClass ? l.value : -1)}(c);
+}
+
+// Which formula gives a pixel's gradient: dL/dy_true, or dL/dy_pred from
+// probabilities, through a sigmoid or through a softmax.
+enum class GradKind : int32_t { kTrue, kProbabilities, kSigmoid, kSoftmax };
+
+FASTIOU_HD GradKind grad_kind(const PixelRule& r, bool wrt_true) {
+  if (wrt_true) return GradKind::kTrue;
+  if (!r.from_logits) return GradKind::kProbabilities;
+  return r.softmax ? GradKind::kSoftmax : GradKind::kSigmoid;
+}
+
+// Calls f(kind) with the kind as a compile-time constant, so that channel
+// loops stay branch-free.
+template <typename F>
+FASTIOU_HD void dispatch_grad_kind(GradKind k, const F& f) {
+  switch (k) {
+    case GradKind::kTrue: f(std::integral_constant<GradKind, GradKind::kTrue>{}); break;
+    case GradKind::kProbabilities: f(std::integral_constant<GradKind, GradKind::kProbabilities>{}); break;
+    case GradKind::kSigmoid: f(std::integral_constant<GradKind, GradKind::kSigmoid>{}); break;
+    case GradKind::kSoftmax: f(std::integral_constant<GradKind, GradKind::kSoftmax>{}); break;
   }
-  if (wrt_true) {
-    for (int64_t c = 0; c < C; ++c) store(c, true_gradient(prob(c), weight(c), gi[c], gt[c]));
-    return;
-  }
-  if (l.kind == PixelKind::kDense) {
-    pred_gradient_channels(r, DenseTargets<A, TT>{t}, prob, weight, gi, gp, dp_cache, store);
+}
+
+// One channel's term of dot = sum_c p_c dL/dp_c, which the softmax's
+// Jacobian needs (kSoftmax only).
+template <typename A>
+FASTIOU_HD A softmax_dot_term(A p, A t, A w, A g_i, A g_p) {
+  return p * pred_gradient<false>(p, t, w, g_i, g_p);
+}
+
+// The gradient of one channel of a pixel that has one: probability p,
+// target t, weight w, its group's dL/dI, dL/dP, dL/dT, and (kSoftmax) the
+// pixel's dot.
+template <GradKind K, typename A>
+FASTIOU_HD A channel_gradient(A p, A t, A w, A g_i, A g_p, A g_t, A dot) {
+  if constexpr (K == GradKind::kTrue) {
+    return true_gradient(p, w, g_i, g_t);
+  } else if constexpr (K == GradKind::kProbabilities) {
+    return pred_gradient<false>(p, t, w, g_i, g_p);
+  } else if constexpr (K == GradKind::kSigmoid) {
+    return pred_gradient<true>(p, t, w, g_i, g_p);
   } else {
-    // A class, or (out of range) none.
-    pred_gradient_channels(r, ClassTargets<A>{l.kind == PixelKind::kClass ? l.value : -1}, prob, weight, gi, gp,
-                           dp_cache, store);
+    return softmax_backward(p, pred_gradient<false>(p, t, w, g_i, g_p), dot);
   }
+}
+
+// The pixel's gradient, channel by channel, by formula K (grad_kind of the
+// launch; callers dispatch it once with dispatch_grad_kind): store(c, value)
+// receives dL/dy_pred (or, with kTrue, dL/dy_true) of channel c. t points at
+// the pixel's element targets (pixel_targets); prob(c) and weight(c) give the
+// channel's probability and weight; gi, gp, gt point at the pixel's group row
+// of dL/dI, dL/dP, dL/dT. The channel loops are instantiated per kind of
+// target (element targets, or the one-hot of a class), so that they stay
+// branch-free; with a softmax, one walk adds up the dot, in channel order on
+// the GPU and across vector lanes on the host.
+template <GradKind K, typename A, typename TT, typename Prob, typename Weight, typename Store>
+FASTIOU_HD void pixel_gradient(const PixelRule& r, PixelLabel l, const TT* t, const Prob& prob, const Weight& weight,
+                               const A* gi, const A* gp, const A* gt, const Store& store) {
+  const Channel n = static_cast<Channel>(r.channels);
+  if (!pixel_has_gradient(l)) {
+    for (Channel c = 0; c < n; ++c) store(c, A(0));
+    return;
+  }
+  with_pixel_targets<A>(l, t, [&](const auto& target) {
+    A dot = 0;
+    if constexpr (K == GradKind::kSoftmax) {
+      FASTIOU_SIMD_REDUCE(+, dot)
+      for (Channel c = 0; c < n; ++c) dot += softmax_dot_term(prob(c), target(c), weight(c), gi[c], gp[c]);
+    }
+    for (Channel c = 0; c < n; ++c)
+      store(c, channel_gradient<K>(prob(c), target(c), weight(c), gi[c], gp[c], gt[c], dot));
+  });
 }
 
 }  // namespace fastiou

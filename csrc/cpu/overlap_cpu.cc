@@ -16,6 +16,7 @@
 #include "core/overlap_kernels.h"
 #include "core/overlap_math.h"
 #include "core/pixel_math.h"
+#include "cpu/pixel_tile.h"
 
 namespace fastiou {
 namespace {
@@ -60,25 +61,23 @@ struct ChunkInputs {
   }
 };
 
-// The first out-of-range sparse label a chunk met.
-struct BadLabel {
-  int64_t pixel = -1;  // within its image
-  int64_t value = 0;
-};
+using cpu::BadLabel;
+using cpu::thread_scratch;
 
-// One pixel's probabilities, kept in an array while its channels are walked:
-// the softmax through softmax_inplace (the same operations as softmax_norm and
-// softmax_prob, which the CUDA kernels keep in registers), otherwise as stored
-// or the sigmoid of each channel.
+// The channel path (element targets, or sparse labels with a weight per
+// element): one pixel at a time, its channels across the vector lanes.
+// pixel_probabilities puts the pixel's probabilities in p[0, C): as stored,
+// the sigmoid of each channel or the softmax (softmax_inplace: the operations
+// of softmax_norm and softmax_prob, which the CUDA kernels keep in registers).
 template <bool kLogits, typename TP, typename A>
 void pixel_probabilities(const PixelRule& rule, const TP* pred, A* p) {
-  const int64_t C = rule.channels;
-  for (int64_t c = 0; c < C; ++c) p[c] = load_as<A>(pred[c]);
+  const Channel C = static_cast<Channel>(rule.channels);
+  for (Channel c = 0; c < C; ++c) p[c] = load_as<A>(pred[c]);
   if constexpr (kLogits) {
     if (rule.softmax) {
       softmax_inplace(p, C);
     } else {
-      for (int64_t c = 0; c < C; ++c) p[c] = sigmoid(p[c]);
+      for (Channel c = 0; c < C; ++c) p[c] = sigmoid(p[c]);
     }
   }
 }
@@ -112,21 +111,34 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* b
     partial[2] = st;
     return;
   }
-  std::vector<A> acc(static_cast<size_t>(3 * C), A(0));
-  std::vector<A> p(static_cast<size_t>(C));
+  if (cpu::tile_path(rule, kWeights)) {
+    cpu::tile_stats_chunk<kLogits, kWeights>(rule, pred, labels, w, r.pixels, r.first_pixel, partial, bad);
+    return;
+  }
+  // Sums per channel over the chunk's pixels, in pixel order.
+  A* p = thread_scratch<A>(4 * C);
+  A* si = p + C;
+  A* sp = si + C;
+  A* st = sp + C;
+  std::fill(si, si + 3 * C, A(0));
   for (int64_t px = 0; px < r.pixels; ++px) {
     const PixelLabel label = read_pixel_label(rule, labels, px);
     if (label.kind == PixelKind::kOutOfRange && bad->pixel < 0) *bad = BadLabel{r.first_pixel + px, label.value};
     if (!pixel_counts(label)) continue;
-    pixel_probabilities<kLogits>(rule, pred + px * C, p.data());
-    const TT* t = pixel_targets(rule, tru, px);
+    pixel_probabilities<kLogits>(rule, pred + px * C, p);
     const TP* wp = kWeights ? pixel_weights(rule, w, px) : nullptr;
-    for (int64_t c = 0; c < C; ++c) {
-      accumulate_overlap(p[c], pixel_target<A>(label, t, c), pixel_weight<A>(rule, wp, c), acc[3 * c],
-                         acc[3 * c + 1], acc[3 * c + 2]);
-    }
+    with_pixel_weight<A>(rule, wp, [&](const auto& weight) {
+      with_pixel_targets<A>(label, pixel_targets(rule, tru, px), [&](const auto& target) {
+        for (Channel c = 0; c < static_cast<Channel>(C); ++c)
+          accumulate_overlap(p[c], target(c), weight(c), si[c], sp[c], st[c]);
+      });
+    });
   }
-  for (int64_t j = 0; j < 3 * C; ++j) partial[j] = acc[j];
+  for (int64_t c = 0; c < C; ++c) {
+    partial[3 * c] = si[c];
+    partial[3 * c + 1] = sp[c];
+    partial[3 * c + 2] = st[c];
+  }
 }
 
 // Adds the chunk partials of every group in a fixed order and writes the sums.
@@ -234,18 +246,26 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
     for (int64_t i = 0; i < r.pixels; ++i) out[i] = element(i, i, g_i, g_p, g_t);
     return;
   }
-  std::vector<A> p(static_cast<size_t>(C)), d(static_cast<size_t>(C));
-  for (int64_t px = 0; px < r.pixels; ++px) {
-    TP* o = out + px * C;
-    const PixelLabel label = read_pixel_label(rule, labels, px);
-    if (kNeedsPred && pixel_has_gradient(label)) pixel_probabilities<kLogits>(rule, pred + px * C, p.data());
-    const TT* t = pixel_targets(rule, tru, px);
-    const TP* wp = kWeights ? pixel_weights(rule, w, px) : nullptr;
-    pixel_gradient(
-        rule, kWrtTrue, label, t, [&](int64_t c) { return p[c]; },
-        [&](int64_t c) { return pixel_weight<A>(rule, wp, c); }, gi, gp, gt, d.data(),
-        [&](int64_t c, A v) { o[c] = store_as<TP>(v); });
+  // From probabilities the gradient needs no prediction: the channel path,
+  // which writes each pixel's channels in place, is then the faster one.
+  if (kNeedsPred && cpu::tile_path(rule, kWeights)) {
+    cpu::tile_grad_chunk<kLogits, kWeights, kWrtTrue>(rule, pred, labels, w, r.pixels, gi, gp, gt, out);
+    return;
   }
+  A* p = thread_scratch<A>(C);
+  dispatch_grad_kind(grad_kind(rule, kWrtTrue), [&](auto kind) {
+    for (int64_t px = 0; px < r.pixels; ++px) {
+      TP* o = out + px * C;
+      const PixelLabel label = read_pixel_label(rule, labels, px);
+      if (kNeedsPred && pixel_has_gradient(label)) pixel_probabilities<kLogits>(rule, pred + px * C, p);
+      const TP* wp = kWeights ? pixel_weights(rule, w, px) : nullptr;
+      with_pixel_weight<A>(rule, wp, [&](const auto& weight) {
+        pixel_gradient<decltype(kind)::value>(
+            rule, label, pixel_targets(rule, tru, px), [p](int64_t c) { return p[c]; }, weight, gi, gp, gt,
+            [o](int64_t c, A v) { o[c] = store_as<TP>(v); });
+      });
+    }
+  });
 }
 
 template <typename TP, typename TT>

@@ -82,10 +82,12 @@ __global__ void __launch_bounds__(kThreads)
     const PixelState<A> s = load_pixel<A>(in, tile, k);
     if (!s.in_tile) continue;
     TP* o = out + s.pixel * C;
-    pixel_gradient(
-        in.rule, wrt_true, s.label, pixel_targets(in.rule, in.tru, s.pixel),
-        [&](int64_t c) { return state_probability(in, s, c); }, [&](int64_t c) { return state_weight(in, s, c); },
-        gi, gp, gt, static_cast<A*>(nullptr), [&](int64_t c, A v) { o[c] = store_as<TP>(v); });
+    dispatch_grad_kind(grad_kind(in.rule, wrt_true), [&](auto kind) {
+      pixel_gradient<decltype(kind)::value>(
+          in.rule, s.label, pixel_targets(in.rule, in.tru, s.pixel),
+          [&](int64_t c) { return state_probability(in, s, c); }, [&](int64_t c) { return state_weight(in, s, c); },
+          gi, gp, gt, [&](int64_t c, A v) { o[c] = store_as<TP>(v); });
+    });
   }
 }
 

@@ -1,0 +1,256 @@
+// The C++ kernels' tile path: sparse labels, pixels across the vector lanes.
+//
+// With one class index per pixel and unit or per-pixel weights, every input
+// of a channel but the prediction is one value per pixel. The tile path then
+// walks kLanes pixels at a time, one pixel per vector lane: the prediction
+// tile is read transposed (channel c of the kLanes pixels side by side), and
+// every channel loop, the softmax's maximum and sum included, is plain vector
+// arithmetic with no horizontal step and no per-pixel loop overhead. Sums are
+// kept per lane and added across the lanes, in a fixed order, at the end of a
+// chunk, so results depend on the build's vector width only.
+//
+// Per-pixel decisions (read_pixel_label, pixel_counts, pixel_has_gradient)
+// and per-element formulas (accumulate_overlap, channel_gradient,
+// softmax_dot_term, exp_) are the shared ones of core/pixel_math.h and
+// core/overlap_math.h; only the loop order is the tile's own.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "core/overlap_math.h"
+#include "core/pixel_math.h"
+
+#define FASTIOU_SIMD _Pragma("omp simd")
+
+namespace fastiou {
+namespace cpu {
+
+// Floats in one vector register of the build's target.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+
+// Whether a launch takes the tile path.
+inline bool tile_path(const PixelRule& r, bool weights) {
+  return r.sparse && (!weights || r.weights_per_pixel);
+}
+
+// Scratch of one thread, reused by every chunk the thread runs: no
+// allocation per chunk. kSlot tells apart buffers used at the same time.
+template <typename T, int kSlot = 0>
+T* thread_scratch(int64_t values) {
+  thread_local std::vector<T> buffer;
+  if (static_cast<int64_t>(buffer.size()) < values) buffer.resize(static_cast<size_t>(values));
+  return buffer.data();
+}
+
+// The first out-of-range sparse label a chunk met.
+struct BadLabel {
+  int64_t pixel = -1;  // within its image
+  int64_t value = 0;
+};
+
+// The per-pixel values of a tile of kLanes pixels. Lanes past the chunk's
+// last pixel read the tile's first pixel again and count nowhere.
+template <typename A>
+struct PixelTile {
+  int valid = 0;              // lanes holding a pixel of the chunk
+  Channel cls[kLanes];        // the class, -1 for none
+  Channel counted[kLanes];    // 1 where the pixel adds to the sums, else 0
+  Channel live[kLanes];       // 1 where the pixel has a gradient, else 0
+  A weight[kLanes];           // the pixel's weight, 1 without weights
+};
+
+// Reads the labels (and per-pixel weights) of pixels [first, first + kLanes)
+// of a chunk of `pixels` pixels. bad (stats only) records the chunk's first
+// out-of-range label; chunk_first is the chunk's first pixel in its image.
+template <bool kWeights, typename TP, typename TT, typename A>
+void read_tile(const PixelRule& rule, const TT* labels, const TP* w, int64_t first, int64_t pixels,
+               int64_t chunk_first, PixelTile<A>* t, BadLabel* bad) {
+  t->valid = static_cast<int>(std::min<int64_t>(kLanes, pixels - first));
+  for (int l = 0; l < kLanes; ++l) {
+    const bool in = l < t->valid;
+    const int64_t px = in ? first + l : first;
+    const PixelLabel label = read_pixel_label(rule, labels, px);
+    if (bad != nullptr && in && label.kind == PixelKind::kOutOfRange && bad->pixel < 0)
+      *bad = BadLabel{chunk_first + px, label.value};
+    t->cls[l] = label.kind == PixelKind::kClass ? static_cast<Channel>(label.value) : Channel(-1);
+    t->counted[l] = in && pixel_counts(label);
+    t->live[l] = in && pixel_has_gradient(label);
+    t->weight[l] = kWeights ? load_as<A>(w[px]) : A(1);
+  }
+}
+
+// The predictions of a tile: kLanes whole pixels, one after the other. The
+// chunk's last tile, when short, is copied to a scratch buffer with its first
+// pixel repeated, so that every tile is read with the same fixed stride
+// (an indexed read would compile to vector gathers, slow on many CPUs).
+template <typename TP, typename A>
+const TP* tile_predictions(const PixelRule& rule, const TP* pred, const PixelTile<A>& t) {
+  const int64_t C = rule.channels;
+  if (t.valid == kLanes) {
+    // The transposed read asks for kLanes cache lines at once; the tile
+    // kPrefetchTiles ahead is asked for now, so that its lines arrive in time.
+    constexpr int kPrefetchTiles = 4;
+    const char* ahead = reinterpret_cast<const char*>(pred + kPrefetchTiles * kLanes * C);
+    for (int64_t b = 0; b < int64_t(kLanes * C * sizeof(TP)); b += 64) __builtin_prefetch(ahead + b);
+    return pred;
+  }
+  TP* stage = thread_scratch<TP, 1>(kLanes * C);
+  for (int l = 0; l < kLanes; ++l) {
+    const TP* src = pred + (l < t.valid ? l : 0) * C;
+    std::copy(src, src + C, stage + l * C);
+  }
+  return stage;
+}
+
+// The tile's probabilities, transposed: p[c * kLanes + l] for channel c of
+// lane l, from the tile's predictions x (tile_predictions): as stored, the sigmoid of each logit, or the softmax (per lane:
+// the maximum, e^(z - max) and 1/sum, then p = e^(z - max) / sum, the
+// operations of softmax_norm and softmax_prob).
+template <bool kLogits, typename TP, typename A>
+void tile_probabilities(const PixelRule& rule, const TP* x, A* p) {
+  const Channel C = static_cast<Channel>(rule.channels);
+  for (Channel c = 0; c < C; ++c) {
+    A* pc = p + c * kLanes;
+    FASTIOU_SIMD
+    for (int l = 0; l < kLanes; ++l) pc[l] = load_as<A>(x[l * C + c]);
+  }
+  if constexpr (kLogits) {
+    if (rule.softmax) {
+      A m[kLanes], inv[kLanes];
+      FASTIOU_SIMD
+      for (int l = 0; l < kLanes; ++l) {
+        m[l] = p[l];
+        inv[l] = 0;
+      }
+      for (Channel c = 1; c < C; ++c) {
+        const A* pc = p + c * kLanes;
+        FASTIOU_SIMD
+        for (int l = 0; l < kLanes; ++l) m[l] = pc[l] > m[l] ? pc[l] : m[l];
+      }
+      for (Channel c = 0; c < C; ++c) {
+        A* pc = p + c * kLanes;
+        FASTIOU_SIMD
+        for (int l = 0; l < kLanes; ++l) {
+          pc[l] = exp_(pc[l] - m[l]);
+          inv[l] += pc[l];
+        }
+      }
+      FASTIOU_SIMD
+      for (int l = 0; l < kLanes; ++l) inv[l] = A(1) / inv[l];
+      for (Channel c = 0; c < C; ++c) {
+        A* pc = p + c * kLanes;
+        FASTIOU_SIMD
+        for (int l = 0; l < kLanes; ++l) pc[l] *= inv[l];
+      }
+    } else {
+      for (Channel c = 0; c < C; ++c) {
+        A* pc = p + c * kLanes;
+        FASTIOU_SIMD
+        for (int l = 0; l < kLanes; ++l) pc[l] = sigmoid(pc[l]);
+      }
+    }
+  }
+}
+
+// Adds the kLanes values of v in a fixed tree order.
+template <typename A>
+double add_lanes(const A* v) {
+  A s[kLanes];
+  std::copy(v, v + kLanes, s);
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) s[l] += s[l + w];
+  return s[0];
+}
+
+// The sums of one chunk (3 per channel in partial, as the workspace holds
+// them) over its pixels, kLanes at a time.
+template <bool kLogits, bool kWeights, typename TP, typename TT>
+void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, const TP* w, int64_t pixels,
+                      int64_t chunk_first, double* partial, BadLabel* bad) {
+  using A = typename AccOf<TP>::type;
+  const Channel C = static_cast<Channel>(rule.channels);
+  const int64_t span = int64_t(C) * kLanes;
+  A* p = thread_scratch<A>(4 * span);
+  A* si = p + span;
+  A* sp = si + span;
+  A* st = sp + span;
+  std::fill(si, si + 3 * span, A(0));
+  PixelTile<A> t;
+  for (int64_t first = 0; first < pixels; first += kLanes) {
+    read_tile<kWeights>(rule, labels, w, first, pixels, chunk_first, &t, bad);
+    tile_probabilities<kLogits>(rule, tile_predictions(rule, pred + first * C, t), p);
+    for (Channel c = 0; c < C; ++c) {
+      const int64_t k = int64_t(c) * kLanes;
+      FASTIOU_SIMD
+      for (int l = 0; l < kLanes; ++l) {
+        // Pixels that count nowhere add exact zeros, whatever their prediction.
+        const bool on = t.counted[l] != 0;
+        accumulate_overlap(select(on, p[k + l], A(0)), select(t.cls[l] == c, A(1), A(0)),
+                           select(on, t.weight[l], A(0)), si[k + l], sp[k + l], st[k + l]);
+      }
+    }
+  }
+  for (Channel c = 0; c < C; ++c) {
+    partial[3 * c] = add_lanes(si + int64_t(c) * kLanes);
+    partial[3 * c + 1] = add_lanes(sp + int64_t(c) * kLanes);
+    partial[3 * c + 2] = add_lanes(st + int64_t(c) * kLanes);
+  }
+}
+
+// The gradient of one chunk, kLanes pixels at a time: out points at the
+// chunk's first element; gi, gp, gt at its group row of dL/dI, dL/dP, dL/dT.
+template <bool kLogits, bool kWeights, bool kWrtTrue, typename TP, typename TT>
+void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, const TP* w, int64_t pixels,
+                     const typename AccOf<TP>::type* gi, const typename AccOf<TP>::type* gp,
+                     const typename AccOf<TP>::type* gt, TP* out) {
+  using A = typename AccOf<TP>::type;
+  const Channel C = static_cast<Channel>(rule.channels);
+  const int64_t span = int64_t(C) * kLanes;
+  A* p = thread_scratch<A>(2 * span);
+  A* d = p + span;
+  // Probabilities need the prediction only for the sigmoid's Jacobian or for
+  // the gradient with respect to the target.
+  constexpr bool kNeedsPred = kLogits || kWrtTrue;
+  if (!kNeedsPred) std::fill(p, p + span, A(0));
+  PixelTile<A> t;
+  dispatch_grad_kind(grad_kind(rule, kWrtTrue), [&](auto kind) {
+    constexpr GradKind K = decltype(kind)::value;
+    for (int64_t first = 0; first < pixels; first += kLanes) {
+      read_tile<kWeights>(rule, labels, w, first, pixels, 0, &t, static_cast<BadLabel*>(nullptr));
+      if (kNeedsPred) tile_probabilities<kLogits>(rule, tile_predictions(rule, pred + first * C, t), p);
+      A dot[kLanes] = {};
+      if constexpr (K == GradKind::kSoftmax) {
+        for (Channel c = 0; c < C; ++c) {
+          const int64_t k = int64_t(c) * kLanes;
+          FASTIOU_SIMD
+          for (int l = 0; l < kLanes; ++l)
+            dot[l] += softmax_dot_term(p[k + l], select(t.cls[l] == c, A(1), A(0)), t.weight[l], gi[c], gp[c]);
+        }
+      }
+      for (Channel c = 0; c < C; ++c) {
+        const int64_t k = int64_t(c) * kLanes;
+        FASTIOU_SIMD
+        for (int l = 0; l < kLanes; ++l) {
+          // Ignored pixels get exact zeros, whatever their prediction.
+          const A v = channel_gradient<K>(p[k + l], select(t.cls[l] == c, A(1), A(0)), t.weight[l], gi[c], gp[c],
+                                          gt[c], dot[l]);
+          d[k + l] = select(t.live[l] != 0, v, A(0));
+        }
+      }
+      TP* o = out + first * C;
+      for (int l = 0; l < t.valid; ++l)
+        for (Channel c = 0; c < C; ++c) o[int64_t(l) * C + c] = store_as<TP>(d[int64_t(c) * kLanes + l]);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace fastiou

@@ -1,0 +1,124 @@
+"""Sparse labels through the C++ kernels' tile path (pixels across vector
+lanes) and channel path (a pixel's channels across the lanes), on NumPy
+arrays through fastiou.kernels, against the float64 oracle: channel counts
+from 2 to 300, pixel counts that leave short tiles and several chunks per
+image, per-pixel and per-element weights, ignored pixels whatever their
+prediction, and the channel limit."""
+
+import numpy as np
+import pytest
+
+import fastiou.kernels as fk
+from overlap_oracle import grad as oracle_grad
+from overlap_oracle import jaccard_group_grads
+from overlap_oracle import sums as oracle_sums
+
+IGNORE = 255
+
+
+def sparse_case(rng, shape, from_logits, label_dtype="uint8", ignored=0.1):
+    """Labels of shape[:-1] (about `ignored` of them IGNORE) and predictions:
+    logits, or softmax probabilities."""
+    z = rng.normal(scale=2.0, size=shape)
+    if not from_logits:
+        z = np.exp(z - z.max(-1, keepdims=True))
+        z /= z.sum(-1, keepdims=True)
+    labels = rng.integers(0, shape[-1], size=shape[:-1])
+    labels = np.where(rng.random(shape[:-1]) < ignored, IGNORE, labels).astype(label_dtype)
+    return labels, z.astype(np.float32)
+
+
+def check_against_oracle(t, z, w, opts, per_image):
+    got = fk.overlap_stats(t, z, w, per_image=per_image, **opts)
+    want = oracle_sums(t, z, w, per_image=per_image, **opts)
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(e).max()))
+    g_i, g_p, g_t = (g.astype(np.float32) for g in jaccard_group_grads(*got))
+    dz = fk.overlap_grad(t, z, w, g_i, g_p, g_t, per_image=per_image, **opts)
+    want_dz = oracle_grad(t, z, w, g_i, g_p, g_t, per_image=per_image, **opts)
+    # Rounding is relative to dL/dp, which the softmax Jacobian cancels.
+    scale = np.abs(oracle_grad(t, z, w, g_i, g_p, g_t, per_image=per_image,
+                               **dict(opts, from_logits=False))).max()
+    np.testing.assert_allclose(dz, want_dz, rtol=2e-4, atol=2e-5 * scale)
+
+
+# Pixels per image: 1601 leaves a short last tile; with 21 channels a chunk
+# holds 1560 pixels, so every image has two chunks, the second of 41 pixels.
+@pytest.mark.parametrize("channels", [2, 3, 8, 17, 21, 150, 300])
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("weights", [None, "pixel", "element"])
+def test_sparse_labels_match_float64_oracle(rng, channels, from_logits, weights):
+    shape = (2, 1601 if channels <= 21 else 230, channels)
+    t, z = sparse_case(rng, shape, from_logits)
+    w = None
+    if weights == "pixel":
+        w = rng.random(shape[:-1] + (1,)).astype(np.float32)
+    elif weights == "element":
+        w = rng.random(shape).astype(np.float32)
+    opts = dict(from_logits=from_logits, softmax=True, sparse=True, ignore_index=IGNORE)
+    for per_image in (True, False):
+        check_against_oracle(t, z, w, opts, per_image)
+
+
+@pytest.mark.parametrize("label_dtype", ["uint8", "int32", "int64"])
+@pytest.mark.parametrize("pixels", [1, 7, 8, 9, 15, 16, 17, 33])
+def test_short_images_every_tile_length(rng, label_dtype, pixels):
+    t, z = sparse_case(rng, (3, pixels, 6), True, label_dtype=label_dtype)
+    check_against_oracle(t, z, None, dict(from_logits=True, softmax=True, sparse=True, ignore_index=IGNORE),
+                         per_image=True)
+
+
+def test_sigmoid_per_channel_with_sparse_labels(rng):
+    # from_logits without softmax: a sigmoid per channel, one-hot targets.
+    t, z = sparse_case(rng, (2, 100, 5), True)
+    check_against_oracle(t, z, None, dict(from_logits=True, sparse=True, ignore_index=IGNORE), per_image=False)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("weights", [False, True])
+def test_ignored_pixels_count_nowhere_whatever_their_prediction(rng, from_logits, weights):
+    shape = (2, 70, 21)
+    t, z = sparse_case(rng, shape, from_logits, ignored=0.3)
+    w = rng.random(shape[:-1] + (1,)).astype(np.float32) if weights else None
+    ignored = t == IGNORE
+    wild = z.copy()
+    wild[ignored] = np.array([np.nan, np.inf, -np.inf] * 7, np.float32)
+    tame = z.copy()
+    tame[ignored] = 0.0
+    opts = dict(from_logits=from_logits, softmax=True, sparse=True, ignore_index=IGNORE)
+    for per_image in (True, False):
+        got = fk.overlap_stats(t, wild, w, per_image=per_image, **opts)
+        want = fk.overlap_stats(t, tame, w, per_image=per_image, **opts)
+        for g, e in zip(got, want):
+            assert np.isfinite(g).all()
+            np.testing.assert_array_equal(g, e)
+        gs = [g.astype(np.float32) for g in jaccard_group_grads(*want)]
+        dz = fk.overlap_grad(t, wild, w, *gs, per_image=per_image, **opts)
+        assert (dz[ignored] == 0).all() and np.signbit(dz[ignored]).sum() == 0
+        np.testing.assert_array_equal(dz[~ignored], fk.overlap_grad(t, tame, w, *gs, per_image=per_image,
+                                                                    **opts)[~ignored])
+
+
+def test_out_of_range_label_found_in_a_short_tile(rng):
+    t, z = sparse_case(rng, (2, 1601, 21), True, ignored=0.0)
+    t[1, 1600] = 21  # the last pixel of the last, short tile of the last chunk
+    with pytest.raises(ValueError, match=r"21"):
+        fk.overlap_stats(t, z, from_logits=True, softmax=True, sparse=True)
+
+
+def test_repeated_runs_are_bitwise_equal(rng):
+    t, z = sparse_case(rng, (2, 3001, 21), True)
+    opts = dict(from_logits=True, softmax=True, sparse=True, ignore_index=IGNORE, per_image=False)
+    first = fk.overlap_stats(t, z, **opts)
+    gs = [g.astype(np.float32) for g in jaccard_group_grads(*first)]
+    dz = fk.overlap_grad(t, z, None, *gs, **opts)
+    for _ in range(3):
+        assert [a.tobytes() for a in fk.overlap_stats(t, z, **opts)] == [a.tobytes() for a in first]
+        assert fk.overlap_grad(t, z, None, *gs, **opts).tobytes() == dz.tobytes()
+
+
+def test_channel_limit(rng):
+    limit = 2**24
+    z = np.zeros((0, limit + 1), np.float32)
+    with pytest.raises(ValueError, match=f"at most {limit}"):
+        fk.overlap_stats(np.zeros((0,), np.uint8), z, sparse=True, softmax=True)
