@@ -31,6 +31,15 @@ for per_image in (False, True):
     stats = fastiou.overlap_stats(y_true, y_pred, from_logits=True, per_image=per_image)
     out[str(per_image)] = [float(loss).hex(), [s.numpy().tobytes().hex() for s in stats],
                            grad.numpy().tobytes().hex()[:64], int(np.sum(grad.numpy().view(np.uint32), dtype=np.uint64))]
+# Sparse labels with a softmax (the tile path), several chunks per image.
+logits = tf.constant(rng.normal(size=(2, 130, 110, 21)).astype(np.float32))
+labels = tf.constant(np.where(rng.random((2, 130, 110)) < 0.05, 255,
+                              rng.integers(0, 21, size=(2, 130, 110))).astype(np.uint8))
+with tf.GradientTape() as tape:
+    tape.watch(logits)
+    loss = fastiou.jaccard_loss(labels, logits, from_logits=True, mode="multiclass", ignore_index=255)
+grad = tape.gradient(loss, logits)
+out["sparse"] = [float(loss).hex(), int(np.sum(grad.numpy().view(np.uint32), dtype=np.uint64))]
 print(json.dumps(out))
 """
 
