@@ -146,7 +146,8 @@ def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
     # What this run really computes, for the parent to check against the row.
     config = {"inputs": inputs, "from_logits": bool(options["from_logits"]), "shape": list(shape),
               "pred_dtype": str(pred.dtype), "true_dtype": str(truth.dtype),
-              "pred_is_probability": bool(pred.min() >= 0.0 and pred.max() <= 1.0), "impl": impl}
+              "pred_is_probability": bool(pred.min() >= 0.0 and pred.max() <= 1.0), "impl": impl,
+              "cpu_target": fastiou_cpu_target()}
     del pred, truth
     for _ in range(2):
         finish(step(y_true, y_pred))
@@ -173,6 +174,17 @@ def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
     return {"time_s": float(np.median(times)), "times_s": times, "elements": elements, "config": config}
 
 
+def fastiou_cpu_target():
+    """The SIMD level fastiou's CPU kernels run at here (FASTIOU_CPU_TARGET
+    reaches the children through their environment)."""
+    try:
+        import fastiou.kernels
+
+        return fastiou.kernels.cpu_target()
+    except (ImportError, RuntimeError) as err:
+        return f"unavailable: {err}"
+
+
 def machine_description():
     cpu = platform.processor() or platform.machine()
     try:
@@ -196,6 +208,7 @@ def machine_description():
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+    desc["fastiou_cpu_target"] = fastiou_cpu_target()
     for name in ("tensorflow", "keras", "torch"):
         try:
             desc[name] = __import__(name).__version__
@@ -281,7 +294,8 @@ def spawn(shape, impl, inputs, mask_dtype, repeats, measure):
 
 def check_config(config, shape, impl, inputs):
     """Raises unless a child ran the configuration its row will be labelled with."""
-    want = {"inputs": inputs, "from_logits": inputs == "logits", "shape": list(shape), "impl": impl}
+    want = {"inputs": inputs, "from_logits": inputs == "logits", "shape": list(shape), "impl": impl,
+            "cpu_target": fastiou_cpu_target()}
     got = {k: (config or {}).get(k) for k in want}
     if got != want:
         raise RuntimeError(f"benchmark child ran {got}, the row says {want}")
@@ -293,7 +307,8 @@ def check_config(config, shape, impl, inputs):
 
 def markdown_table(rows, machine, mask_dtype):
     lines = [f"Forward + backward of the Jaccard loss (median over at least 1 s) on {machine['cpu']} ({machine['cores']} cores), "
-             f"TensorFlow {machine['tensorflow']}, float32 y_pred, {mask_dtype} y_true (multi-class "
+             f"TensorFlow {machine['tensorflow']}, fastiou CPU kernels {machine.get('fastiou_cpu_target')}, "
+             f"float32 y_pred, {mask_dtype} y_true (multi-class "
              "cases: sparse uint8 labels, 5% ignored); time in ms "
              "(median), speedup over the pure-Keras graph version, the fused step's bytes per "
              "second as a share of the machine's copy bandwidth measured in the same run, peak "
@@ -508,7 +523,8 @@ def main(argv=None):
         bandwidth = spawn((), "", "", args.mask_dtype, 0, "bandwidth")
         machine.update(bandwidth)
         print(f"fastiou benchmark on {machine['cpu']} ({machine['cores']} cores), "
-              f"TensorFlow {machine['tensorflow']}, y_pred float32, y_true {args.mask_dtype} "
+              f"TensorFlow {machine['tensorflow']}, fastiou CPU kernels {machine.get('fastiou_cpu_target')}, "
+              f"y_pred float32, y_true {args.mask_dtype} "
               "(multi-class: sparse uint8 labels)")
         print(f"copy bandwidth: {bandwidth['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write, "
               f"{bandwidth['copy_threads']} threads)")

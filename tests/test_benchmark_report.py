@@ -67,7 +67,7 @@ def test_rows_record_the_configuration_their_children_ran(tmp_path):
 
 def test_a_child_that_ran_something_else_is_refused():
     config = {"inputs": "logits", "from_logits": False, "shape": [2, 3, 1], "impl": "fused",
-              "pred_is_probability": True}
+              "pred_is_probability": True, "cpu_target": bench_losses.fastiou_cpu_target()}
     with pytest.raises(RuntimeError, match="ran"):
         bench_losses.check_config(config, (2, 3, 1), "fused", "logits")
     with pytest.raises(RuntimeError, match="ran"):
@@ -76,3 +76,6 @@ def test_a_child_that_ran_something_else_is_refused():
     bench_losses.check_config(ok, (2, 3, 1), "fused", "logits")
     with pytest.raises(RuntimeError, match="probabilities as logits"):
         bench_losses.check_config(dict(ok, pred_is_probability=True), (2, 3, 1), "fused", "logits")
+    # A child whose kernels ran at another SIMD level than the parent's.
+    with pytest.raises(RuntimeError, match="ran"):
+        bench_losses.check_config(dict(ok, cpu_target="x86-64-v1"), (2, 3, 1), "fused", "logits")

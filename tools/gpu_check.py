@@ -27,6 +27,7 @@ installed, so a dry run takes the paths the GPU machine takes.
 Settings, from the environment or as make variables:
   FASTIOU_CUDA                ON, OFF or AUTO (default ON; AUTO for a dry run)
   FASTIOU_CUDA_ARCHITECTURES  CUDA architectures to build (default 90)
+  FASTIOU_CPU_ARCH            one -march for the CPU kernels (default: empty, one copy per x86-64 level)
   FASTIOU_CHECK_BUILD_DIR     build folder, reused between runs (default build/gpu-check)
   FASTIOU_CHECK_BUDGET        seconds for the whole check (default 450)
   FASTIOU_CHECK_K             a pytest -k expression for the test stages
@@ -138,7 +139,8 @@ class Check:
         bdir, deadline = self.build_dir, time.monotonic() + timeout
         self.work.mkdir(parents=True, exist_ok=True)
         cmd = ["cmake", "-S", REPO, "-B", bdir, "-DFASTIOU_WITH_TENSORFLOW=OFF", f"-DFASTIOU_CUDA={self.cuda}",
-               f"-DPython_EXECUTABLE={PY}", "-DCMAKE_BUILD_TYPE=Release"]
+               f"-DPython_EXECUTABLE={PY}", "-DCMAKE_BUILD_TYPE=Release",
+               f"-DFASTIOU_CPU_ARCH={os.environ.get('FASTIOU_CPU_ARCH', '')}"]
         if shutil.which("ninja") and not (bdir / "CMakeCache.txt").exists():
             cmd += ["-G", "Ninja"]
         if self.cuda != "OFF":

@@ -127,6 +127,27 @@ using ParallelFor =
 // Runs everything on the calling thread.
 ParallelFor serial_parallel_for();
 
+// The SIMD level the CPU kernels run at. A portable build holds one copy of
+// the kernels per x86-64 level (x86-64-v2: SSE4.2; x86-64-v3: AVX2 and FMA;
+// x86-64-v4: AVX-512) and runs the best one this CPU supports, chosen once per
+// process; the environment variable FASTIOU_CPU_TARGET names a lower one
+// (tests, debugging). A build for one -march (FASTIOU_CPU_ARCH) holds that
+// copy alone.
+struct CpuTarget {
+  std::string level;                   // the level in use ("x86-64-v3"), empty with a problem
+  std::vector<std::string> available;  // levels built that this CPU runs, lowest first
+  std::string problem;                 // why the kernels cannot run: every CPU kernel returns it
+  int index = -1;                      // the level's entry in the build's table
+};
+// This process's choice: select_cpu_target(FASTIOU_CPU_TARGET, cpu_level()),
+// made on first use.
+const CpuTarget& cpu_target();
+// The x86-64 level of this CPU, by CPUID: 1 (baseline) to 4.
+int cpu_level();
+// The choice for a FASTIOU_CPU_TARGET value (empty: none set) on a CPU of
+// the given level.
+CpuTarget select_cpu_target(const std::string& requested, int cpu_level);
+
 // CPU kernels. Shapes are assumed validated; they return an empty string on
 // success and a message otherwise: an unsupported dtype combination, or (stats)
 // a sparse label outside [0, channels) that is not ignore_index. The gradient

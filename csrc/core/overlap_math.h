@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/simd_level.h"
+
 // Always inlined: a per-element call the compiler declines to inline keeps the
 // calling loop from vectorizing, which costs more than 10x on logits.
 #if defined(__CUDACC__)
@@ -32,6 +34,7 @@
 #endif
 
 namespace fastiou {
+FASTIOU_LEVEL_BEGIN
 
 // A channel index in the per-pixel loops: 32-bit, which vector units compare
 // and count as cheaply as floats (64-bit indices cost shuffles in every
@@ -292,4 +295,5 @@ FASTIOU_HD Acc softmax_backward(Acc p, Acc dp, Acc dot) {
   return p * (dp - dot);
 }
 
+FASTIOU_LEVEL_END
 }  // namespace fastiou

@@ -13,8 +13,10 @@
 
 #include "core/overlap_kernels.h"
 #include "core/overlap_math.h"
+#include "core/simd_level.h"
 
 namespace fastiou {
+FASTIOU_LEVEL_BEGIN
 
 // What a pixel's target is. Every pixel has exactly one kind; no value of the
 // label stands for two of them.
@@ -258,4 +260,5 @@ FASTIOU_HD void pixel_gradient(const PixelRule& r, PixelLabel l, const TT* t, co
   });
 }
 
+FASTIOU_LEVEL_END
 }  // namespace fastiou

@@ -5,6 +5,10 @@
 // pass then adds the chunks of every group in a fixed order. The chunking
 // depends on the shape alone, so results are bitwise the same on any number of
 // threads.
+//
+// This file is compiled once per SIMD level (CMakeLists.txt); each copy lives
+// in its level's namespace (core/simd_level.h) and cpu_dispatch.cc calls the
+// one this CPU runs.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -17,8 +21,15 @@
 #include "core/overlap_math.h"
 #include "core/pixel_math.h"
 #include "cpu/pixel_tile.h"
+// After the headers above, which open the level's namespace as inline.
+#include "cpu/cpu_levels.h"
+
+#if !defined(FASTIOU_CPU_LEVEL_NS)
+#error "overlap_cpu.cc is compiled once per SIMD level, with FASTIOU_CPU_LEVEL_NS naming the level (CMakeLists.txt)"
+#endif
 
 namespace fastiou {
+FASTIOU_LEVEL_BEGIN
 namespace {
 
 struct ChunkRange {
@@ -111,9 +122,11 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* b
     partial[2] = st;
     return;
   }
-  if (cpu::tile_path(rule, kWeights)) {
-    cpu::tile_stats_chunk<kLogits, kWeights>(rule, pred, labels, w, r.pixels, r.first_pixel, partial, bad);
-    return;
+  if constexpr (cpu::kLabelType<TT>) {
+    if (cpu::tile_path(rule, kWeights)) {
+      cpu::tile_stats_chunk<kLogits, kWeights>(rule, pred, labels, w, r.pixels, r.first_pixel, partial, bad);
+      return;
+    }
   }
   // Sums per channel over the chunk's pixels, in pixel order.
   A* p = thread_scratch<A>(4 * C);
@@ -150,7 +163,8 @@ void reduce_partials(const StatsArgs& a) {
   A* out[3] = {static_cast<A*>(a.intersection), static_cast<A*>(a.pred_sum),
                static_cast<A*>(a.true_sum)};
   const int64_t groups = g.groups(a.per_image);
-  std::vector<double> total(static_cast<size_t>(3 * groups), 0.0);
+  double* total = thread_scratch<double, 3>(3 * groups);
+  std::fill(total, total + 3 * groups, 0.0);
   for (int64_t b = 0; b < g.batch; ++b) {
     const int64_t row = a.per_image ? b * C : 0;
     for (int64_t k = 0; k < per_image; ++k) {
@@ -248,9 +262,11 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
   }
   // From probabilities the gradient needs no prediction: the channel path,
   // which writes each pixel's channels in place, is then the faster one.
-  if (kNeedsPred && cpu::tile_path(rule, kWeights)) {
-    cpu::tile_grad_chunk<kLogits, kWeights, kWrtTrue>(rule, pred, labels, w, r.pixels, gi, gp, gt, out);
-    return;
+  if constexpr (kNeedsPred && cpu::kLabelType<TT>) {
+    if (cpu::tile_path(rule, kWeights)) {
+      cpu::tile_grad_chunk<kLogits, kWeights, kWrtTrue>(rule, pred, labels, w, r.pixels, gi, gp, gt, out);
+      return;
+    }
   }
   A* p = thread_scratch<A>(C);
   dispatch_grad_kind(grad_kind(rule, kWrtTrue), [&](auto kind) {
@@ -292,16 +308,14 @@ struct GradCpu {
 
 }  // namespace
 
-std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for) {
-  const std::string err = validate_label_dtype(args.labels, args.true_dtype);
-  if (!err.empty()) return err;
-  return run_for_dtypes<StatsCpu>(args, parallel_for);
+std::string overlap_stats_level(const StatsArgs& args, const ParallelFor& parallel_for) {
+  // Bool targets are read through uint8_t (one byte holding 0 or 1).
+  return run_for_dtypes<StatsCpu, /*kBoolAsByte=*/true>(args, parallel_for);
 }
 
-std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for) {
-  const std::string err = validate_label_dtype(args.labels, args.true_dtype);
-  if (!err.empty()) return err;
-  return run_for_dtypes<GradCpu>(args, parallel_for);
+std::string overlap_grad_level(const GradArgs& args, const ParallelFor& parallel_for) {
+  return run_for_dtypes<GradCpu, /*kBoolAsByte=*/true>(args, parallel_for);
 }
 
+FASTIOU_LEVEL_END
 }  // namespace fastiou

@@ -17,14 +17,18 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
+#include <cstdlib>
+#include <new>
+#include <type_traits>
 
 #include "core/overlap_math.h"
 #include "core/pixel_math.h"
+#include "core/simd_level.h"
 
 #define FASTIOU_SIMD _Pragma("omp simd")
 
 namespace fastiou {
+FASTIOU_LEVEL_BEGIN
 namespace cpu {
 
 // Floats in one vector register of the build's target.
@@ -41,13 +45,37 @@ inline bool tile_path(const PixelRule& r, bool weights) {
   return r.sparse && (!weights || r.weights_per_pixel);
 }
 
+// Whether targets of type TT can be sparse labels, so reach the tile path:
+// labels are integers (float label dtypes are refused before any kernel runs),
+// and kernels compile the path for those alone.
+template <typename TT>
+constexpr bool kLabelType = std::is_integral_v<TT>;
+
 // Scratch of one thread, reused by every chunk the thread runs: no
 // allocation per chunk. kSlot tells apart buffers used at the same time.
+// The buffer is plain malloc'ed memory of trivially copyable values: no
+// standard container, whose member functions would be shared with the other
+// SIMD levels' copies of the kernels (core/simd_level.h).
+template <typename T>
+struct ScratchBuffer {
+  T* data = nullptr;
+  int64_t size = 0;
+  ScratchBuffer() = default;
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ~ScratchBuffer() { std::free(data); }
+};
+
 template <typename T, int kSlot = 0>
 T* thread_scratch(int64_t values) {
-  thread_local std::vector<T> buffer;
-  if (static_cast<int64_t>(buffer.size()) < values) buffer.resize(static_cast<size_t>(values));
-  return buffer.data();
+  thread_local ScratchBuffer<T> buffer;
+  if (buffer.size < values) {
+    std::free(buffer.data);
+    buffer.data = static_cast<T*>(std::malloc(static_cast<size_t>(values) * sizeof(T)));
+    if (buffer.data == nullptr) throw std::bad_alloc();
+    buffer.size = values;
+  }
+  return buffer.data;
 }
 
 // The first out-of-range sparse label a chunk met.
@@ -193,7 +221,7 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
       for (int l = 0; l < kLanes; ++l) {
         // Pixels that count nowhere add exact zeros, whatever their prediction.
         const bool on = t.counted[l] != 0;
-        accumulate_overlap(select(on, p[k + l], A(0)), select(t.cls[l] == c, A(1), A(0)),
+        accumulate_overlap(select(on, p[k + l], A(0)), ClassTargets<A>{t.cls[l]}(c),
                            select(on, t.weight[l], A(0)), si[k + l], sp[k + l], st[k + l]);
       }
     }
@@ -232,7 +260,7 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
           const int64_t k = int64_t(c) * kLanes;
           FASTIOU_SIMD
           for (int l = 0; l < kLanes; ++l)
-            dot[l] += softmax_dot_term(p[k + l], select(t.cls[l] == c, A(1), A(0)), t.weight[l], gi[c], gp[c]);
+            dot[l] += softmax_dot_term(p[k + l], ClassTargets<A>{t.cls[l]}(c), t.weight[l], gi[c], gp[c]);
         }
       }
       for (Channel c = 0; c < C; ++c) {
@@ -240,7 +268,7 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
         FASTIOU_SIMD
         for (int l = 0; l < kLanes; ++l) {
           // Ignored pixels get exact zeros, whatever their prediction.
-          const A v = channel_gradient<K>(p[k + l], select(t.cls[l] == c, A(1), A(0)), t.weight[l], gi[c], gp[c],
+          const A v = channel_gradient<K>(p[k + l], ClassTargets<A>{t.cls[l]}(c), t.weight[l], gi[c], gp[c],
                                           gt[c], dot[l]);
           d[k + l] = select(t.live[l] != 0, v, A(0));
         }
@@ -253,4 +281,5 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
 }
 
 }  // namespace cpu
+FASTIOU_LEVEL_END
 }  // namespace fastiou

@@ -369,6 +369,17 @@ py::dict ffi_handlers() {
   return targets;
 }
 
+// The CPU kernels' SIMD level as (level, levels this CPU runs, problem).
+py::tuple target_tuple(const fastiou::CpuTarget& t) {
+  return py::make_tuple(t.level, t.available, t.problem);
+}
+
+py::tuple cpu_target_tuple() { return target_tuple(fastiou::cpu_target()); }
+
+py::tuple select_cpu_target_tuple(const std::string& requested, int cpu_level) {
+  return target_tuple(fastiou::select_cpu_target(requested, cpu_level));
+}
+
 }  // namespace fastiou_py
 
 PYBIND11_MODULE(_fastiou_kernels, m) {
@@ -417,6 +428,11 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
         py::arg("stream") = py::none(),
         "dL/dy_pred (or dL/dy_true with wrt_true) from dL/dI, dL/dP, dL/dT per group.");
   m.def("built_with_cuda", &fastiou::built_with_cuda, "Whether this build holds the CUDA kernels.");
+  m.def("cpu_target", &cpu_target_tuple,
+        "The CPU kernels' SIMD level: (level, levels this CPU runs, problem), chosen once per process.");
+  m.def("select_cpu_target", &select_cpu_target_tuple, py::arg("requested"), py::arg("cpu_level"),
+        "The choice cpu_target() makes for a FASTIOU_CPU_TARGET value on a CPU of an x86-64 level (1-4).");
+  m.def("cpu_level", &fastiou::cpu_level, "This CPU's x86-64 level by CPUID: 1 (baseline) to 4.");
   m.def("ffi_handlers", &ffi_handlers,
         "The XLA FFI handlers as PyCapsules: {target: {platform: capsule}}, platforms 'cpu' and 'cuda' "
         "(empty when built without XLA FFI headers).");

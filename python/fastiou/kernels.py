@@ -26,7 +26,7 @@ from fastiou import _fastiou_kernels as _ext
 
 __all__ = ["overlap_stats", "overlap_grad", "OverlapStats", "LabelCheck", "built_with_cuda",
            "cuda_device_count", "cuda_unavailable_reason", "cuda_pool_used", "cuda_pool_used_high",
-           "ffi_handlers", "is_sparse_shape"]
+           "ffi_handlers", "is_sparse_shape", "cpu_target", "cpu_targets"]
 
 # What overlap_stats(check_labels=False) hands back to check the labels later:
 # ready() never waits; check() waits for the stats kernel and raises the
@@ -39,6 +39,33 @@ _CUDA_DEVICE_TYPES = (2, 13)  # DLPack: kDLCUDA, kDLCUDAManaged
 def built_with_cuda():
     """Whether this build of fastiou holds the CUDA kernels."""
     return _ext.built_with_cuda()
+
+
+def cpu_target():
+    """The SIMD level fastiou's CPU kernels run at in this process, e.g.
+    "x86-64-v3" (AVX2 and FMA).
+
+    The wheel and the default build hold one copy of the CPU kernels per
+    x86-64 level: "x86-64-v2" (SSE4.2), "x86-64-v3" (AVX2, FMA) and
+    "x86-64-v4" (AVX-512). The best one this CPU supports is chosen once per
+    process, when a kernel first runs; the environment variable
+    FASTIOU_CPU_TARGET, set before that, names a lower one ("x86-64-v2" or
+    "v2"). A build for one -march (FASTIOU_CPU_ARCH, e.g. native) reports
+    "-march=native". Raises RuntimeError when the kernels cannot run:
+    FASTIOU_CPU_TARGET names no level of the build or one this CPU lacks, or
+    the CPU is below x86-64-v2. Results are bitwise reproducible per level;
+    two levels may differ in the last bits (their vector widths differ).
+    The TensorFlow ops and XLA handlers choose the same way."""
+    level, _, problem = _ext.cpu_target()
+    if problem:
+        raise RuntimeError(problem)
+    return level
+
+
+def cpu_targets():
+    """The SIMD levels of this build that this CPU runs, lowest first (see
+    cpu_target): the values FASTIOU_CPU_TARGET may take here."""
+    return list(_ext.cpu_target()[1])
 
 
 def cuda_device_count():

@@ -1,0 +1,125 @@
+"""Times fastiou's CPU kernels at each SIMD level, and against other builds.
+
+    python benchmarks/bench_cpu_levels.py                      # the installed build, every level this CPU runs
+    python benchmarks/bench_cpu_levels.py --build native=DIR   # and a build in DIR (a folder holding fastiou/)
+
+Each configuration (build, level) runs in its own child process, which
+imports fastiou from that build, forces the level with FASTIOU_CPU_TARGET,
+times the stats and gradient kernels through fastiou.kernels on NumPy arrays
+and reports the level and build it ran; the parent checks both. The
+configurations take turns for several rounds, so a slow spell of a shared
+machine hits them alike; each figure is the median over rounds of each
+round's median. A build made for one -march (FASTIOU_CPU_ARCH=native) reports
+"-march=native" and runs as it is.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CASES = {
+    # name: (shape, from_logits, sparse)
+    "4x512x512x21 sparse logits": ((4, 512, 512, 21), True, True),
+    "4x512x512x21 sparse probabilities": ((4, 512, 512, 21), False, True),
+    "8x128x128x128x1 logits": ((8, 128, 128, 128, 1), True, False),
+    "8x128x128x128x1 probabilities": ((8, 128, 128, 128, 1), False, False),
+}
+
+
+def child(case, repeats):
+    import numpy as np
+
+    import fastiou.kernels as fk
+
+    shape, from_logits, sparse = CASES[case]
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=shape).astype(np.float32)
+    if sparse:
+        y = rng.integers(0, shape[-1], size=shape[:-1]).astype(np.uint8)
+        if not from_logits:
+            z = np.exp(z - z.max(-1, keepdims=True))
+            z /= z.sum(-1, keepdims=True)
+        opts = dict(from_logits=from_logits, softmax=from_logits, sparse=True, per_image=False)
+    else:
+        y = (rng.random(shape) < 0.2).astype(np.float32)
+        if not from_logits:
+            z = 1 / (1 + np.exp(-z))
+        opts = dict(from_logits=from_logits, per_image=False)
+    g = [np.full(shape[-1], v, np.float32) for v in (-0.5, 0.25, 0.1)]
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        fk.overlap_stats(y, z, None, **opts)
+        fk.overlap_grad(y, z, None, *g, **opts)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return {"ms": 1e3 * float(np.median(times)), "cpu_target": fk.cpu_target(),
+            "fastiou": os.path.dirname(os.path.dirname(fk.__file__))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
+                        help="another build: DIR holds its fastiou package (repeatable)")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), metavar="CASE")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per child")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child, args.repeats)))
+        return
+
+    import fastiou.kernels as fk
+
+    installed = os.path.dirname(os.path.dirname(fk.__file__))
+    configs = [(f"installed {level}", installed, level) for level in fk.cpu_targets()]
+    for spec in args.build:
+        name, _, path = spec.partition("=")
+        configs.append((name, os.path.abspath(path), None))
+    results = {}
+    for r in range(args.rounds):
+        for case in args.cases:
+            for name, path, level in configs:
+                env = dict(os.environ, PYTHONPATH=path)
+                env.pop("FASTIOU_CPU_TARGET", None)
+                if level:
+                    env["FASTIOU_CPU_TARGET"] = level
+                proc = subprocess.run([sys.executable, __file__, "--child", case, "--repeats", str(args.repeats)],
+                                      env=env, capture_output=True, text=True)
+                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+                if line is None:
+                    raise RuntimeError(f"{name} {case} failed:\n{proc.stderr[-3000:]}")
+                got = json.loads(line[len("RESULT "):])
+                if got["fastiou"] != path or (level and got["cpu_target"] != level):
+                    raise RuntimeError(f"child for {name} ran {got['cpu_target']} from {got['fastiou']}")
+                results.setdefault((case, name), []).append(got)
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+    import numpy as np
+
+    names = [c[0] for c in configs]
+    print(f"fastiou CPU kernels, stats + gradient through fastiou.kernels, ms (median of {args.rounds} rounds)")
+    print("| case | " + " | ".join(f"{n} ({results[(args.cases[0], n)][0]['cpu_target']})" for n in names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    rows = []
+    # Ratios over the first other build (e.g. -march=native), else over the best level.
+    base = len(fk.cpu_targets()) if args.build else len(fk.cpu_targets()) - 1
+    for case in args.cases:
+        ms = [float(np.median([g["ms"] for g in results[(case, n)]])) for n in names]
+        print(f"| {case} | " + " | ".join(f"{m:.1f} ({m / ms[base]:.2f}x)" for m in ms) + " |")
+        rows.append({"case": case, "ms": dict(zip(names, ms)),
+                     "rounds": {n: [g["ms"] for g in results[(case, n)]] for n in names}})
+    print(f"(in brackets: time over {names[base]}'s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"configs": [{"name": n, "path": p, "level": l} for n, p, l in configs], "results": rows},
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

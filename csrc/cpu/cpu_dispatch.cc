@@ -1,0 +1,126 @@
+// Runs the CPU kernels' copy for this CPU's SIMD level.
+//
+// Compiled for the x86-64 baseline: nothing here may need more than the
+// oldest CPU it runs on. The level copies are declared in cpu/cpu_levels.h
+// and built by CMakeLists.txt, which sets FASTIOU_CPU_DISPATCH (one copy per
+// x86-64 level) or FASTIOU_CPU_ARCH_NAME (one copy for that -march).
+#include <cstdlib>
+#include <string>
+
+#include "core/overlap_kernels.h"
+#include "cpu/cpu_levels.h"
+
+#if !defined(__x86_64__)
+#error "fastiou's CPU kernels are built for x86-64 only"
+#endif
+
+#if FASTIOU_CPU_DISPATCH
+FASTIOU_CPU_LEVEL_ENTRY_POINTS(cpu_v2)
+FASTIOU_CPU_LEVEL_ENTRY_POINTS(cpu_v3)
+FASTIOU_CPU_LEVEL_ENTRY_POINTS(cpu_v4)
+#else
+FASTIOU_CPU_LEVEL_ENTRY_POINTS(cpu_native)
+#endif
+
+namespace fastiou {
+namespace {
+
+struct LevelKernels {
+  const char* name;
+  int level;  // the x86-64 level it needs; 0: the build machine's, unchecked
+  std::string (*stats)(const StatsArgs&, const ParallelFor&);
+  std::string (*grad)(const GradArgs&, const ParallelFor&);
+};
+
+// Lowest first.
+constexpr LevelKernels kLevels[] = {
+#if FASTIOU_CPU_DISPATCH
+    {"x86-64-v2", 2, &cpu_v2::overlap_stats_level, &cpu_v2::overlap_grad_level},
+    {"x86-64-v3", 3, &cpu_v3::overlap_stats_level, &cpu_v3::overlap_grad_level},
+    {"x86-64-v4", 4, &cpu_v4::overlap_stats_level, &cpu_v4::overlap_grad_level},
+#else
+    {"-march=" FASTIOU_CPU_ARCH_NAME, 0, &cpu_native::overlap_stats_level, &cpu_native::overlap_grad_level},
+#endif
+};
+constexpr int kLevelCount = sizeof(kLevels) / sizeof(kLevels[0]);
+
+// "x86-64-v3" or "v3" names kLevels' "x86-64-v3".
+bool names_level(const std::string& requested, const char* name) {
+  const std::string full(name);
+  return requested == full || "x86-64-" + requested == full;
+}
+
+std::string level_list(const std::vector<std::string>& levels) {
+  std::string out;
+  for (const std::string& l : levels) out += (out.empty() ? "" : ", ") + l;
+  return out;
+}
+
+}  // namespace
+
+int cpu_level() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return 4;
+  if (__builtin_cpu_supports("x86-64-v3")) return 3;
+  if (__builtin_cpu_supports("x86-64-v2")) return 2;
+  return 1;
+}
+
+CpuTarget select_cpu_target(const std::string& requested, int cpu_level) {
+  CpuTarget t;
+  std::vector<std::string> built;
+  for (const LevelKernels& k : kLevels) {
+    built.push_back(k.name);
+    if (k.level <= cpu_level) t.available.push_back(k.name);
+  }
+  if (t.available.empty()) {
+    t.problem = "fastiou's CPU kernels need an x86-64 CPU of level " + built.front() +
+                " at least (SSE4.2 and POPCNT); this CPU is below it";
+    return t;
+  }
+  if (requested.empty()) {
+    t.index = static_cast<int>(t.available.size()) - 1;
+  } else {
+    for (int i = 0; i < kLevelCount; ++i)
+      if (names_level(requested, kLevels[i].name)) t.index = i;
+    if (t.index < 0) {
+      t.problem = "FASTIOU_CPU_TARGET=" + requested + " names no SIMD level of this fastiou build; it has " +
+                  level_list(built) + " (or leave it unset for the best this CPU runs)";
+      return t;
+    }
+    if (t.index >= static_cast<int>(t.available.size())) {
+      t.problem = "FASTIOU_CPU_TARGET=" + requested + " names a SIMD level this CPU lacks; it runs " +
+                  level_list(t.available);
+      t.index = -1;
+      return t;
+    }
+  }
+  t.level = kLevels[t.index].name;
+  return t;
+}
+
+const CpuTarget& cpu_target() {
+  static const CpuTarget target = [] {
+    const char* requested = std::getenv("FASTIOU_CPU_TARGET");
+    return select_cpu_target(requested != nullptr ? requested : "", cpu_level());
+  }();
+  return target;
+}
+
+std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for) {
+  const CpuTarget& target = cpu_target();
+  if (!target.problem.empty()) return target.problem;
+  const std::string err = validate_label_dtype(args.labels, args.true_dtype);
+  if (!err.empty()) return err;
+  return kLevels[target.index].stats(args, parallel_for);
+}
+
+std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for) {
+  const CpuTarget& target = cpu_target();
+  if (!target.problem.empty()) return target.problem;
+  const std::string err = validate_label_dtype(args.labels, args.true_dtype);
+  if (!err.empty()) return err;
+  return kLevels[target.index].grad(args, parallel_for);
+}
+
+}  // namespace fastiou
