@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastiou-installed
 SOURCES := $(shell find csrc python -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test bench test-kernels gpu-check clean
+.PHONY: setup demo test bench test-kernels gpu-check check-levels clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,11 @@ test-kernels:
 OUT ?= build/gpu-check-out
 gpu-check:
 	$(PYTHON) tools/gpu_check.py --out "$(OUT)"
+
+# The CPU kernels on emulated CPUs without AVX (x86-64-v2) and without AVX-512
+# (x86-64-v3): qemu-user runs the kernel tests there (apt install qemu-user).
+check-levels: setup
+	$(PY) tools/check_cpu_levels.py
 
 clean:
 	rm -rf build $(VENV)
