@@ -62,28 +62,22 @@ void check_cuda(cudaError_t err, const char* what) {
   throw std::runtime_error(std::string("fastiou: ") + what + ": " + cudaGetErrorString(err));
 }
 
-DeviceGuard::DeviceGuard(int device) {
-  check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-  if (device != previous_) {
-    check_cuda(cudaSetDevice(device), "cudaSetDevice");
-    changed_ = true;
+DeviceGuard::DeviceGuard(int device, OnError on_error) {
+  const char* what = "cudaGetDevice";
+  cudaError_t err = cudaGetDevice(&previous_);
+  if (err == cudaSuccess && device != previous_) {
+    what = "cudaSetDevice";
+    err = cudaSetDevice(device);
+    changed_ = err == cudaSuccess;
+  }
+  if (on_error == OnError::kRaise) {
+    check_cuda(err, what);
+  } else {
+    forget_cuda_error(err);
   }
 }
 
 DeviceGuard::~DeviceGuard() noexcept {
-  if (changed_) forget_cuda_error(cudaSetDevice(previous_));
-}
-
-QuietDeviceGuard::QuietDeviceGuard(int device) noexcept {
-  cudaError_t err = cudaGetDevice(&previous_);
-  if (err == cudaSuccess && device != previous_) {
-    err = cudaSetDevice(device);
-    changed_ = err == cudaSuccess;
-  }
-  forget_cuda_error(err);
-}
-
-QuietDeviceGuard::~QuietDeviceGuard() noexcept {
   if (changed_) forget_cuda_error(cudaSetDevice(previous_));
 }
 
@@ -103,7 +97,7 @@ namespace {
 // destroyed its stream, or the context is broken) it waits for the whole
 // device instead and frees on the legacy default stream.
 void free_device_memory(void* data, int device, cudaStream_t stream, cudaStream_t last_user) noexcept {
-  QuietDeviceGuard guard(device);
+  DeviceGuard guard(device, DeviceGuard::OnError::kIgnore);
   cudaError_t err = cudaSuccess;
   if (last_user != stream) {
     cudaEvent_t event = nullptr;

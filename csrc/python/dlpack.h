@@ -83,26 +83,15 @@ inline void forget_cuda_error(cudaError_t err) noexcept {
   if (err != cudaSuccess && err != cudaErrorNotReady) cudaGetLastError();
 }
 
-// Makes `device` current for the scope; raises if CUDA refuses.
+// Makes `device` current for the scope. kRaise raises if CUDA refuses;
+// kIgnore (destructors and deleters) never raises and ignores errors.
 class DeviceGuard {
  public:
-  explicit DeviceGuard(int device);
+  enum class OnError { kRaise, kIgnore };
+  explicit DeviceGuard(int device, OnError on_error = OnError::kRaise);
   ~DeviceGuard() noexcept;
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-  bool changed_ = false;
-};
-
-// The same for destructors and deleters: never raises, ignores errors.
-class QuietDeviceGuard {
- public:
-  explicit QuietDeviceGuard(int device) noexcept;
-  ~QuietDeviceGuard() noexcept;
-  QuietDeviceGuard(const QuietDeviceGuard&) = delete;
-  QuietDeviceGuard& operator=(const QuietDeviceGuard&) = delete;
 
  private:
   int previous_ = 0;
