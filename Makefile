@@ -20,7 +20,7 @@ $(VENV)/.deps: Makefile
 # Built without isolation against the venv's TensorFlow: the op library must
 # match the TensorFlow it is loaded into.
 $(STAMP): $(VENV)/.deps $(SOURCES)
-	$(PY) -m pip install --quiet --no-build-isolation --no-deps .
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -Cbuild-dir=build/{wheel_tag} .
 	touch $@
 
 demo: setup
