@@ -7,7 +7,7 @@ import keras
 
 import fastiou
 from fastiou.losses import DiceLoss, IoULoss, JaccardLoss, TverskyLoss
-from conftest import make_inputs
+from cases import make_inputs
 
 
 def tiny_unet_data(rng, n=16, size=16):
