@@ -34,6 +34,8 @@ if DEVICE == "cuda":
     if not torch.cuda.is_available():
         pytest.skip("PyTorch sees no GPU", allow_module_level=True)
 
+pytestmark = pytest.mark.gpu
+
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                 "float64": torch.float64}
 # Relative tolerance of sums and gradients against the float64 formula.

@@ -157,6 +157,7 @@ def test_errors():
         jax.block_until_ready(jax.jit(lambda t, z: fj.jaccard_loss(t, z, from_logits=True))(labels, z))
 
 
+@pytest.mark.slow
 def test_importing_on_the_jax_backend_imports_no_tensorflow():
     code = ("import sys, numpy as np, fastiou, fastiou.jax as fj; "
             "v = float(fj.jaccard_loss(np.ones((1, 4, 1), np.uint8), np.zeros((1, 4, 1), np.float32))); "

@@ -24,6 +24,7 @@ def tiny_model(from_logits=True):
     return keras.Model(inputs, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("loss", [
     JaccardLoss(from_logits=True),

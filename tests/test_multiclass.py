@@ -175,6 +175,7 @@ def test_bad_multiclass_options(rng):
         fastiou.jaccard_loss(labels[:, :2], y_pred, from_logits=True, mode="multiclass")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_fit_multiclass_sparse(rng, jit_compile):
     keras.utils.set_random_seed(0)

@@ -38,6 +38,8 @@ if not DRY_RUN:
     if not tf.config.list_physical_devices("GPU"):
         pytest.skip("TensorFlow sees no GPU", allow_module_level=True)
 
+pytestmark = pytest.mark.gpu
+
 
 class GpuCase(NamedTuple):
     mode: Mode
