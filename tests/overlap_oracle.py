@@ -1,5 +1,7 @@
-"""The overlap sums and their gradients in float64 NumPy, written from the
-formulas: the oracle for the kernels reached without TensorFlow.
+"""The overlap sums, their gradients and the losses in float64 NumPy,
+written from the formulas: the one NumPy oracle of the tests (the other
+oracles are autodiff of the formula: fastiou.reference in Keras, and the
+plain PyTorch and JAX formulas of test_cuda.py and test_jax.py).
 
     I = sum w t p,  P = sum w p,  T = sum w t
     dL/dp = w (gI t + gP)  -> sigmoid: dp p (1 - p);  softmax: p (dp - sum_c p_c dp_c)
@@ -72,3 +74,22 @@ def jaccard_group_grads(I, P, T, smooth=1.0):
     d_num = -1.0 / den
     d_den = num / den**2
     return d_num - d_den, d_den, d_den
+
+
+def loss(kind, t, p, *, eps, per_image, smooth=1.0, alpha=0.5, beta=0.5, log_loss=False):
+    """Binary/multi-label overlap loss on probabilities, mean over channels.
+
+    kind: "jaccard", "dice" or "tversky" (alpha weighs false positives). A
+    denominator at most eps is a perfect match; the log loss clamps the index
+    at eps.
+    """
+    I, P, T = sums(t, p, per_image=per_image)
+    if kind == "jaccard":
+        num, den = I + smooth, T + P - I + smooth
+    elif kind == "dice":
+        num, den = 2 * I + smooth, T + P + smooth
+    else:
+        num, den = I + smooth, I + alpha * (P - I) + beta * (T - I) + smooth
+    index = np.where(den <= eps, 1.0, num / np.where(den <= eps, 1.0, den))
+    value = -np.log(np.maximum(index, eps)) if log_loss else np.maximum(1.0 - index, 0.0)
+    return value.mean(-1)

@@ -44,6 +44,7 @@ def test_plots_and_table(tmp_path):
     assert "| a | logits | 1.0 | 3.0 | n/a | n/a | n/a | n/a | 3.00x | 50% | 1.00 / 2.00 |" in table
 
 
+@pytest.mark.slow
 def test_rows_record_the_configuration_their_children_ran(tmp_path):
     """Each row's child reports what it computed and the parent checks it: a
     logits row runs from logits, a probabilities row from probabilities."""

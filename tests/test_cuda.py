@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import fastiou.kernels as fk
-from test_kernels_module import MODES, make_case
+from cases import MODES, mode_case, mode_ids
+from overlap_oracle import sums as oracle_sums
 
 # JAX, where a test uses it on the GPU, takes memory as it needs it instead of
 # most of the GPU up front.
@@ -32,6 +33,8 @@ if DEVICE == "cuda":
         pytest.skip(_reason, allow_module_level=True)
     if not torch.cuda.is_available():
         pytest.skip("PyTorch sees no GPU", allow_module_level=True)
+
+pytestmark = pytest.mark.gpu
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                 "float64": torch.float64}
@@ -52,7 +55,8 @@ def acc_dtype(pred_dtype):
     return torch.float64 if pred_dtype == torch.float64 else torch.float32
 
 
-# --- PyTorch reference: the formula written plainly, differentiated by autograd.
+# --- PyTorch reference: the formula written plainly, differentiated by autograd
+# (the float64 sums alone are overlap_oracle's).
 
 def torch_sums(t, z, w, *, from_logits, per_image, softmax=False, sparse=False, ignore_index=None):
     p = z
@@ -111,19 +115,17 @@ def cpu_kernels(t, z, w, opts, group_grads):
 
 # --- Every op and mode, against the C++ kernels and PyTorch autodiff.
 
-@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("mode", MODES, ids=mode_ids(MODES))
 @pytest.mark.parametrize("per_image", [True, False])
 @pytest.mark.parametrize("pred_dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_matches_cpu_kernels_and_torch_autodiff(rng, name, channels, opts, kind, per_image,
-                                                  pred_dtype, weighted):
-    shape = (3, 37, 29, channels)
-    t_np, z_np = make_case(rng, shape, kind, opts["from_logits"], pred_dtype="float64",
-                           ignore=opts.get("ignore_index"))
+def test_matches_cpu_kernels_and_torch_autodiff(rng, mode, per_image, pred_dtype, weighted):
+    shape = (3, 37, 29, mode.channels)
+    t_np, z_np = mode_case(rng, mode, shape[:-1], pred_dtype="float64")
     tdt = TORCH_DTYPES[pred_dtype]
     t, z = on_device(t_np), on_device(z_np, tdt)
     w = on_device(rng.random(shape[:-1] + (1,)), tdt) if weighted else None
-    opts = dict(opts, per_image=per_image)
+    opts = dict(mode.kernel_options(), per_image=per_image)
 
     stats, loss, dz = fused_loss_and_grad(t, z, w, opts)
     assert all(s.device.type == DEVICE and s.dtype == acc_dtype(tdt) for s in stats)
@@ -159,8 +161,8 @@ def test_target_dtypes(rng, true_dtype, channels):
     z = on_device(rng.normal(size=shape), torch.float32)
     opts = dict(from_logits=True, per_image=True)
     stats = fk.overlap_stats(t, z, **opts)
-    for s, r in zip(stats, torch_sums(t.double(), z.double(), None, **opts)):
-        np.testing.assert_allclose(to_numpy(s), to_numpy(r), rtol=3e-6)
+    for s, r in zip(stats, oracle_sums(to_numpy(t.double()), to_numpy(z.double()), **opts)):
+        np.testing.assert_allclose(to_numpy(s), r, rtol=3e-6)
     g = [torch.full_like(s, 0.5) for s in stats]
     dz = fk.overlap_grad(t, z, None, *g, **opts)
     want = fk.overlap_grad(t.cpu().float().numpy(), z.cpu().numpy(), None, *(to_numpy(x) for x in g), **opts)
@@ -179,8 +181,9 @@ def test_sparse_label_dtypes(rng, label_dtype):
     labels = on_device(rng.integers(0, 4, size=shape[:-1])).to(label_dtype)
     z = on_device(rng.normal(size=shape), torch.float32)
     opts = dict(from_logits=True, softmax=True, sparse=True, per_image=False)
-    for s, r in zip(fk.overlap_stats(labels, z, **opts), torch_sums(labels, z.double(), None, **opts)):
-        np.testing.assert_allclose(to_numpy(s), to_numpy(r), rtol=3e-6)
+    want = oracle_sums(to_numpy(labels), to_numpy(z.double()), **opts)
+    for s, r in zip(fk.overlap_stats(labels, z, **opts), want):
+        np.testing.assert_allclose(to_numpy(s), r, rtol=3e-6)
 
 
 # --- Sizes: one element, odd shapes, vector tails, misaligned views.

@@ -110,6 +110,7 @@ def test_metrics_against_hand_computed_case():
     assert r["meaniou_thresholded"] == pytest.approx((10 / 12 + 4 / 6) / 2)
 
 
+@pytest.mark.slow
 def test_one_epoch_tiny_run_gives_finite_metrics_and_a_picture(tmp_path):
     out = tmp_path / "demo.png"
     results = demo.main(["--epochs", "1", "--size", "16", "--samples", "24", "--batch-size", "8",

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import fastiou
@@ -52,6 +53,7 @@ def run_with_threads(n):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_identical_across_thread_counts():
     one, two = run_with_threads(1), run_with_threads(2)
     assert one == two

@@ -24,6 +24,7 @@ def _result(stdout, stderr):
     raise AssertionError(f"no result; stderr:\n{stderr[-4000:]}")
 
 
+@pytest.mark.slow
 def test_mirrored_fit_matches_single_device_only_with_sync():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, WORKER, "mirrored"], capture_output=True, text=True, env=env,
@@ -54,6 +55,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_loss_is_the_global_loss():
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}

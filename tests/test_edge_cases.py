@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import fastiou
-from test_forward import LOSSES, REFERENCE
+from cases import LOSSES, loss_functions
 
 
 def value_and_grads(fn, y_true, y_pred, **kwargs):
@@ -25,7 +25,7 @@ def assert_finite(*tensors):
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_empty_and_full_masks_are_finite(name, smooth, per_image, from_logits):
-    fused, extra = LOSSES[name]
+    fused, reference, extra = loss_functions(name)
     shape = (2, 8, 8, 1)
     logits = tf.constant(np.linspace(-30, 30, 128).reshape(shape), tf.float32)
     cases = {
@@ -38,7 +38,7 @@ def test_empty_and_full_masks_are_finite(name, smooth, per_image, from_logits):
         kwargs = dict(extra, smooth=smooth, per_image=per_image, from_logits=from_logits)
         loss, grad = value_and_grads(fused, y_true, y_pred, **kwargs)
         assert_finite(loss, grad)
-        want, _ = value_and_grads(REFERENCE[name], y_true, y_pred, **kwargs)
+        want, _ = value_and_grads(reference, y_true, y_pred, **kwargs)
         np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6, err_msg=case)
 
 
@@ -69,9 +69,10 @@ def test_perfect_prediction_focal_tversky_gradient_is_finite():
 def test_single_pixel(shape):
     y_true = tf.ones(shape)
     y_pred = tf.fill(shape, 0.3)
-    for name, (fused, extra) in LOSSES.items():
+    for name in LOSSES:
+        fused, reference, extra = loss_functions(name)
         loss, grad = value_and_grads(fused, y_true, y_pred, **extra)
-        want, want_grad = value_and_grads(REFERENCE[name], y_true, y_pred, **extra)
+        want, want_grad = value_and_grads(reference, y_true, y_pred, **extra)
         np.testing.assert_allclose(loss, want, rtol=1e-6)
         np.testing.assert_allclose(grad, want_grad, rtol=1e-5)
     # I = P = 0.3, T = 1, smooth 1: J = 1.3 / 2.0
@@ -96,7 +97,8 @@ def test_empty_batch():
 def test_extreme_logits_are_finite():
     y_true = tf.constant([[[1.0], [0.0], [1.0], [0.0]]])
     y_pred = tf.constant([[[1e4], [-1e4], [-1e4], [1e4]]])
-    for fused, extra in LOSSES.values():
+    for name in LOSSES:
+        fused, _, extra = loss_functions(name)
         for kwargs in ({}, {"log_loss": True} if not extra.get("gamma") else {}):
             loss, grad = value_and_grads(fused, y_true, y_pred, from_logits=True, smooth=0.0,
                                          **extra, **kwargs)

@@ -5,30 +5,19 @@ import pytest
 import tensorflow as tf
 
 import fastiou
-from conftest import make_inputs
+from cases import LOSSES, loss_functions, make_inputs
+from overlap_oracle import sums as oracle_sums
 
-LOSSES = {
-    "jaccard": (fastiou.jaccard_loss, {}),
-    "dice": (fastiou.dice_loss, {}),
-    "tversky": (fastiou.tversky_loss, {"alpha": 0.3, "beta": 0.7}),
-    "focal_tversky": (fastiou.tversky_loss, {"alpha": 0.7, "beta": 0.3, "gamma": 0.75}),
-}
-REFERENCE = {
-    "jaccard": fastiou.reference.jaccard_loss,
-    "dice": fastiou.reference.dice_loss,
-    "tversky": fastiou.reference.tversky_loss,
-    "focal_tversky": fastiou.reference.tversky_loss,
-}
 SHAPES = [(1, 1), (3, 4), (2, 9, 7, 1), (4, 16, 16, 3), (2, 5, 6, 7, 2), (1, 33, 1)]
 TOL = {"float16": 2e-3, "bfloat16": 2e-3, "float32": 2e-6, "float64": 1e-12}
 
 
 def check(name, y_true, y_pred, tol, **options):
-    fused, extra = LOSSES[name]
+    fused, reference, extra = loss_functions(name)
     if y_pred.shape[-1] > 1:  # dense targets of several channels: mode="auto" would ask which
         options.setdefault("mode", "multilabel")
     got = fused(y_true, y_pred, **extra, **options).numpy()
-    want = REFERENCE[name](y_true, y_pred, **extra, **options).numpy()
+    want = reference(y_true, y_pred, **extra, **options).numpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
@@ -89,11 +78,12 @@ def test_stats_are_the_soft_sums(rng):
     y_true, y_pred = make_inputs(rng, (3, 5, 6, 2), "float64", from_logits=False)
     inter, psum, tsum = fastiou.overlap_stats(y_true, y_pred, per_image=True)
     t, p = y_true.numpy(), y_pred.numpy()
-    np.testing.assert_allclose(inter, (t * p).sum(axis=(1, 2)), rtol=1e-13)
-    np.testing.assert_allclose(psum, p.sum(axis=(1, 2)), rtol=1e-13)
-    np.testing.assert_allclose(tsum, t.sum(axis=(1, 2)), rtol=1e-13)
+    want_i, want_p, want_t = oracle_sums(t, p, per_image=True)
+    np.testing.assert_allclose(inter, want_i, rtol=1e-13)
+    np.testing.assert_allclose(psum, want_p, rtol=1e-13)
+    np.testing.assert_allclose(tsum, want_t, rtol=1e-13)
     inter, psum, tsum = fastiou.overlap_stats(y_true, y_pred, per_image=False)
-    np.testing.assert_allclose(inter, (t * p).sum(axis=(0, 1, 2)), rtol=1e-13)
+    np.testing.assert_allclose(inter, oracle_sums(t, p, per_image=False)[0], rtol=1e-13)
 
 
 def test_hand_computed_case():
@@ -117,9 +107,7 @@ def test_large_single_channel_tensor_matches_float64(rng):
     shape = (2, 300, 301, 1)
     y_true, y_pred = make_inputs(rng, shape, "float32", "uint8")
     got = fastiou.overlap_stats(y_true, y_pred, from_logits=True, per_image=True)
-    p = 1.0 / (1.0 + np.exp(-y_pred.numpy().astype(np.float64)))
-    t = y_true.numpy().astype(np.float64)
-    want = [(t * p).sum(axis=(1, 2)), p.sum(axis=(1, 2)), t.sum(axis=(1, 2))]
+    want = oracle_sums(y_true.numpy(), y_pred.numpy(), from_logits=True, per_image=True)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.numpy(), w, rtol=1e-6)
 

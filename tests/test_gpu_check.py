@@ -48,6 +48,7 @@ def stages(out):
     return {s["stage"]: s for s in json.loads((out / "summary.json").read_text())["stages"]}
 
 
+@pytest.mark.slow
 def test_one_summary_line_per_stage(dry_run):
     proc, out, _ = dry_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -62,6 +63,7 @@ def test_one_summary_line_per_stage(dry_run):
     assert [(s["stage"], s["status"]) for s in summary["stages"]] == [(m["stage"], m["status"]) for m in matches]
 
 
+@pytest.mark.slow
 def test_build_and_tests_pass_on_the_cpu(dry_run):
     _, out, build = dry_run
     got = stages(out)
@@ -81,6 +83,7 @@ def test_build_and_tests_pass_on_the_cpu(dry_run):
         assert "on cpu" in got["jax-tests"]["note"]
 
 
+@pytest.mark.slow
 def test_gpu_only_stages_skip_with_their_reason(dry_run):
     _, out, _ = dry_run
     got = stages(out)
@@ -89,6 +92,7 @@ def test_gpu_only_stages_skip_with_their_reason(dry_run):
         assert got[name]["note"] == "needs a GPU (FASTIOU_TEST_DEVICE=cpu)"
 
 
+@pytest.mark.slow
 def test_results_fit_what_comes_back_from_the_device(dry_run):
     _, out, _ = dry_run
     files = [p for p in out.rglob("*") if p.is_file()]
@@ -101,6 +105,7 @@ def test_results_fit_what_comes_back_from_the_device(dry_run):
     assert "test_kernels_module.py" in (out / "tests.log").read_text()
 
 
+@pytest.mark.slow
 def test_sanitizer_driver_runs_its_cases_on_host_arrays(dry_run):
     _, _, build = dry_run
     env = dict(os.environ, PYTHONPATH=str(build / "pkg"))

@@ -5,8 +5,7 @@ import pytest
 import tensorflow as tf
 
 import fastiou
-from conftest import make_inputs
-from test_forward import LOSSES, REFERENCE
+from cases import LOSSES, loss_functions, make_inputs
 
 
 def gradients(fn, y_true, y_pred, **kwargs):
@@ -20,11 +19,11 @@ def gradients(fn, y_true, y_pred, **kwargs):
 
 
 def compare(name, y_true, y_pred, rtol, atol, **options):
-    fused, extra = LOSSES[name]
+    fused, reference, extra = loss_functions(name)
     if y_pred.shape[-1] > 1:  # dense targets of several channels: mode="auto" would ask which
         options.setdefault("mode", "multilabel")
     got_pred, got_true = gradients(fused, y_true, y_pred, **extra, **options)
-    want_pred, want_true = gradients(REFERENCE[name], y_true, y_pred, **extra, **options)
+    want_pred, want_true = gradients(reference, y_true, y_pred, **extra, **options)
     assert got_pred.dtype == y_pred.dtype and got_pred.shape == y_pred.shape
     np.testing.assert_allclose(
         tf.cast(got_pred, tf.float64), tf.cast(want_pred, tf.float64), rtol=rtol, atol=atol)
@@ -79,7 +78,7 @@ def test_numerical_gradient(rng, name, from_logits, per_image):
     y_true, y_pred = make_inputs(rng, (2, 3, 4, 2), "float64", "float64", from_logits=from_logits)
     if not from_logits:  # keep central differences inside (0, 1)
         y_pred = tf.clip_by_value(y_pred, 0.05, 0.95)
-    fused, extra = LOSSES[name]
+    fused, _, extra = loss_functions(name)
 
     def loss_pred(p):
         return fused(y_true, p, from_logits=from_logits, per_image=per_image, mode="multilabel",

@@ -21,9 +21,8 @@ if not fk.ffi_handlers():
     pytest.skip("built without XLA FFI handlers", allow_module_level=True)
 
 import fastiou.jax as fj  # noqa: E402
+from cases import LOSS_MODES, make_case, mask_sized_work, mode_case, mode_ids  # noqa: E402
 from overlap_oracle import sums as oracle_sums  # noqa: E402
-from test_kernels_module import make_case  # noqa: E402
-from test_xla import MODES, mask_sized_work  # noqa: E402
 
 CPU = jax.devices("cpu")[0]
 
@@ -54,11 +53,12 @@ def plain_loss(kind, t, z, *, from_logits, mode="auto", per_image=False, ignore_
     return (jnp.maximum(1 - index, 0) ** gamma).mean(-1)
 
 
-@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("mode", LOSS_MODES, ids=mode_ids(LOSS_MODES))
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("loss", ["jaccard", "dice", "tversky"])
-def test_values_and_gradients_against_plain_jax(rng, name, channels, opts, kind, per_image, loss):
-    t, z = make_case(rng, (3, 9, 7, channels), kind, opts["from_logits"], ignore=opts.get("ignore_index"))
+def test_values_and_gradients_against_plain_jax(rng, mode, per_image, loss):
+    t, z = mode_case(rng, mode, (3, 9, 7))
+    opts = mode.loss_options()
     t, z = jnp.asarray(t), jnp.asarray(z, jnp.float32)
     extra = dict(alpha=0.3, beta=0.7, gamma=1.5) if loss == "tversky" else {}
     fused = getattr(fj, f"{loss}_loss")
@@ -127,10 +127,11 @@ def test_vmap_gives_per_item_losses(rng):
     np.testing.assert_allclose(np.asarray(batched), np.asarray(per_image), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
-def test_compiled_hlo_holds_only_the_custom_calls(rng, name, channels, opts, kind):
-    shape = (2, 32, 32, channels)
-    t, z = make_case(rng, shape, kind, opts["from_logits"], ignore=opts.get("ignore_index"))
+@pytest.mark.parametrize("mode", LOSS_MODES, ids=mode_ids(LOSS_MODES))
+def test_compiled_hlo_holds_only_the_custom_calls(rng, mode):
+    shape = (2, 32, 32, mode.channels)
+    t, z = mode_case(rng, mode, shape[:-1])
+    opts = mode.loss_options()
     step = jax.jit(jax.value_and_grad(lambda z, t: fj.jaccard_loss(t, z, **opts)))
     hlo = step.lower(jnp.asarray(z, jnp.bfloat16), t).compile().as_text()
     assert 'custom_call_target="fastiou_overlap_stats"' in hlo
@@ -156,6 +157,7 @@ def test_errors():
         jax.block_until_ready(jax.jit(lambda t, z: fj.jaccard_loss(t, z, from_logits=True))(labels, z))
 
 
+@pytest.mark.slow
 def test_importing_on_the_jax_backend_imports_no_tensorflow():
     code = ("import sys, numpy as np, fastiou, fastiou.jax as fj; "
             "v = float(fj.jaccard_loss(np.ones((1, 4, 1), np.uint8), np.zeros((1, 4, 1), np.float32))); "

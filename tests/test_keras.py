@@ -7,7 +7,7 @@ import keras
 
 import fastiou
 from fastiou.losses import DiceLoss, IoULoss, JaccardLoss, TverskyLoss
-from conftest import make_inputs
+from cases import make_inputs
 
 
 def tiny_unet_data(rng, n=16, size=16):
@@ -24,6 +24,7 @@ def tiny_model(from_logits=True):
     return keras.Model(inputs, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("loss", [
     JaccardLoss(from_logits=True),

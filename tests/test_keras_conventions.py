@@ -1,8 +1,8 @@
 """Keras conventions of the loss classes: epsilon, Tversky's alpha and beta,
 sample_weight and reduction, masks, mode="auto", plain attributes and config.
 
-The oracle is float64 NumPy written from the formulas (overlap_oracle.sums for
-I, P, T), hand-computed values, and keras.losses.Tversky itself.
+The oracle is float64 NumPy written from the formulas (overlap_oracle.loss),
+hand-computed values, and keras.losses.Tversky itself.
 """
 
 import importlib.util
@@ -18,22 +18,8 @@ import tensorflow as tf
 
 import fastiou
 from fastiou.losses import DiceLoss, JaccardLoss, TverskyLoss
-from conftest import make_inputs
-from overlap_oracle import sums as oracle_sums
-
-
-def oracle_loss(kind, t, p, *, eps, per_image, smooth=1.0, alpha=0.5, beta=0.5, log_loss=False):
-    """Binary/multi-label overlap loss on probabilities, float64, mean over channels."""
-    I, P, T = oracle_sums(t, p, per_image=per_image)
-    if kind == "jaccard":
-        num, den = I + smooth, T + P - I + smooth
-    elif kind == "dice":
-        num, den = 2 * I + smooth, T + P + smooth
-    else:
-        num, den = I + smooth, I + alpha * (P - I) + beta * (T - I) + smooth
-    index = np.where(den <= eps, 1.0, num / np.where(den <= eps, 1.0, den))
-    loss = -np.log(np.maximum(index, eps)) if log_loss else np.maximum(1.0 - index, 0.0)
-    return loss.mean(-1)
+from cases import make_inputs
+from overlap_oracle import loss as oracle_loss
 
 
 def epsilon_case():

@@ -28,11 +28,13 @@ def results():
     raise AssertionError(proc.stderr[-4000:])
 
 
+@pytest.mark.slow
 def test_runs_on_the_jax_backend_without_tensorflow(results):
     assert results["backend"] == "jax"
     assert results["tensorflow_imported"] is False
 
 
+@pytest.mark.slow
 def test_values_and_gradients_match_the_reference(results):
     assert len(results["diffs"]) == 12
     for key, (cls_value, fn_value, grad) in results["diffs"].items():
@@ -41,6 +43,7 @@ def test_values_and_gradients_match_the_reference(results):
         assert grad < 2e-4, key
 
 
+@pytest.mark.slow
 def test_fit_trains_and_the_model_reloads(results):
     losses = results["fit_losses"]
     assert all(v == v for v in losses)  # finite
@@ -50,10 +53,12 @@ def test_fit_trains_and_the_model_reloads(results):
     assert results["reloaded_predictions_equal"]
 
 
+@pytest.mark.slow
 def test_bad_input_gets_the_same_error(results):
     assert "y_true shape (2, 4, 4, 1) does not match y_pred shape (2, 4, 5, 1)" in results["shape_error"]
 
 
+@pytest.mark.slow
 def test_keras_conventions(results):
     # Per-image losses weighted and reduced as Keras does, against the reference.
     assert max(results["sample_weight"]) < 2e-6

@@ -12,6 +12,7 @@ import pytest
 
 import fastiou
 import fastiou.kernels as fk
+from cases import MODES, make_case, mode_case, mode_ids
 from overlap_oracle import grad as oracle_grad
 from overlap_oracle import jaccard_group_grads
 from overlap_oracle import sums as oracle_sums
@@ -19,51 +20,18 @@ from overlap_oracle import sums as oracle_sums
 # TensorFlow and fastiou's ops for it (absent from TensorFlow-free builds).
 HAVE_TF = fastiou._HAVE_TF_OPS
 
-# (name, channels, options, target kind)
-MODES = [
-    ("binary-logits", 1, dict(from_logits=True), "mask"),
-    ("binary-probabilities", 1, dict(from_logits=False), "mask"),
-    ("multilabel-logits", 3, dict(from_logits=True), "mask"),
-    ("softmax-one-hot", 4, dict(from_logits=True, softmax=True), "one-hot"),
-    # A softmax over one channel is the constant 1: dense targets on the
-    # per-pixel path with a single channel.
-    ("softmax-one-channel", 1, dict(from_logits=True, softmax=True), "mask"),
-    ("multilabel-probabilities", 3, dict(from_logits=False), "mask"),
-    ("softmax-sparse-ignore", 5, dict(from_logits=True, softmax=True, sparse=True, ignore_index=255),
-     "labels"),
-    ("probabilities-sparse", 3, dict(from_logits=False, softmax=True, sparse=True), "labels"),
-]
-
-
-def make_case(rng, shape, kind, from_logits, true_dtype="uint8", pred_dtype="float32", ignore=None):
-    z = rng.normal(scale=2.0, size=shape)
-    if not from_logits:
-        z = 1.0 / (1.0 + np.exp(-z)) if kind == "mask" else np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-    if kind == "mask":
-        t = (rng.random(shape) < 0.3).astype(true_dtype)
-    elif kind == "one-hot":
-        t = np.eye(shape[-1], dtype=true_dtype)[rng.integers(0, shape[-1], size=shape[:-1])]
-    else:
-        t = rng.integers(0, shape[-1], size=shape[:-1])
-        if ignore is not None:
-            t = np.where(rng.random(shape[:-1]) < 0.1, ignore, t)
-        t = t.astype(true_dtype)
-    return t, z.astype(pred_dtype)
-
-
 def tolerance(pred_dtype):
     return {"float16": 2e-3, "float32": 2e-5, "float64": 1e-12}[pred_dtype]
 
 
-@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("mode", MODES, ids=mode_ids(MODES))
 @pytest.mark.parametrize("per_image", [True, False])
 @pytest.mark.parametrize("pred_dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_stats_and_grad_match_float64_oracle(rng, name, channels, opts, kind, per_image, pred_dtype,
-                                              weighted):
-    shape = (3, 9, 7, channels)
-    t, z = make_case(rng, shape, kind, opts["from_logits"], pred_dtype=pred_dtype,
-                     ignore=opts.get("ignore_index"))
+def test_stats_and_grad_match_float64_oracle(rng, mode, per_image, pred_dtype, weighted):
+    shape = (3, 9, 7, mode.channels)
+    opts = mode.kernel_options()
+    t, z = mode_case(rng, mode, shape[:-1], pred_dtype=pred_dtype)
     w = rng.random(shape[:-1] + (1,)).astype(pred_dtype) if weighted else None
     got = fk.overlap_stats(t, z, w, per_image=per_image, **opts)
     want = oracle_sums(t, z, w, per_image=per_image, **opts)
@@ -83,7 +51,7 @@ def test_stats_and_grad_match_float64_oracle(rng, name, channels, opts, kind, pe
         dp_opts = dict(opts, from_logits=False)
         scale = max(scale, np.abs(oracle_grad(t, z, w, g_i, g_p, g_t, per_image=per_image, **dp_opts)).max())
     np.testing.assert_allclose(dz.astype(np.float64), want_dz, rtol=rtol * 10, atol=rtol * scale)
-    if kind != "labels":
+    if not mode.sparse:
         dt = fk.overlap_grad(t.astype(pred_dtype), z, w, g_i, g_p, g_t, per_image=per_image,
                              wrt_true=True, **opts)
         want_dt = oracle_grad(t, z, w, g_i, g_p, g_t, per_image=per_image, wrt_true=True, **opts)
@@ -118,12 +86,12 @@ def test_repeated_runs_are_bitwise_equal(rng):
 
 
 @pytest.mark.skipif(not HAVE_TF, reason="no TensorFlow ops in this build")
-@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
-def test_bitwise_equal_to_tensorflow_op(rng, name, channels, opts, kind):
+@pytest.mark.parametrize("mode", MODES, ids=mode_ids(MODES))
+def test_bitwise_equal_to_tensorflow_op(rng, mode):
     import tensorflow as tf
 
-    t, z = make_case(rng, (2, 40, 30, channels), kind, opts["from_logits"],
-                     ignore=opts.get("ignore_index"))
+    opts = mode.kernel_options()
+    t, z = mode_case(rng, mode, (2, 40, 30))
     # The CPU op: the GPU kernels add in another order (test_tf_gpu.py compares those).
     with tf.device("/CPU:0"):
         for per_image in (True, False):

@@ -6,20 +6,14 @@ import tensorflow as tf
 import keras
 
 import fastiou
-from test_forward import LOSSES, REFERENCE
+from cases import LOSSES, loss_functions, tf_case
 
 
 def make_multiclass(rng, shape, pred_dtype="float32", label_dtype="uint8", from_logits=True,
                     ignore=None, ignore_share=0.1):
     """Logits (or softmax probabilities) of `shape` and sparse labels of shape[:-1]."""
-    z = rng.normal(scale=2.0, size=shape)
-    if not from_logits:
-        z = np.exp(z - z.max(-1, keepdims=True))
-        z /= z.sum(-1, keepdims=True)
-    labels = rng.integers(0, shape[-1], size=shape[:-1])
-    if ignore is not None:
-        labels = np.where(rng.random(shape[:-1]) < ignore_share, ignore, labels)
-    return tf.constant(labels.astype(label_dtype)), tf.cast(tf.constant(z), pred_dtype)
+    return tf_case(rng, shape, "labels", from_logits, label_dtype, pred_dtype, ignore,
+                   ignore_share=ignore_share)
 
 
 def value_and_grad(fn, y_true, y_pred, **kwargs):
@@ -30,9 +24,9 @@ def value_and_grad(fn, y_true, y_pred, **kwargs):
 
 
 def compare(name, y_true, y_pred, rtol, atol, **kwargs):
-    fused, extra = LOSSES[name]
+    fused, reference, extra = loss_functions(name)
     got = value_and_grad(fused, y_true, y_pred, **extra, **kwargs)
-    want = value_and_grad(REFERENCE[name], y_true, y_pred, **extra, **kwargs)
+    want = value_and_grad(reference, y_true, y_pred, **extra, **kwargs)
     np.testing.assert_allclose(got[0], want[0], rtol=rtol, atol=atol)
     assert got[1].dtype == y_pred.dtype
     np.testing.assert_allclose(tf.cast(got[1], tf.float64), tf.cast(want[1], tf.float64),
@@ -60,7 +54,8 @@ def test_label_dtypes_and_shapes_agree_with_one_hot(rng, label_dtype, channel_ax
     labels, y_pred = make_multiclass(rng, (3, 7, 5, 4), "float64", label_dtype)
     one_hot = tf.one_hot(tf.cast(labels, tf.int32), 4, dtype=tf.float64)
     sparse = labels[..., None] if channel_axis else labels
-    for name, (fused, extra) in LOSSES.items():
+    for name in LOSSES:
+        fused, _, extra = loss_functions(name)
         got = value_and_grad(fused, sparse, y_pred, from_logits=True, **extra)
         dense = value_and_grad(fused, one_hot, y_pred, from_logits=True, mode="multiclass", **extra)
         np.testing.assert_allclose(got[0], dense[0], rtol=1e-12)
@@ -119,7 +114,9 @@ def test_classes_and_class_weights(rng):
 @pytest.mark.parametrize("per_image", [False, True])
 def test_numerical_gradient(rng, per_image):
     labels, y_pred = make_multiclass(rng, (2, 3, 3, 4), "float64", ignore=9, ignore_share=0.2)
-    for name, (fused, extra) in LOSSES.items():
+    for name in LOSSES:
+        fused, _, extra = loss_functions(name)
+
         def loss(p):
             return fused(labels, p, from_logits=True, per_image=per_image, ignore_index=9, **extra)
         theoretical, numerical = tf.test.compute_gradient(loss, [y_pred], delta=1e-6)
@@ -135,7 +132,8 @@ def test_low_precision_predictions(rng, pred_dtype, tol):
 def test_extreme_logits_are_finite():
     y_pred = tf.constant([[[1e4, -1e4, 0.0], [-1e4, 1e4, -1e4]]])
     labels = tf.constant([[2, 0]], tf.int32)
-    for fused, extra in LOSSES.values():
+    for name in LOSSES:
+        fused, _, extra = loss_functions(name)
         loss, grad = value_and_grad(fused, labels, y_pred, from_logits=True, smooth=0.0, **extra)
         assert np.isfinite(loss.numpy()) and np.all(np.isfinite(grad.numpy()))
 
@@ -177,6 +175,7 @@ def test_bad_multiclass_options(rng):
         fastiou.jaccard_loss(labels[:, :2], y_pred, from_logits=True, mode="multiclass")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_fit_multiclass_sparse(rng, jit_compile):
     keras.utils.set_random_seed(0)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastiou.kernels as fk
+from cases import make_case
 from overlap_oracle import grad as oracle_grad
 from overlap_oracle import jaccard_group_grads
 from overlap_oracle import sums as oracle_sums
@@ -17,15 +18,9 @@ IGNORE = 255
 
 
 def sparse_case(rng, shape, from_logits, label_dtype="uint8", ignored=0.1):
-    """Labels of shape[:-1] (about `ignored` of them IGNORE) and predictions:
-    logits, or softmax probabilities."""
-    z = rng.normal(scale=2.0, size=shape)
-    if not from_logits:
-        z = np.exp(z - z.max(-1, keepdims=True))
-        z /= z.sum(-1, keepdims=True)
-    labels = rng.integers(0, shape[-1], size=shape[:-1])
-    labels = np.where(rng.random(shape[:-1]) < ignored, IGNORE, labels).astype(label_dtype)
-    return labels, z.astype(np.float32)
+    """Labels of shape[:-1] (about `ignored` of them IGNORE) and float32
+    predictions: logits, or softmax probabilities."""
+    return make_case(rng, shape, "labels", from_logits, label_dtype, "float32", IGNORE, ignore_share=ignored)
 
 
 def check_against_oracle(t, z, w, opts, per_image):

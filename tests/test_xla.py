@@ -6,42 +6,15 @@ fastiou custom calls and no other mask-sized work; bad input fails with a
 clear error. The same Host handlers are also driven from JAX through jax.ffi.
 """
 
-import re
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import fastiou
+from cases import LOSS_MODES, mask_sized_work, mode_ids, tf_case
 from fastiou import _ops
 
 pytestmark = pytest.mark.skipif(not _ops.HAS_XLA_KERNELS, reason="built without XLA kernels")
-
-MODES = [
-    # name, channels, loss kwargs, target kind
-    ("binary-logits", 1, dict(from_logits=True), "mask"),
-    ("binary-probabilities", 1, dict(from_logits=False), "mask"),
-    ("multilabel", 3, dict(from_logits=True, mode="multilabel"), "mask"),
-    ("multiclass-one-hot", 4, dict(from_logits=True, mode="multiclass"), "one-hot"),
-    ("multiclass-sparse", 5, dict(from_logits=True, ignore_index=255), "labels"),
-    ("multiclass-sparse-probabilities", 3, dict(from_logits=False), "labels"),
-]
-
-
-def make_case(rng, shape, kind, from_logits, pred_dtype, true_dtype):
-    z = rng.normal(scale=2.0, size=shape)
-    if not from_logits:
-        z = 1 / (1 + np.exp(-z)) if kind == "mask" else np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-    if kind == "mask":
-        t = rng.random(shape) < 0.3
-    elif kind == "one-hot":
-        t = np.eye(shape[-1])[rng.integers(0, shape[-1], size=shape[:-1])]
-    else:
-        t = rng.integers(0, shape[-1], size=shape[:-1])
-        t = np.where(rng.random(shape[:-1]) < 0.1, 255, t) if shape[-1] == 5 else t
-        true_dtype = "uint8" if true_dtype not in ("int32", "int64") else true_dtype
-    return tf.constant(t.astype(true_dtype)), tf.cast(tf.constant(z), pred_dtype)
-
 
 def step(fn, **kwargs):
     def run(t, z):
@@ -56,20 +29,22 @@ TOL = {"float16": 2e-3, "bfloat16": 2e-2, "float32": 2e-5, "float64": 1e-10}
 TIGHT = {"float16": 1e-6, "bfloat16": 1e-6, "float32": 1e-6, "float64": 1e-13}
 
 
-@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("mode", LOSS_MODES, ids=mode_ids(LOSS_MODES))
 @pytest.mark.parametrize("pred_dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("loss", ["jaccard", "dice", "tversky"])
-def test_xla_equals_graph_mode_and_reference(rng, name, channels, opts, kind, pred_dtype, per_image, loss):
-    t, z = make_case(rng, (3, 9, 7, channels), kind, opts["from_logits"], pred_dtype, "uint8")
+def test_xla_equals_graph_mode_and_reference(rng, mode, pred_dtype, per_image, loss):
+    t, z = tf_case(rng, (3, 9, 7, mode.channels), mode.kind, mode.from_logits, "uint8", pred_dtype,
+                   mode.ignore_index)
+    opts = mode.loss_options()
     extra = dict(alpha=0.3, beta=0.7, gamma=1.5) if loss == "tversky" else {}
     fused = getattr(fastiou, f"{loss}_loss")
     kwargs = dict(opts, per_image=per_image, **extra)
     xla = tf.function(step(fused, **kwargs), jit_compile=True)(t, z)
     graph = tf.function(step(fused, **kwargs))(t, z)
     # The kernels, with the same partition: bitwise the same sums.
-    sums = dict(from_logits=opts["from_logits"], per_image=per_image, softmax=kind != "mask",
-                ignore_index=opts.get("ignore_index"))
+    sums = dict(from_logits=mode.from_logits, per_image=per_image, softmax=mode.softmax,
+                ignore_index=mode.ignore_index)
     stats_xla = tf.function(lambda t, z: fastiou.overlap_stats(t, z, **sums), jit_compile=True)(t, z)
     stats_graph = tf.function(lambda t, z: fastiou.overlap_stats(t, z, **sums))(t, z)
     for a, b in zip(stats_xla, stats_graph):
@@ -89,7 +64,7 @@ def test_xla_equals_graph_mode_and_reference(rng, name, channels, opts, kind, pr
 
 @pytest.mark.parametrize("true_dtype", ["bool", "uint8", "int32", "int64", "float16", "float32"])
 def test_xla_target_dtypes_and_weights(rng, true_dtype):
-    t, z = make_case(rng, (2, 11, 5, 2), "mask", True, "float32", true_dtype)
+    t, z = tf_case(rng, (2, 11, 5, 2), "mask", True, true_dtype, "float32")
     w = tf.constant(rng.random((2, 11, 5, 1)).astype("float32"))
     kwargs = dict(from_logits=True, weights=w, mode="multilabel")
     xla = tf.function(step(fastiou.jaccard_loss, **kwargs), jit_compile=True)(t, z)
@@ -99,7 +74,7 @@ def test_xla_target_dtypes_and_weights(rng, true_dtype):
 
 
 def test_xla_gradient_with_respect_to_float_targets(rng):
-    t, z = make_case(rng, (2, 6, 6, 1), "mask", True, "float32", "float32")
+    t, z = tf_case(rng, (2, 6, 6, 1), "mask", True, "float32", "float32")
 
     def both(t, z):
         with tf.GradientTape() as tape:
@@ -115,35 +90,13 @@ def test_xla_gradient_with_respect_to_float_targets(rng):
 
 # --- The optimized HLO: fastiou's custom calls and nothing else mask-sized.
 
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(\(.*?\)|\w+\[[\d,]*\](?:\{[\d,]*\})?)\s+([\w\-]+)\(")
-_ALLOWED = {"parameter", "bitcast", "reshape", "custom-call", "tuple", "get-tuple-element"}
-
-
-def _elements(shape_text):
-    total = 0
-    for dims in re.findall(r"\w+\[([\d,]*)\]", shape_text):
-        total = max(total, int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1)
-    return total
-
-
-def mask_sized_work(hlo, mask_elements):
-    """(opcode, line) of every instruction whose result is at least mask-sized
-    and is not a parameter, bitcast, reshape or custom call."""
-    found = []
-    for line in hlo.splitlines():
-        m = _INSTR.match(line)
-        if m and _elements(m.group(1)) >= mask_elements and m.group(2) not in _ALLOWED:
-            found.append((m.group(2), line.strip()[:160]))
-    return found
-
-
-@pytest.mark.parametrize("name,channels,opts,kind", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("mode", LOSS_MODES, ids=mode_ids(LOSS_MODES))
 @pytest.mark.parametrize("pred_dtype,true_dtype", [("float32", "uint8"), ("bfloat16", "bool"),
                                                    ("float16", "uint8"), ("float32", "float32")])
-def test_optimized_hlo_holds_only_the_custom_calls(rng, name, channels, opts, kind, pred_dtype, true_dtype):
-    shape = (2, 32, 32, channels)
-    t, z = make_case(rng, shape, kind, opts["from_logits"], pred_dtype, true_dtype)
-    fn = tf.function(step(fastiou.jaccard_loss, **opts), jit_compile=True)
+def test_optimized_hlo_holds_only_the_custom_calls(rng, mode, pred_dtype, true_dtype):
+    shape = (2, 32, 32, mode.channels)
+    t, z = tf_case(rng, shape, mode.kind, mode.from_logits, true_dtype, pred_dtype, mode.ignore_index)
+    fn = tf.function(step(fastiou.jaccard_loss, **mode.loss_options()), jit_compile=True)
     hlo = fn.experimental_get_compiler_ir(t, z)(stage="optimized_hlo")
     assert 'custom_call_target="fastiou_overlap_stats"' in hlo
     assert 'custom_call_target="fastiou_overlap_grad"' in hlo
@@ -154,7 +107,7 @@ def test_optimized_hlo_holds_only_the_custom_calls(rng, name, channels, opts, ki
 
 def test_hlo_check_catches_plain_formulas(rng):
     # The check itself: the pure formula under XLA does mask-sized work.
-    t, z = make_case(rng, (2, 32, 32, 1), "mask", True, "float32", "uint8")
+    t, z = tf_case(rng, (2, 32, 32, 1), "mask", True, "uint8", "float32")
     fn = tf.function(step(fastiou.reference.jaccard_loss, from_logits=True), jit_compile=True)
     hlo = fn.experimental_get_compiler_ir(t, z)(stage="optimized_hlo")
     assert "fastiou_overlap" not in hlo
@@ -235,7 +188,7 @@ def test_build_without_xla_kernels_falls_back_with_one_warning(rng, monkeypatch)
     # What a build without XLA support does under XLA: plain TF ops, one warning.
     monkeypatch.setattr(_ops, "HAS_XLA_KERNELS", False)
     monkeypatch.setattr(_ops, "_warned_fallback", False)
-    t, z = make_case(rng, (2, 8, 8, 1), "mask", True, "float32", "uint8")
+    t, z = tf_case(rng, (2, 8, 8, 1), "mask", True, "uint8", "float32")
     fn = tf.function(step(fastiou.jaccard_loss, from_logits=True), jit_compile=True)
     with pytest.warns(UserWarning, match="built without XLA kernels"):
         got = fn(t, z)
