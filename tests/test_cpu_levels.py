@@ -95,6 +95,7 @@ def run_child(env_value, args, timeout=900):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not PORTABLE, reason="a build for one -march holds one copy of the kernels")
 @pytest.mark.parametrize("level", LEVELS)
 def test_kernels_at_every_level(level):
@@ -113,6 +114,7 @@ def test_kernels_at_every_level(level):
     assert " passed" in report and " failed" not in report
 
 
+@pytest.mark.slow
 def test_tensorflow_ops_read_the_environment():
     """The TensorFlow op library holds its own copy of the dispatcher: a bad
     FASTIOU_CPU_TARGET reaches the user as the op's error."""
