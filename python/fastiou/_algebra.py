@@ -2,8 +2,10 @@
 
 Each function takes `xp`, a namespace of array functions (asarray(value,
 dtype), where, maximum, power, log, ones_like, zeros_like, take(x, indices,
-axis), mean(x, axis), sum(x, axis)): jax.numpy as it is, or the TensorFlow
-shim in fastiou.losses. No framework is imported here.
+axis), mean(x, axis), sum(x, axis)): jax.numpy as it is, the TensorFlow shim
+of fastiou._backends.tensorflow or the keras.ops one of fastiou.reference.
+fastiou._front.overlap_loss runs it on a backend's sums. No framework is
+imported here.
 """
 
 from fastiou._defaults import ALPHA, BETA, GAMMA, MODE, SMOOTH
@@ -64,8 +66,12 @@ def reduce_channels(xp, loss, class_weights, classes=None):
 
 
 def check_options(kind, smooth=SMOOTH, alpha=ALPHA, beta=BETA, gamma=GAMMA, log_loss=False,
-                  class_weights=None, mode=MODE, classes=None):
+                  class_weights=None, mode=MODE, classes=None, *, per_image=False,
+                  sync_replicas=False):
     """Raises ValueError on option values no loss accepts."""
+    if sync_replicas and per_image:
+        raise ValueError("fastiou: sync_replicas needs per_image=False: per-image sums are "
+                         "replica-local by nature (each image lives on one replica)")
     if mode not in MODES:
         raise ValueError(f"fastiou: mode must be one of {MODES}, got {mode!r}")
     if classes is not None and len(classes) == 0:

@@ -1,9 +1,10 @@
 """Loading of fastiou's TensorFlow op library, input checks and gradients.
 
-`overlap_stats` is the single entry every loss goes through: it validates the
-inputs, runs the fused statistics op and returns I, P, T. Under XLA the op
-lowers to a custom call of the same kernels; a build without XLA kernels
-computes the same sums with plain TF ops there instead.
+`overlap_stats` validates the inputs (fastiou._shapes), runs the fused
+statistics op and returns I, P, T; the losses reach the same op through
+fastiou._backends.tensorflow. Under XLA the op lowers to a custom call of the
+same kernels; a build without XLA kernels computes the same sums with plain
+TF ops there instead.
 """
 
 import ctypes
@@ -13,6 +14,9 @@ import warnings
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import control_flow_util
+
+from fastiou import _shapes
+from fastiou._shapes import check_inputs
 
 _LIB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fastiou_ops.so")
 try:
@@ -35,13 +39,10 @@ def _has_xla_kernels(path):
 HAS_XLA_KERNELS = _has_xla_kernels(_LIB_PATH)
 _warned_fallback = False
 
-PRED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
-TRUE_DTYPES = (tf.bool, tf.uint8, tf.int32, tf.int64) + PRED_DTYPES
-
 
 def accumulation_dtype(pred_dtype):
     """float64 for float64 predictions, float32 for every narrower float."""
-    return tf.float64 if pred_dtype == tf.float64 else tf.float32
+    return tf.as_dtype(_shapes.accumulation_dtype(tf.as_dtype(pred_dtype).name))
 
 
 def in_xla_context():
@@ -49,88 +50,38 @@ def in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
 
 
-def _static_dims(x):
-    return x.shape.as_list() if x.shape.rank is not None else None
+def _shape(x):
+    return None if x.shape.rank is None else tuple(x.shape.as_list())
 
 
-SPARSE_DTYPES = (tf.uint8, tf.int32, tf.int64)
+def prepare_inputs(y_true, y_pred, weights=None, *, sparse=None, ignore_index=None):
+    """Converts and checks the inputs (fastiou._shapes.check_inputs); returns
+    (y_true, y_pred, weights, sparse).
 
-
-def is_sparse_shape(y_true, y_pred):
-    """Whether y_true holds class indices: y_pred's shape without its channel
-    axis, or with a channel axis of 1, while y_pred has several channels."""
-    rank, channels = y_pred.shape.rank, y_pred.shape[-1] if y_pred.shape.rank else None
-    if rank is None or y_true.shape.rank is None or channels == 1:
-        return False
-    if y_true.shape.rank == rank - 1:
-        return True
-    return y_true.shape.rank == rank and y_true.shape[-1] == 1 and channels != 1
-
-
-def prepare_inputs(y_true, y_pred, weights=None, sparse=False):
-    """Converts and checks inputs; returns (y_true, y_pred, weights).
-
-    A dense y_true or weights missing only the trailing channel axis of a
-    single-channel y_pred gets it back (a free reshape). Weights are cast to
-    y_pred's dtype. Sparse y_true (class indices) keeps its shape.
+    `sparse` None resolves it from the shapes. A dense y_true or weights
+    missing only the trailing channel axis of y_pred (y_true: of a
+    single-channel y_pred) gets it back (a free reshape); narrow integer
+    labels are read as int32. Weights are cast to y_pred's dtype. Sparse
+    y_true (class indices) keeps its shape.
     """
     y_pred = tf.convert_to_tensor(y_pred)
     y_true = tf.convert_to_tensor(y_true)
-    if y_pred.dtype not in PRED_DTYPES:
-        raise TypeError(
-            f"fastiou: y_pred must be float16, bfloat16, float32 or float64, got {y_pred.dtype.name}"
-        )
-    rank = y_pred.shape.rank
-    if rank is not None and rank < 2:
-        raise ValueError(
-            f"fastiou: y_pred must have rank >= 2 (batch, ..., channels), got shape {y_pred.shape}"
-        )
-    if sparse:
-        if y_true.dtype in (tf.int8, tf.int16, tf.uint16, tf.uint32):
-            y_true = tf.cast(y_true, tf.int32)
-        if y_true.dtype not in SPARSE_DTYPES:
-            raise TypeError(
-                f"fastiou: sparse labels (class indices) must be uint8, int32 or int64, got "
-                f"{y_true.dtype.name}"
-            )
-        if rank is not None and y_true.shape.rank is not None:
-            no_channel = y_pred.shape[:-1]
-            if not (y_true.shape.is_compatible_with(no_channel)
-                    or y_true.shape.is_compatible_with(no_channel.concatenate([1]))):
-                raise ValueError(
-                    f"fastiou: sparse y_true shape {y_true.shape} must be {no_channel} or "
-                    f"{no_channel.concatenate([1])} for y_pred shape {y_pred.shape}"
-                )
-    else:
-        if y_true.dtype not in TRUE_DTYPES:
-            raise TypeError(
-                "fastiou: y_true must be bool, uint8, int32, int64 or a float type, "
-                f"got {y_true.dtype.name}"
-            )
-        if rank is not None and y_true.shape.rank == rank - 1 and y_pred.shape[-1] == 1:
-            y_true = tf.expand_dims(y_true, -1)
-        if not y_true.shape.is_compatible_with(y_pred.shape):
-            raise ValueError(
-                f"fastiou: y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}"
-            )
     if weights is not None:
         weights = tf.convert_to_tensor(weights)
-        if not weights.dtype.is_floating and not weights.dtype.is_integer and weights.dtype != tf.bool:
-            raise TypeError(f"fastiou: weights must be numeric, got {weights.dtype.name}")
+    how = check_inputs(_shape(y_true), y_true.dtype.name, _shape(y_pred), y_pred.dtype.name,
+                       None if weights is None else _shape(weights),
+                       None if weights is None else weights.dtype.name,
+                       sparse=sparse, ignore_index=ignore_index)
+    if how.label_dtype is not None:
+        y_true = tf.cast(y_true, how.label_dtype)
+    if how.true_channel:
+        y_true = tf.expand_dims(y_true, -1)
+    if weights is not None:
         if weights.dtype != y_pred.dtype:
             weights = tf.cast(weights, y_pred.dtype)
-        if rank is not None and weights.shape.rank == rank - 1:
+        if how.weights_channel:
             weights = tf.expand_dims(weights, -1)
-        per_pixel = y_pred.shape[:-1].concatenate([1]) if rank is not None else None
-        if rank is not None and not (
-            weights.shape.is_compatible_with(y_pred.shape)
-            or weights.shape.is_compatible_with(per_pixel)
-        ):
-            raise ValueError(
-                f"fastiou: weights shape {weights.shape} must equal y_pred shape {y_pred.shape} "
-                f"or {per_pixel}"
-            )
-    return y_true, y_pred, weights
+    return y_true, y_pred, weights, how.sparse
 
 
 def _plain_stats(y_true, y_pred, weights, from_logits, per_image, softmax, sparse, ignore_index):
@@ -181,13 +132,15 @@ def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=
     Returns:
       (I, P, T) in float32, or float64 for float64 y_pred.
     """
-    y_pred = tf.convert_to_tensor(y_pred)
-    y_true = tf.convert_to_tensor(y_true)
-    if sparse is None:
-        sparse = is_sparse_shape(y_true, y_pred)
-    if ignore_index is not None and not sparse:
-        raise ValueError("fastiou: ignore_index needs sparse labels (class indices)")
-    y_true, y_pred, weights = prepare_inputs(y_true, y_pred, weights, sparse=sparse)
+    y_true, y_pred, weights, sparse = prepare_inputs(y_true, y_pred, weights, sparse=sparse,
+                                                     ignore_index=ignore_index)
+    return fused_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
+                       softmax=softmax, sparse=sparse, ignore_index=ignore_index)
+
+
+def fused_stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, sparse, ignore_index):
+    """`overlap_stats` of inputs `prepare_inputs` has checked: the fused op,
+    or plain TF ops under XLA without XLA kernels."""
     if in_xla_context() and not HAS_XLA_KERNELS:
         global _warned_fallback
         if not _warned_fallback:

@@ -23,6 +23,7 @@ cannot: no CUDA kernels in the build, a driver too old for them, or no GPU.
 import importlib
 
 from fastiou import _fastiou_kernels as _ext
+from fastiou import _shapes
 
 __all__ = ["overlap_stats", "overlap_grad", "OverlapStats", "LabelCheck", "built_with_cuda",
            "cuda_device_count", "cuda_unavailable_reason", "cuda_pool_used", "cuda_pool_used_high",
@@ -161,19 +162,10 @@ def _to_framework(buffer, like):
         return buffer
 
 
-def _ndim(x):
-    return len(x.shape)
-
-
 def is_sparse_shape(y_true, y_pred):
     """Whether y_true holds class indices: y_pred's shape without its channel
     axis, or with a channel axis of 1, while y_pred has several channels."""
-    channels = y_pred.shape[-1]
-    if channels == 1:
-        return False
-    if _ndim(y_true) == _ndim(y_pred) - 1:
-        return True
-    return _ndim(y_true) == _ndim(y_pred) and y_true.shape[-1] == 1
+    return _shapes.is_sparse(tuple(y_true.shape), tuple(y_pred.shape))
 
 
 def _prepare(y_true, y_pred, sparse):
@@ -181,9 +173,12 @@ def _prepare(y_true, y_pred, sparse):
         if not hasattr(x, "__dlpack__"):
             raise TypeError(f"fastiou: {name} must be an array with __dlpack__ (NumPy, CuPy, PyTorch, "
                             f"JAX, ...), got {type(x).__name__}")
+    # The shapes are resolved as in every front end (fastiou._shapes); dtypes
+    # and shapes are checked by the kernels' module itself, which the raw
+    # arrays reach without any front end.
     if sparse is None:
         sparse = is_sparse_shape(y_true, y_pred)
-    if not sparse and _ndim(y_true) == _ndim(y_pred) - 1 and y_pred.shape[-1] == 1:
+    if _shapes.true_adds_channel(tuple(y_true.shape), tuple(y_pred.shape), sparse):
         y_true = y_true.reshape(tuple(y_true.shape) + (1,))
     return y_true, sparse
 

@@ -28,98 +28,35 @@ foreground are common.
 
 import keras
 
-from fastiou._algebra import check_options as _check_options, finish
+from fastiou import _front
+from fastiou._algebra import check_options as _check_options
 from fastiou._algebra import flat as _flat
-from fastiou._algebra import resolve_mode as _resolve_mode
-from fastiou._defaults import ALPHA, BETA, GAMMA, MODE, REDUCTION, SMOOTH, epsilon
+from fastiou._defaults import ALPHA, BETA, GAMMA, MODE, REDUCTION, SMOOTH
 from fastiou._keras_reduction import check_no_mask, check_sample_weight, reduce_image_losses
 from fastiou._keras_reduction import scale_for_replicas as _scale_for_replicas
 
 # The same classes serve Keras' TensorFlow backend (fastiou's TensorFlow ops)
-# and its JAX backend (the same kernels through jax.ffi, fastiou.jax).
-_BACKEND = keras.backend.backend()
-if _BACKEND == "tensorflow":
-    import tensorflow as tf
-
-    from fastiou._ops import is_sparse_shape, overlap_stats, prepare_inputs
-elif _BACKEND == "jax":
-    from fastiou import jax as _fj
+# and its JAX backend (the same kernels through jax.ffi, as in fastiou.jax):
+# both run fastiou._front.overlap_loss, on the backend of Keras' framework.
+_KERAS_BACKEND = keras.backend.backend()
+if _KERAS_BACKEND == "tensorflow":
+    from fastiou._backends import tensorflow as _backend
+elif _KERAS_BACKEND == "jax":  # tf.distribute does not exist there: sync_replicas is a no-op
+    from fastiou._backends import jax as _backend
 else:  # pragma: no cover - depends on the environment
-    raise ImportError(f"fastiou.losses supports Keras' tensorflow and jax backends, not {_BACKEND!r}")
+    raise ImportError(
+        f"fastiou.losses supports Keras' tensorflow and jax backends, not {_KERAS_BACKEND!r}")
 
 
-if _BACKEND == "tensorflow":
-
-    class _TFOps:
-        """The array functions the shared loss algebra needs, for TensorFlow."""
-
-        asarray = staticmethod(lambda value, dtype: tf.constant(value, dtype))
-        where = staticmethod(tf.where)
-        maximum = staticmethod(tf.maximum)
-        power = staticmethod(tf.pow)
-        log = staticmethod(tf.math.log)
-        ones_like = staticmethod(tf.ones_like)
-        zeros_like = staticmethod(tf.zeros_like)
-        take = staticmethod(lambda x, indices, axis: tf.gather(x, indices, axis=axis))
-        mean = staticmethod(lambda x, axis: tf.reduce_mean(x, axis=axis))
-        sum = staticmethod(lambda x, axis: tf.reduce_sum(x, axis=axis))
-
-
-def _sum_across_replicas(I, P, T):
-    """I, P, T summed over the replicas of the current tf.distribute replica
-    context (one all-reduce of 3C values); unchanged outside one or with a
-    single replica. The all-reduce's gradient is an all-reduce of the
-    gradients, so each replica's predictions get the gradient of the global
-    sums."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return I, P, T
-    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([I, P, T]))
-    return total[0], total[1], total[2]
-
-
-def overlap_loss(
-    kind,
-    y_true,
-    y_pred,
-    *,
-    from_logits=False,
-    smooth=SMOOTH,
-    per_image=False,
-    class_weights=None,
-    log_loss=False,
-    alpha=ALPHA,
-    beta=BETA,
-    gamma=GAMMA,
-    weights=None,
-    mode=MODE,
-    ignore_index=None,
-    classes=None,
-    sync_replicas=False,
-):
+def overlap_loss(kind, y_true, y_pred, *, from_logits=False, smooth=SMOOTH, per_image=False,
+                 class_weights=None, log_loss=False, alpha=ALPHA, beta=BETA, gamma=GAMMA,
+                 weights=None, mode=MODE, ignore_index=None, classes=None, sync_replicas=False):
     """Shared body of the functional losses; `kind` is jaccard, dice or tversky."""
-    _check_options(kind, smooth, alpha, beta, gamma, log_loss, class_weights, mode, classes)
-    if sync_replicas and per_image:
-        raise ValueError("fastiou: sync_replicas needs per_image=False: per-image sums are "
-                         "replica-local by nature (each image lives on one replica)")
-    if _BACKEND == "jax":  # tf.distribute does not exist there: sync_replicas is a no-op
-        return _fj._overlap_loss(kind, y_true, y_pred, from_logits=from_logits, mode=mode, smooth=smooth,
-                                 per_image=per_image, class_weights=class_weights, log_loss=log_loss,
-                                 alpha=alpha, beta=beta, gamma=gamma, weights=weights,
-                                 ignore_index=ignore_index, classes=classes)
-    y_true = tf.convert_to_tensor(y_true)
-    y_pred = tf.convert_to_tensor(y_pred)
-    sparse = is_sparse_shape(y_true, y_pred)
-    # The inputs' own errors (dtype, rank, shapes) before the mode's.
-    y_true, y_pred, weights = prepare_inputs(y_true, y_pred, weights, sparse=sparse)
-    multiclass = _resolve_mode(mode, sparse, y_pred.shape[-1], y_true.shape)
-    I, P, T = overlap_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
-                            softmax=multiclass, sparse=sparse, ignore_index=ignore_index)
-    if sync_replicas:
-        I, P, T = _sum_across_replicas(I, P, T)
-    return finish(_TFOps, kind, I, P, T, smooth=smooth, alpha=alpha, beta=beta, gamma=gamma,
-                  log_loss=log_loss, class_weights=class_weights, classes=classes,
-                  eps=epsilon())
+    return _front.overlap_loss(_backend, kind, y_true, y_pred, from_logits=from_logits,
+                               smooth=smooth, per_image=per_image, class_weights=class_weights,
+                               log_loss=log_loss, alpha=alpha, beta=beta, gamma=gamma,
+                               weights=weights, mode=mode, ignore_index=ignore_index,
+                               classes=classes, sync_replicas=sync_replicas)
 
 
 _ARGS_DOC = """
@@ -214,9 +151,6 @@ class _OverlapLoss(keras.losses.Loss):
                  sync_replicas=False, reduction=REDUCTION, name=None, dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.sync_replicas = bool(sync_replicas)
-        if self.sync_replicas and per_image:
-            raise ValueError("fastiou: sync_replicas needs per_image=False: per-image sums are "
-                             "replica-local by nature (each image lives on one replica)")
         self.from_logits = bool(from_logits)
         self.mode = mode
         self.ignore_index = None if ignore_index is None else int(ignore_index)
@@ -227,6 +161,7 @@ class _OverlapLoss(keras.losses.Loss):
         self.log_loss = bool(log_loss)
         _check_options(self._kind, self.smooth, log_loss=self.log_loss,
                        class_weights=self.class_weights, mode=self.mode, classes=self.classes,
+                       per_image=self.per_image, sync_replicas=self.sync_replicas,
                        **self._kind_options())
 
     def _kind_options(self):
