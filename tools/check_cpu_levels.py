@@ -15,7 +15,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPUS = {"Nehalem": "x86-64-v2", "Haswell": "x86-64-v3"}
-TESTS = ["tests/test_sparse_paths.py", "tests/test_kernels_module.py", "-k", "not cuda"]
+TESTS = ["tests/test_sparse_paths.py", "tests/test_kernels_module.py",
+         "tests/test_properties.py::test_module_against_the_oracle", "-k", "not cuda"]
 
 
 def main():

@@ -35,11 +35,12 @@ from packaging.requirements import Requirement
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # The installed-package tests: the kernels module, the sparse and tile paths,
-# the TF ops (forward and gradient), the XLA custom calls and fastiou.jax.
-TESTS = ["tests/test_kernels_module.py", "tests/test_sparse_paths.py", "tests/test_forward.py",
-         "tests/test_gradients.py", "tests/test_xla.py", "tests/test_jax.py"]
+# the module's property-based cases, the TF ops (forward and gradient), the XLA custom calls and fastiou.jax.
+TESTS = ["tests/test_kernels_module.py", "tests/test_sparse_paths.py", "tests/test_properties.py",
+         "tests/test_forward.py", "tests/test_gradients.py", "tests/test_xla.py", "tests/test_jax.py"]
 # At each forced lower level: the kernels against the float64 oracle.
-LEVEL_TESTS = ["tests/test_kernels_module.py", "tests/test_sparse_paths.py"]
+LEVEL_TESTS = ["tests/test_kernels_module.py", "tests/test_sparse_paths.py",
+               "tests/test_properties.py::test_module_against_the_oracle"]
 SDIST_NEEDS = ["CMakeLists.txt", "pyproject.toml", "LICENSE", "README.md", "csrc/core/overlap_kernels.h",
                "csrc/cpu/overlap_cpu.cc", "cmake/check_level_symbols.cmake", "python/fastiou/__init__.py"]
 

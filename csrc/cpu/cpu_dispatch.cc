@@ -4,7 +4,10 @@
 // oldest CPU it runs on. The level copies are declared in cpu/cpu_levels.h
 // and built by CMakeLists.txt, which sets FASTIOU_CPU_DISPATCH (one copy per
 // x86-64 level) or FASTIOU_CPU_ARCH_NAME (one copy for that -march).
+#include <xmmintrin.h>
+
 #include <cstdlib>
+#include <functional>
 #include <string>
 
 #include "core/overlap_kernels.h"
@@ -107,20 +110,52 @@ const CpuTarget& cpu_target() {
   return target;
 }
 
-std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for) {
+namespace {
+
+// The kernels run with subnormal floats flushed to zero (MXCSR's FTZ and DAZ
+// bits) on every thread that runs them, whichever door called: TensorFlow's
+// threads already run so, and a subnormal intermediate (the exp of a very
+// negative logit) read as zero on one door and not on another would make the
+// doors' bits differ. Each thread's own mode is restored afterwards.
+class FlushSubnormals {
+ public:
+  FlushSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFtzDaz); }
+  ~FlushSubnormals() { _mm_setcsr(saved_); }
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
+
+ private:
+  static constexpr unsigned kFtzDaz = 0x8040;  // FTZ (bit 15) and DAZ (bit 6)
+  unsigned saved_;
+};
+
+// Runs the `entry` kernel of this process's level on args.
+template <typename Args>
+std::string run_flushed(std::string (*LevelKernels::*entry)(const Args&, const ParallelFor&), const Args& args,
+                        const ParallelFor& parallel_for) {
   const CpuTarget& target = cpu_target();
   if (!target.problem.empty()) return target.problem;
   const std::string err = validate_label_dtype(args.labels, args.true_dtype);
   if (!err.empty()) return err;
-  return kLevels[target.index].stats(args, parallel_for);
+  const ParallelFor flushed = [&parallel_for](int64_t units, int64_t cost,
+                                              const std::function<void(int64_t, int64_t)>& fn) {
+    parallel_for(units, cost, [&fn](int64_t begin, int64_t end) {
+      FlushSubnormals flush;
+      fn(begin, end);
+    });
+  };
+  FlushSubnormals flush;  // the calling thread: the final sums and their conversion
+  return (kLevels[target.index].*entry)(args, flushed);
+}
+
+}  // namespace
+
+std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for) {
+  return run_flushed(&LevelKernels::stats, args, parallel_for);
 }
 
 std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for) {
-  const CpuTarget& target = cpu_target();
-  if (!target.problem.empty()) return target.problem;
-  const std::string err = validate_label_dtype(args.labels, args.true_dtype);
-  if (!err.empty()) return err;
-  return kLevels[target.index].grad(args, parallel_for);
+  return run_flushed(&LevelKernels::grad, args, parallel_for);
 }
 
 }  // namespace fastiou
