@@ -1,0 +1,192 @@
+"""Runs fastiou.jax over several forced host devices in a fresh process (the
+device count must be set before JAX starts) and writes what it computed for
+test_jax_sharding.py, which checks it.
+
+    python sharding_worker.py partition N OUT   # sharded jax.jit vs one device: arrays, HLO, shardings
+    python sharding_worker.py keras N OUT       # Keras on JAX: DataParallel model.fit vs one device
+
+OUT receives result.json, arrays.npz and (partition) one HLO text per case.
+"""
+
+import json
+import os
+import sys
+
+DEVICES = int(sys.argv[2])
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           f" --xla_force_host_platform_device_count={DEVICES}").strip()
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+from cases import MODE, mode_case  # noqa: E402
+
+# (B, H, W): splits evenly over 2 or 4 devices along the batch and the rows.
+BATCH_SHAPE = (8, 16, 12)
+PARTITION_MODES = ["binary-logits", "multiclass-sparse", "multiclass-one-hot"]
+
+
+def layouts():
+    """name: (mesh, y_pred's partition spec)."""
+    devices = np.array(jax.devices())
+    line = Mesh(devices, ("d",))
+    out = {"batch": (line, P("d")), "rows": (line, P(None, "d")), "channels": (line, P(None, None, None, "d"))}
+    if DEVICES == 4:
+        out["batch-rows"] = (Mesh(devices.reshape(2, 2), ("a", "b")), P("a", "b"))
+    return out
+
+
+def step_fn(mode, per_image):
+    """(I, P, T, their vjp for cotangents g, the Jaccard loss, its gradient)."""
+    kernel = mode.kernel_options()
+    loss_opts = mode.loss_options()
+
+    def step(z, t, g_i, g_p, g_t):
+        (I, P_, T), vjp = jax.vjp(lambda z: fj.overlap_stats(t, z, per_image=per_image, **kernel), z)
+        (d_sums,) = vjp((g_i, g_p, g_t))
+        loss, d_loss = jax.value_and_grad(
+            lambda z: jnp.mean(fj.jaccard_loss(t, z, per_image=per_image, **loss_opts)))(z)
+        return I, P_, T, d_sums, loss, d_loss
+
+    return step
+
+
+def partition(out_dir):
+    rng = np.random.default_rng(22)
+    arrays, result = {}, {"devices": jax.device_count(), "cases": {}}
+    for name in PARTITION_MODES:
+        mode = MODE[name]
+        t, z = mode_case(rng, mode, BATCH_SHAPE)
+        arrays[f"{name}/t"], arrays[f"{name}/z"] = t, z
+        for per_image in (False, True):
+            sums_shape = (BATCH_SHAPE[0], mode.channels) if per_image else (mode.channels,)
+            g = [rng.normal(size=sums_shape).astype(np.float32) for _ in range(3)]
+            key = f"{name}/{per_image}"
+            arrays.update({f"{key}/g{i}": gi for i, gi in enumerate(g)})
+            step = step_fn(mode, per_image)
+            single = jax.jit(step)(z, t, *g)  # numpy inputs: one device
+            arrays.update({f"{key}/single/{i}": np.asarray(v) for i, v in enumerate(single)})
+            for layout, (mesh, spec) in layouts().items():
+                if layout == "channels" and mode.channels % DEVICES:
+                    continue
+                zs = jax.device_put(z, NamedSharding(mesh, spec))
+                t_spec = spec if t.ndim == z.ndim else P(*tuple(spec)[:t.ndim])
+                ts = jax.device_put(t, NamedSharding(mesh, t_spec))
+                compiled = jax.jit(step).lower(zs, ts, *g).compile()
+                got = compiled(zs, ts, *g)
+                arrays.update({f"{key}/{layout}/{i}": np.asarray(v) for i, v in enumerate(got)})
+                hlo_file = f"{name}-{per_image}-{layout}.hlo.txt"
+                with open(os.path.join(out_dir, hlo_file), "w") as f:
+                    f.write(compiled.as_text())
+                result["cases"][f"{key}/{layout}"] = {
+                    "hlo": hlo_file,
+                    "local_pixels": int(np.prod(zs.addressable_shards[0].data.shape[:-1])),
+                    "input_sharding": str(zs.sharding.spec),
+                    "stats_grad_sharding": str(got[3].sharding.spec),
+                    "loss_grad_sharding": str(got[5].sharding.spec),
+                    "grads_keep_sharding": [bool(got[i].sharding.is_equivalent_to(zs.sharding, z.ndim))
+                                            for i in (3, 5)],
+                }
+    np.savez(os.path.join(out_dir, "arrays.npz"), **arrays)
+    return result
+
+
+# --- Keras on JAX: model.fit under DataParallel against one device.
+
+GLOBAL_BATCH = 8
+SIZE = 8
+
+
+def fit_data(channels, steps=3, seed=0):
+    """Images and targets whose two halves of every global batch differ in
+    foreground share (binary) or in class mix (sparse labels), so that losses
+    of the halves alone differ from the global batch's."""
+    rng = np.random.default_rng(seed)
+    n = steps * GLOBAL_BATCH
+    x = rng.normal(size=(n, SIZE, SIZE, 2)).astype(np.float32)
+    share = np.tile(np.repeat([0.05, 0.5], GLOBAL_BATCH // 2), steps)[:, None, None]
+    if channels == 1:
+        return x, (rng.random((n, SIZE, SIZE, 1)) < share[..., None]).astype(np.uint8)
+    labels = np.where(rng.random((n, SIZE, SIZE)) < share, rng.integers(1, channels, (n, SIZE, SIZE)), 0)
+    labels = np.where(rng.random((n, SIZE, SIZE)) < 0.1, 255, labels)  # ignored pixels
+    return x, labels.astype(np.uint8)
+
+
+def keras_fit(out_dir):
+    import keras
+
+    import fastiou
+
+    cases = {
+        "jaccard-binary": (1, lambda: fastiou.losses.JaccardLoss(from_logits=True)),
+        "dice-sparse": (3, lambda: fastiou.losses.DiceLoss(from_logits=True, ignore_index=255)),
+        "jaccard-per-image": (1, lambda: fastiou.losses.JaccardLoss(from_logits=True, per_image=True)),
+    }
+
+    def model(channels):
+        inputs = keras.Input((SIZE, SIZE, 2))
+        h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+        return keras.Model(inputs, keras.layers.Conv2D(channels, 1)(h))
+
+    # What fastiou's partitioning saw: the mesh axes splitting y_pred's batch
+    # axis, for each custom call XLA partitioned.
+    from fastiou._backends import jax_sharding
+
+    seen, split = [], jax_sharding._split
+    jax_sharding._split = lambda *args: seen.append(split(*args)[0]) or split(*args)
+
+    result = {"backend": keras.backend.backend(), "devices": len(keras.distribution.list_devices())}
+    for name, (channels, make_loss) in cases.items():
+        x, y = fit_data(channels)
+        keras.utils.set_random_seed(0)
+        initial = model(channels).get_weights()
+
+        def train(distribution):
+            keras.distribution.set_distribution(distribution)
+            try:
+                m = model(channels)
+                m.set_weights(initial)
+                m.compile(optimizer=keras.optimizers.SGD(0.5), loss=make_loss())
+                history = m.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
+                return m.get_weights(), history.history["loss"][0]
+            finally:
+                keras.distribution.set_distribution(None)
+
+        single, single_loss = train(None)
+        seen.clear()
+        parallel, parallel_loss = train(keras.distribution.DataParallel(
+            devices=keras.distribution.list_devices()))
+        batch_split = sorted({" ".join(axes) for axes in seen})
+        # The first batch's loss over each half alone: what a loss that saw
+        # only its devices' share would report.
+        z = model(channels)
+        z.set_weights(initial)
+        logits = np.asarray(z(x[:GLOBAL_BATCH]))
+        half = GLOBAL_BATCH // 2
+        loss = make_loss()
+        halves = [float(loss(y[i * half:(i + 1) * half], logits[i * half:(i + 1) * half])) for i in (0, 1)]
+        result[name] = {
+            "update": max(float(np.abs(w1 - w0).max()) for w1, w0 in zip(single, initial)),
+            "weight_diff": max(float(np.abs(w1 - w0).max()) for w1, w0 in zip(parallel, single)),
+            "single_loss": single_loss, "parallel_loss": parallel_loss,
+            "whole_first_batch": float(loss(y[:GLOBAL_BATCH], logits)), "halves_first_batch": halves,
+            "batch_split_in_fit": batch_split,
+        }
+    return result
+
+
+if __name__ == "__main__":
+    import fastiou
+    import fastiou.jax as fj
+
+    what, out = sys.argv[1], sys.argv[3]
+    result = {"partition": partition, "keras": keras_fit}[what](out)
+    result["fastiou_file"] = fastiou.__file__
+    with open(os.path.join(out, "result.json"), "w") as f:
+        json.dump(result, f)
+    print("RESULT " + json.dumps({"ok": True}))
