@@ -92,8 +92,27 @@ def partition(out_dir):
                     "grads_keep_sharding": [bool(got[i].sharding.is_equivalent_to(zs.sharding, z.ndim))
                                             for i in (3, 5)],
                 }
+    uneven(rng, arrays)
     np.savez(os.path.join(out_dir, "arrays.npz"), **arrays)
     return result
+
+
+def uneven(rng, arrays):
+    """A batch of 2N - 1 images split over N devices inside jax.jit (arrays
+    passed in must split evenly; intermediate ones need not)."""
+    mode = MODE["binary-logits"]
+    t, z = mode_case(rng, mode, (2 * DEVICES - 1,) + BATCH_SHAPE[1:])
+    split = NamedSharding(Mesh(np.array(jax.devices()), ("d",)), P("d"))
+    arrays["uneven/t"], arrays["uneven/z"] = t, z
+    for per_image in (False, True):
+        def loss(z, t, constrain):
+            z = jax.lax.with_sharding_constraint(z, split) if constrain else z
+            return jnp.mean(fj.jaccard_loss(t, z, per_image=per_image, **mode.loss_options()))
+
+        for constrain in (True, False):
+            value, grad = jax.jit(jax.value_and_grad(lambda z, t: loss(z, t, constrain)))(z, t)
+            arrays[f"uneven/{per_image}/{'split' if constrain else 'single'}"] = np.asarray(value)
+            arrays[f"uneven/{per_image}/{'split' if constrain else 'single'}/grad"] = np.asarray(grad)
 
 
 # --- Keras on JAX: model.fit under DataParallel against one device.

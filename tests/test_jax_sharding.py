@@ -156,6 +156,22 @@ def test_split_channels_are_gathered_and_still_correct(run):
             assert any(op == "all-gather" for op, _ in _collectives(f.read())), key
 
 
+@pytest.mark.slow
+def test_uneven_batch_split_is_gathered_and_still_correct(run):
+    # A batch that does not split evenly (2N - 1 images on N devices, inside
+    # jax.jit) is gathered: padded blocks would enter the sums.
+    _, arrays, _ = run
+    t, z = arrays["uneven/t"], arrays["uneven/z"]
+    for per_image in (False, True):
+        I, P, T = oracle.sums(t, z, from_logits=True, per_image=per_image)
+        loss = np.mean(1.0 - (I + 1.0) / (T + P - I + 1.0))
+        got, single = arrays[f"uneven/{per_image}/split"], arrays[f"uneven/{per_image}/single"]
+        assert float(got) == pytest.approx(loss, rel=1e-5)
+        assert float(got) == pytest.approx(float(single), rel=1e-6)
+        np.testing.assert_allclose(arrays[f"uneven/{per_image}/split/grad"],
+                                   arrays[f"uneven/{per_image}/single/grad"], rtol=1e-6, atol=1e-9)
+
+
 @pytest.fixture(scope="module", params=[2, 4], ids=["2-devices", "4-devices"])
 def keras_run(request, tmp_path_factory):
     result = _run("keras", request.param, tmp_path_factory.mktemp(f"keras{request.param}"))
