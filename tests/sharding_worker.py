@@ -28,30 +28,48 @@ from cases import MODE, mode_case  # noqa: E402
 
 # (B, H, W): splits evenly over 2 or 4 devices along the batch and the rows.
 BATCH_SHAPE = (8, 16, 12)
-PARTITION_MODES = ["binary-logits", "multiclass-sparse", "multiclass-one-hot"]
+# name: (mode of cases.py, per-pixel weights, float targets)
+PARTITION_CASES = {
+    "binary-logits": ("binary-logits", False, False),
+    "multiclass-sparse": ("multiclass-sparse", False, False),
+    "multiclass-one-hot": ("multiclass-one-hot", False, False),
+    "multilabel-weighted": ("multilabel-logits", True, True),
+}
+OUTPUTS = ("I", "P", "T", "d_sums", "loss", "d_loss", "d_sums_true")
 
 
 def layouts():
     """name: (mesh, y_pred's partition spec)."""
     devices = np.array(jax.devices())
     line = Mesh(devices, ("d",))
-    out = {"batch": (line, P("d")), "rows": (line, P(None, "d")), "channels": (line, P(None, None, None, "d"))}
+    out = {"batch": (line, P("d")), "rows": (line, P(None, "d")),
+           "channels": (line, P(None, None, None, "d"))}
     if DEVICES == 4:
         out["batch-rows"] = (Mesh(devices.reshape(2, 2), ("a", "b")), P("a", "b"))
     return out
 
 
-def step_fn(mode, per_image):
-    """(I, P, T, their vjp for cotangents g, the Jaccard loss, its gradient)."""
+def step_fn(mode, per_image, weighted, float_true):
+    """The OUTPUTS: I, P, T, their vjp for cotangents g (wrt y_pred, and wrt
+    float targets, else 0), the mean Jaccard loss and its gradient."""
     kernel = mode.kernel_options()
     loss_opts = mode.loss_options()
 
-    def step(z, t, g_i, g_p, g_t):
-        (I, P_, T), vjp = jax.vjp(lambda z: fj.overlap_stats(t, z, per_image=per_image, **kernel), z)
-        (d_sums,) = vjp((g_i, g_p, g_t))
+    def step(z, t, w, g_i, g_p, g_t):
+        w = w if weighted else None
+
+        def sums(z, t):
+            return fj.overlap_stats(t, z, w, per_image=per_image, **kernel)
+
+        if float_true:
+            (I, P_, T), vjp = jax.vjp(sums, z, t)
+            d_sums, d_true = vjp((g_i, g_p, g_t))
+        else:
+            (I, P_, T), vjp = jax.vjp(lambda z: sums(z, t), z)
+            (d_sums,), d_true = vjp((g_i, g_p, g_t)), jnp.zeros(())
         loss, d_loss = jax.value_and_grad(
-            lambda z: jnp.mean(fj.jaccard_loss(t, z, per_image=per_image, **loss_opts)))(z)
-        return I, P_, T, d_sums, loss, d_loss
+            lambda z: jnp.mean(fj.jaccard_loss(t, z, per_image=per_image, weights=w, **loss_opts)))(z)
+        return I, P_, T, d_sums, loss, d_loss, d_true
 
     return step
 
@@ -59,38 +77,40 @@ def step_fn(mode, per_image):
 def partition(out_dir):
     rng = np.random.default_rng(22)
     arrays, result = {}, {"devices": jax.device_count(), "cases": {}}
-    for name in PARTITION_MODES:
-        mode = MODE[name]
-        t, z = mode_case(rng, mode, BATCH_SHAPE)
-        arrays[f"{name}/t"], arrays[f"{name}/z"] = t, z
+    for name, (mode_name, weighted, float_true) in PARTITION_CASES.items():
+        mode = MODE[mode_name]
+        t, z = mode_case(rng, mode, BATCH_SHAPE, true_dtype="float32" if float_true else "uint8")
+        w = rng.random(BATCH_SHAPE + (1,)).astype(np.float32) if weighted else np.zeros(1, np.float32)
+        arrays[f"{name}/t"], arrays[f"{name}/z"], arrays[f"{name}/w"] = t, z, w
         for per_image in (False, True):
             sums_shape = (BATCH_SHAPE[0], mode.channels) if per_image else (mode.channels,)
             g = [rng.normal(size=sums_shape).astype(np.float32) for _ in range(3)]
             key = f"{name}/{per_image}"
             arrays.update({f"{key}/g{i}": gi for i, gi in enumerate(g)})
-            step = step_fn(mode, per_image)
-            single = jax.jit(step)(z, t, *g)  # numpy inputs: one device
-            arrays.update({f"{key}/single/{i}": np.asarray(v) for i, v in enumerate(single)})
+            step = step_fn(mode, per_image, weighted, float_true)
+            single = jax.jit(step)(z, t, w, *g)  # numpy inputs: one device
+            arrays.update({f"{key}/single/{o}": np.asarray(v) for o, v in zip(OUTPUTS, single)})
             for layout, (mesh, spec) in layouts().items():
                 if layout == "channels" and mode.channels % DEVICES:
                     continue
                 zs = jax.device_put(z, NamedSharding(mesh, spec))
-                t_spec = spec if t.ndim == z.ndim else P(*tuple(spec)[:t.ndim])
-                ts = jax.device_put(t, NamedSharding(mesh, t_spec))
-                compiled = jax.jit(step).lower(zs, ts, *g).compile()
-                got = compiled(zs, ts, *g)
-                arrays.update({f"{key}/{layout}/{i}": np.asarray(v) for i, v in enumerate(got)})
+                pixels = P(*tuple(spec)[:z.ndim - 1])  # spec without the channel axis
+                ts = jax.device_put(t, NamedSharding(mesh, spec if t.shape == z.shape else pixels))
+                ws = jax.device_put(w, NamedSharding(mesh, pixels if weighted else P()))
+                compiled = jax.jit(step).lower(zs, ts, ws, *g).compile()
+                got = compiled(zs, ts, ws, *g)
+                arrays.update({f"{key}/{layout}/{o}": np.asarray(v) for o, v in zip(OUTPUTS, got)})
                 hlo_file = f"{name}-{per_image}-{layout}.hlo.txt"
                 with open(os.path.join(out_dir, hlo_file), "w") as f:
                     f.write(compiled.as_text())
+                grads = [got[3], got[5]] + ([got[6]] if float_true else [])
                 result["cases"][f"{key}/{layout}"] = {
-                    "hlo": hlo_file,
+                    "mode": mode_name, "weighted": weighted, "float_true": float_true, "hlo": hlo_file,
                     "local_pixels": int(np.prod(zs.addressable_shards[0].data.shape[:-1])),
                     "input_sharding": str(zs.sharding.spec),
-                    "stats_grad_sharding": str(got[3].sharding.spec),
-                    "loss_grad_sharding": str(got[5].sharding.spec),
-                    "grads_keep_sharding": [bool(got[i].sharding.is_equivalent_to(zs.sharding, z.ndim))
-                                            for i in (3, 5)],
+                    "grad_shardings": [str(v.sharding.spec) for v in grads],
+                    "grads_keep_sharding": [bool(v.sharding.is_equivalent_to(zs.sharding, z.ndim))
+                                            for v in grads],
                 }
     uneven(rng, arrays)
     np.savez(os.path.join(out_dir, "arrays.npz"), **arrays)

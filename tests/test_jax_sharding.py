@@ -46,66 +46,75 @@ def run(request, tmp_path_factory):
     return result, arrays, out
 
 
+OUTPUTS = ("I", "P", "T", "d_sums", "loss", "d_loss", "d_sums_true")
+
+
 def _cases(result, layouts=SPLIT_LAYOUTS):
-    """(mode, per_image, layout, key) of every sharded run in `layouts`."""
-    for key in result["cases"]:
+    """(case name, mode, per_image, layout, key, facts) of every sharded run in `layouts`."""
+    for key, facts in result["cases"].items():
         name, per_image, layout = key.split("/")
         if layout in layouts:
-            yield MODE[name], per_image == "True", layout, key
+            yield name, MODE[facts["mode"]], per_image == "True", layout, key, facts
 
 
-def _outputs(arrays, key):
-    return [arrays[f"{key}/{i}"] for i in range(6)]  # I, P, T, vjp of the sums, loss, its gradient
+def _outputs(arrays, key, facts):
+    """The run's OUTPUTS (the gradient wrt the targets only for float targets)."""
+    return {o: arrays[f"{key}/{o}"] for o in OUTPUTS if o != "d_sums_true" or facts["float_true"]}
 
 
-def _oracle(arrays, mode, per_image):
-    """The float64 sums, their vjp for the run's cotangents, the mean Jaccard
-    loss and its gradient, from overlap_oracle."""
-    t, z = arrays[f"{mode.name}/t"], arrays[f"{mode.name}/z"]
+def _oracle(arrays, name, mode, per_image, facts):
+    """The float64 OUTPUTS from overlap_oracle: the sums, their vjp for the
+    run's cotangents, the mean Jaccard loss and its gradient."""
+    t, z = arrays[f"{name}/t"], arrays[f"{name}/z"]
+    w = arrays[f"{name}/w"] if facts["weighted"] else None
     kernel = dict(from_logits=mode.from_logits, softmax=mode.softmax, sparse=mode.sparse,
                   ignore_index=mode.ignore_index, per_image=per_image)
-    I, P, T = oracle.sums(t, z, **kernel)
-    g = [arrays[f"{mode.name}/{per_image}/g{i}"] for i in range(3)]
-    d_sums = oracle.grad(t, z, None, *g, **kernel)
+    I, P, T = oracle.sums(t, z, w, **kernel)
+    g = [arrays[f"{name}/{per_image}/g{i}"] for i in range(3)]
     index = (I + 1.0) / (T + P - I + 1.0)
-    loss = np.mean(1.0 - index)
     # The mean over the groups: each group's dL/dI, dL/dP, dL/dT over their count.
-    d_loss = oracle.grad(t, z, None, *(d / I.size for d in oracle.jaccard_group_grads(I, P, T)), **kernel)
-    return [I, P, T, d_sums, loss, d_loss]
+    group = [d / I.size for d in oracle.jaccard_group_grads(I, P, T)]
+    out = dict(I=I, P=P, T=T, d_sums=oracle.grad(t, z, w, *g, **kernel), loss=np.mean(1.0 - index),
+               d_loss=oracle.grad(t, z, w, *group, **kernel))
+    if facts["float_true"]:
+        out["d_sums_true"] = oracle.grad(t, z, w, *g, wrt_true=True, **kernel)
+    return out
 
 
 @pytest.mark.slow
 def test_values_and_gradients_match_the_float64_oracle(run):
     result, arrays, _ = run
-    for mode, per_image, layout, key in _cases(result, SPLIT_LAYOUTS + ("channels",)):
-        for got, want, what in zip(_outputs(arrays, key), _oracle(arrays, mode, per_image),
-                                   ("I", "P", "T", "d_sums", "loss", "d_loss")):
-            scale = np.abs(want).max()
-            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6 * scale, err_msg=f"{key} {what}")
+    for name, mode, per_image, layout, key, facts in _cases(result, SPLIT_LAYOUTS + ("channels",)):
+        want = _oracle(arrays, name, mode, per_image, facts)
+        got = _outputs(arrays, key, facts)
+        assert got.keys() == want.keys()
+        for what in got:
+            scale = np.abs(want[what]).max()
+            np.testing.assert_allclose(got[what], want[what], rtol=2e-5, atol=2e-6 * scale,
+                                       err_msg=f"{key} {what}")
 
 
 @pytest.mark.slow
 def test_values_and_gradients_match_one_device(run):
     result, arrays, _ = run
-    for mode, per_image, layout, key in _cases(result, SPLIT_LAYOUTS + ("channels",)):
-        single = _outputs(arrays, f"{mode.name}/{per_image}/single")
-        for got, want, what in zip(_outputs(arrays, key), single, ("I", "P", "T", "d_sums", "loss", "d_loss")):
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max(),
+    for name, mode, per_image, layout, key, facts in _cases(result, SPLIT_LAYOUTS + ("channels",)):
+        single = _outputs(arrays, f"{name}/{per_image}/single", facts)
+        for what, got in _outputs(arrays, key, facts).items():
+            np.testing.assert_allclose(got, single[what], rtol=1e-6, atol=1e-6 * np.abs(single[what]).max(),
                                        err_msg=f"{key} {what}")
-        if per_image and layout == "batch":
-            # Each image's sums come from one device's kernel, as on one device:
-            # the sums and the gradients are bitwise the same.
-            for i in (0, 1, 2, 3, 5):
-                np.testing.assert_array_equal(arrays[f"{key}/{i}"], single[i], err_msg=f"{key} output {i}")
+            if per_image and layout == "batch" and what != "loss":
+                # Each image's sums come from one device's kernel, as on one
+                # device: the sums and the gradients are bitwise the same.
+                np.testing.assert_array_equal(got, single[what], err_msg=f"{key} {what}")
 
 
 @pytest.mark.slow
 def test_gradients_keep_the_input_sharding(run):
     result, _, _ = run
-    for _, _, _, key in _cases(result, SPLIT_LAYOUTS + ("channels",)):
-        case = result["cases"][key]
-        assert case["grads_keep_sharding"] == [True, True], (key, case)
-        assert case["stats_grad_sharding"] == case["loss_grad_sharding"] == case["input_sharding"], key
+    for _, _, _, _, key, facts in _cases(result, SPLIT_LAYOUTS + ("channels",)):
+        assert all(facts["grads_keep_sharding"]), (key, facts)
+        assert set(facts["grad_shardings"]) == {facts["input_sharding"]}, (key, facts)
+        assert len(facts["grad_shardings"]) == (3 if facts["float_true"] else 2)
 
 
 _COLLECTIVE = re.compile(r"=\s*(\(.*?\)|\w+\[[\d,]*\]\S*)\s+"
@@ -128,8 +137,7 @@ def _collectives(hlo):
 @pytest.mark.slow
 def test_only_the_sums_cross_devices(run):
     result, _, out = run
-    for mode, per_image, layout, key in _cases(result):
-        case = result["cases"][key]
+    for _, mode, per_image, layout, key, case in _cases(result):
         with open(os.path.join(out, case["hlo"])) as f:
             hlo = f.read()
         assert 'custom_call_target="fastiou_overlap_stats"' in hlo, key
@@ -151,7 +159,7 @@ def test_split_channels_are_gathered_and_still_correct(run):
     result, _, out = run
     channel_cases = list(_cases(result, ("channels",)))
     assert channel_cases  # the one-hot mode's 4 channels split over 2 or 4 devices
-    for _, _, _, key in channel_cases:
+    for _, _, _, _, key, _ in channel_cases:
         with open(os.path.join(out, result["cases"][key]["hlo"])) as f:
             assert any(op == "all-gather" for op, _ in _collectives(f.read())), key
 

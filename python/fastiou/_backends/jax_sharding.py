@@ -130,7 +130,7 @@ def _sums_sharding(mesh, lay, split):
     return _named(mesh, split[0], ()) if lay.per_image else _named(mesh, ())
 
 
-def _partitioned(stats_fn, grad_fn):
+def partitioned(stats_fn, grad_fn):
     """(stats, grad): stats_fn and grad_fn (the plain jax.ffi calls) as
     functions that split over a mesh, with stats_fn's and grad_fn's arguments."""
 
@@ -193,6 +193,3 @@ def _partitioned(stats_fn, grad_fn):
         return call(y_true, y_pred, weights, g_i, g_p, g_t)
 
     return stats, grad
-
-
-partitioned = _partitioned
