@@ -15,6 +15,7 @@ import numpy as np
 from fastiou import kernels as _kernels
 from fastiou import _shapes
 from fastiou._shapes import check_inputs
+from fastiou._backends import jax_sharding
 
 xp = jnp  # the array namespace of the shared loss algebra
 
@@ -62,22 +63,26 @@ def _grad_call(y_true, y_pred, weights, g_i, g_p, g_t, opts, wrt_true):
     return call(y_true, y_pred, weights, g_i, g_p, g_t, wrt_true=np.int64(wrt_true), **_attrs(opts))
 
 
+# The calls as they split over the devices of sharded inputs (jax_sharding).
+_sharded_stats, _sharded_grad = jax_sharding.partitioned(_stats_call, _grad_call)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _stats(y_true, y_pred, weights, opts):
-    return _stats_call(y_true, y_pred, weights, opts)
+    return _sharded_stats(y_true, y_pred, weights, opts)
 
 
 def _stats_fwd(y_true, y_pred, weights, opts):
-    return _stats_call(y_true, y_pred, weights, opts), (y_true, y_pred, weights)
+    return _sharded_stats(y_true, y_pred, weights, opts), (y_true, y_pred, weights)
 
 
 def _stats_bwd(opts, residuals, cotangents):
     y_true, y_pred, weights = residuals
     acc = _acc_dtype(y_pred.dtype)
     g_i, g_p, g_t = (jnp.asarray(g, acc) for g in cotangents)
-    d_pred = _grad_call(y_true, y_pred, weights, g_i, g_p, g_t, opts, False)
+    d_pred = _sharded_grad(y_true, y_pred, weights, g_i, g_p, g_t, opts, False)
     if jnp.issubdtype(y_true.dtype, jnp.floating) and not opts[3]:
-        d_true = _grad_call(y_true, y_pred, weights, g_i, g_p, g_t, opts, True).astype(y_true.dtype)
+        d_true = _sharded_grad(y_true, y_pred, weights, g_i, g_p, g_t, opts, True).astype(y_true.dtype)
     else:
         d_true = np.zeros(y_true.shape, jax.dtypes.float0)  # integer targets have no gradient
     # Weights get no gradient from the kernels; they are data, like the masks.
