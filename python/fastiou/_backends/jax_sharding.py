@@ -130,6 +130,13 @@ def _sums_sharding(mesh, lay, split):
     return _named(mesh, split[0], ()) if lay.per_image else _named(mesh, ())
 
 
+def _on_one_device(*arrays):
+    """Concrete arrays (outside jit) that live on one device: the plain call,
+    without the partitioned one's tracing at every call."""
+    return all(isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+               and len(a.sharding.device_set) == 1 for a in arrays)
+
+
 def partitioned(stats_fn, grad_fn):
     """(stats, grad): stats_fn and grad_fn (the plain jax.ffi calls) as
     functions that split over a mesh, with stats_fn's and grad_fn's arguments."""
@@ -182,11 +189,15 @@ def partitioned(stats_fn, grad_fn):
                           sharding_rule=lambda lay, wrt_true, mesh, *types: _rule(lay, grad=True))
 
     def stats(y_true, y_pred, weights, opts):
+        if _on_one_device(y_true, y_pred, weights):
+            return stats_fn(y_true, y_pred, weights, opts)
         lay = _layout(y_true, y_pred, weights, opts)
         call = jax.custom_batching.sequential_vmap(lambda t, p, w: stats_cp(t, p, w, lay))
         return call(y_true, y_pred, weights)
 
     def grad(y_true, y_pred, weights, g_i, g_p, g_t, opts, wrt_true):
+        if _on_one_device(y_true, y_pred, weights, g_i, g_p, g_t):
+            return grad_fn(y_true, y_pred, weights, g_i, g_p, g_t, opts, wrt_true)
         lay = _layout(y_true, y_pred, weights, opts)
         call = jax.custom_batching.sequential_vmap(
             lambda t, p, w, gi, gp, gt: grad_cp(t, p, w, gi, gp, gt, lay, bool(wrt_true)))
