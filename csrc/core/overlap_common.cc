@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 
 #include "core/overlap_kernels.h"
 
@@ -110,6 +112,34 @@ bool built_with_cuda() {
 ParallelFor serial_parallel_for() {
   return [](int64_t units, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
     if (units > 0) fn(0, units);
+  };
+}
+
+ParallelFor spawning_parallel_for(int64_t threads, Spawn spawn) {
+  threads = std::max<int64_t>(1, threads);
+  return [threads, spawn = std::move(spawn)](int64_t units, int64_t cost,
+                                              const std::function<void(int64_t, int64_t)>& fn) {
+    if (units <= 0) return;
+    // Below about a million cycles of work a piece is not worth a thread.
+    const int64_t by_cost = std::max<int64_t>(1, units * std::max<int64_t>(cost, 1) / 1000000);
+    const int64_t n = std::min({threads, units, by_cost});
+    if (n == 1) {
+      fn(0, units);
+      return;
+    }
+    std::mutex mu;
+    std::condition_variable done;
+    int64_t pending = n - 1;
+    for (int64_t k = 1; k < n; ++k) {
+      spawn([&, k] {
+        fn(units * k / n, units * (k + 1) / n);
+        std::lock_guard<std::mutex> lock(mu);
+        if (--pending == 0) done.notify_one();
+      });
+    }
+    fn(0, units / n);
+    std::unique_lock<std::mutex> lock(mu);
+    done.wait(lock, [&] { return pending == 0; });
   };
 }
 

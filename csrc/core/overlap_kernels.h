@@ -127,6 +127,14 @@ using ParallelFor =
 // Runs everything on the calling thread.
 ParallelFor serial_parallel_for();
 
+// Runs fn over [0, units) in pieces of about a million cycles at least, at
+// most `threads` of them: the first on the calling thread, each other one as a
+// task handed to `spawn` (which must run it once, on another thread), and
+// waits for all of them. The Python module spawns std::threads, the Host XLA
+// FFI handlers use XLA's thread pool.
+using Spawn = std::function<void(std::function<void()> task)>;
+ParallelFor spawning_parallel_for(int64_t threads, Spawn spawn);
+
 // The SIMD level the CPU kernels run at. A portable build holds one copy of
 // the kernels per x86-64 level (x86-64-v2: SSE4.2; x86-64-v3: AVX2 and FMA;
 // x86-64-v4: AVX-512) and runs the best one this CPU supports, chosen once per

@@ -30,22 +30,8 @@ namespace fastiou_py {
 
 // Runs the CPU kernels on std::threads; results do not depend on the split.
 fastiou::ParallelFor thread_parallel_for() {
-  return [](int64_t units, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
-    if (units <= 0) return;
-    const int64_t hw = std::max<unsigned>(1, std::thread::hardware_concurrency());
-    // Below about a million cycles of work, threads cost more than they save.
-    const int64_t by_cost = std::max<int64_t>(1, units * std::max<int64_t>(cost, 1) / 1000000);
-    const int64_t n = std::min({hw, units, by_cost});
-    if (n == 1) {
-      fn(0, units);
-      return;
-    }
-    std::vector<std::thread> threads;
-    for (int64_t k = 0; k < n; ++k) {
-      threads.emplace_back([&, k] { fn(units * k / n, units * (k + 1) / n); });
-    }
-    for (auto& t : threads) t.join();
-  };
+  return fastiou::spawning_parallel_for(std::thread::hardware_concurrency(),
+                                        [](std::function<void()> task) { std::thread(std::move(task)).detach(); });
 }
 
 int cuda_device_count() {

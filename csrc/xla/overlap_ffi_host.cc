@@ -1,7 +1,6 @@
 // Host (CPU) XLA FFI handlers: the C++ kernels on XLA's thread pool.
-#include <algorithm>
-#include <condition_variable>
-#include <mutex>
+#include <functional>
+#include <utility>
 
 #include "xla/overlap_ffi.h"
 #include "xla/overlap_ffi_common.h"
@@ -9,34 +8,10 @@
 namespace fastiou_xla {
 namespace {
 
-// Runs fn over [0, units) in up to num_threads pieces, one on the calling
-// thread and the rest on XLA's pool, and waits for them. The kernels' results
-// do not depend on the split.
+// The kernels on XLA's pool: pieces on its threads and the calling one.
 fastiou::ParallelFor PoolParallelFor(ffi::ThreadPool* pool) {
-  return [pool](int64_t units, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
-    if (units <= 0) return;
-    const int64_t threads = std::max<int64_t>(1, pool->num_threads());
-    // Below about a million cycles of work a piece is not worth a task.
-    const int64_t by_cost = std::max<int64_t>(1, units * std::max<int64_t>(cost, 1) / 1000000);
-    const int64_t n = std::min({threads, units, by_cost});
-    if (n == 1) {
-      fn(0, units);
-      return;
-    }
-    std::mutex mu;
-    std::condition_variable done;
-    int64_t pending = n - 1;
-    for (int64_t k = 1; k < n; ++k) {
-      pool->Schedule([&, k] {
-        fn(units * k / n, units * (k + 1) / n);
-        std::lock_guard<std::mutex> lock(mu);
-        if (--pending == 0) done.notify_one();
-      });
-    }
-    fn(0, units / n);
-    std::unique_lock<std::mutex> lock(mu);
-    done.wait(lock, [&] { return pending == 0; });
-  };
+  return fastiou::spawning_parallel_for(pool->num_threads(),
+                                        [pool](std::function<void()> task) { pool->Schedule(std::move(task)); });
 }
 
 ffi::Error StatsHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred, ffi::AnyBuffer weights,
