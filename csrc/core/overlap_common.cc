@@ -43,7 +43,7 @@ std::string shape_string(const Shape& shape) {
 }
 
 std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const Shape* weights,
-                                    const LabelOptions& labels, OverlapGeometry* g) {
+                                    const OverlapOptions& options, OverlapGeometry* g) {
   if (pred.size() < 2) {
     return "y_pred must have rank >= 2 (batch, ..., channels), got shape " + shape_string(pred);
   }
@@ -57,7 +57,7 @@ std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const S
   }
   Shape per_pixel = pred;
   per_pixel.back() = 1;
-  if (labels.sparse) {
+  if (options.sparse) {
     const Shape no_channel(pred.begin(), pred.end() - 1);
     if (tru != no_channel && tru != per_pixel) {
       return "sparse y_true shape " + shape_string(tru) + " must be " + shape_string(no_channel) +
@@ -82,8 +82,8 @@ std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const S
   return std::string();
 }
 
-std::string validate_label_dtype(const LabelOptions& labels, DType true_dtype) {
-  if (!labels.sparse) return std::string();
+std::string validate_label_dtype(const OverlapOptions& options, DType true_dtype) {
+  if (!options.sparse) return std::string();
   if (true_dtype == DType::kUInt8 || true_dtype == DType::kInt32 || true_dtype == DType::kInt64) {
     return std::string();
   }
@@ -97,7 +97,7 @@ std::string bad_label_message(const OverlapInputs& in, int64_t image, int64_t pi
                   ", pixel " + std::to_string(pixel) +
                   " (flat index over the spatial axes) is outside [0, " +
                   std::to_string(in.geometry.channels) + ")";
-  if (in.labels.has_ignore) s += " and is not ignore_index " + std::to_string(in.labels.ignore_index);
+  if (in.has_ignore) s += " and is not ignore_index " + std::to_string(in.ignore_index);
   return s;
 }
 

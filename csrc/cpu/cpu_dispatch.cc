@@ -110,7 +110,7 @@ const CpuTarget& cpu_target() {
 std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for) {
   const CpuTarget& target = cpu_target();
   if (!target.problem.empty()) return target.problem;
-  const std::string err = validate_label_dtype(args.labels, args.true_dtype);
+  const std::string err = validate_label_dtype(args, args.true_dtype);
   if (!err.empty()) return err;
   return kLevels[target.index].stats(args, parallel_for);
 }
@@ -118,7 +118,7 @@ std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel
 std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for) {
   const CpuTarget& target = cpu_target();
   if (!target.problem.empty()) return target.problem;
-  const std::string err = validate_label_dtype(args.labels, args.true_dtype);
+  const std::string err = validate_label_dtype(args, args.true_dtype);
   if (!err.empty()) return err;
   return kLevels[target.index].grad(args, parallel_for);
 }

@@ -16,7 +16,7 @@ fastiou::ParallelFor PoolParallelFor(ffi::ThreadPool* pool) {
 
 ffi::Error StatsHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred, ffi::AnyBuffer weights,
                      ffi::Result<ffi::AnyBuffer> intersection, ffi::Result<ffi::AnyBuffer> pred_sum,
-                     ffi::Result<ffi::AnyBuffer> true_sum, Options options) {
+                     ffi::Result<ffi::AnyBuffer> true_sum, fastiou::OverlapOptions options) {
   fastiou::StatsArgs a;
   std::string err = PrepareStats(y_true, y_pred, weights, options, *intersection, *pred_sum, *true_sum, &a);
   if (!err.empty()) return Invalid(err);
@@ -29,7 +29,7 @@ ffi::Error StatsHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer
 
 ffi::Error GradHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred, ffi::AnyBuffer weights,
                     ffi::AnyBuffer grad_i, ffi::AnyBuffer grad_p, ffi::AnyBuffer grad_t,
-                    ffi::Result<ffi::AnyBuffer> out, GradOptions options) {
+                    ffi::Result<ffi::AnyBuffer> out, fastiou::GradOptions options) {
   fastiou::GradArgs a;
   std::string err = PrepareGrad(y_true, y_pred, weights, grad_i, grad_p, grad_t, options, *out, &a);
   if (!err.empty()) return Invalid(err);
@@ -49,7 +49,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouOverlapStatsHost, StatsHost,
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Attrs<Options>());
+                                  .Attrs<fastiou::OverlapOptions>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouOverlapGradHost, GradHost,
                               ffi::Ffi::Bind()
@@ -61,6 +61,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouOverlapGradHost, GradHost,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Attrs<GradOptions>());
+                                  .Attrs<fastiou::GradOptions>());
 
 }  // namespace fastiou_xla
