@@ -59,7 +59,7 @@ test-kernels:
 	cmake --build $(KBUILD) -j
 	rm -rf $(KBUILD)/pkg && mkdir -p $(KBUILD)/pkg && cp -r python/fastiou $(KBUILD)/pkg/
 	cp $(KBUILD)/_fastiou_kernels*.so $(KBUILD)/pkg/fastiou/
-	PYTHONPATH=$(KBUILD)/pkg$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m pytest -q -rs tests/test_kernels_module.py tests/test_cuda.py $(PYTEST_ARGS)
+	PYTHONPATH=$(KBUILD)/pkg$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m pytest -q -rs tests/test_kernels_module.py tests/test_cuda.py tests/test_cuda_streams.py $(PYTEST_ARGS)
 
 # The device check for a GPU machine without TensorFlow, in one command: the
 # TensorFlow-free build of test-kernels, the module, CUDA and JAX tests, compute-sanitizer and the GPU

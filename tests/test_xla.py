@@ -105,6 +105,21 @@ def test_optimized_hlo_holds_only_the_custom_calls(rng, mode, pred_dtype, true_d
     assert mask_sized_work(hlo, mask_elements) == []
 
 
+def test_custom_calls_carry_every_option_booleans_as_booleans(rng):
+    # The handlers' attributes (csrc/xla/overlap_ffi.h): every option in each
+    # call, the flags and settings as MLIR booleans, ignore_index as i64.
+    labels = tf.constant(rng.integers(0, 3, size=(2, 8, 8)).astype(np.uint8))
+    z = tf.constant(rng.normal(size=(2, 8, 8, 3)).astype(np.float32))
+    w = tf.ones((2, 8, 8, 1))
+    fn = tf.function(step(lambda t, z: tf.add_n([tf.reduce_sum(s) for s in fastiou.overlap_stats(
+        t, z, w, from_logits=True, per_image=False, softmax=True, ignore_index=255)])), jit_compile=True)
+    hlo = fn.experimental_get_compiler_ir(labels, z)(stage="hlo")
+    options = ("from_logits = true, per_image = false, has_weights = true, softmax = true, sparse = true, "
+               "has_ignore = true, ignore_index = 255 : i64")
+    assert "backend_config={" + options + "}" in hlo
+    assert "backend_config={" + options + ", wrt_true = false}" in hlo
+
+
 def test_hlo_check_catches_plain_formulas(rng):
     # The check itself: the pure formula under XLA does mask-sized work.
     t, z = tf_case(rng, (2, 32, 32, 1), "mask", True, "uint8", "float32")
@@ -165,8 +180,8 @@ def test_host_handlers_through_jax_ffi(rng):
         jax.ffi.register_ffi_target(target, platforms["cpu"], platform="cpu")
     z = rng.normal(size=(3, 10, 7, 4)).astype(np.float32)
     labels = rng.integers(0, 4, size=(3, 10, 7)).astype(np.uint8)
-    attrs = dict(from_logits=np.int64(1), per_image=np.int64(1), has_weights=np.int64(0), softmax=np.int64(1),
-                 sparse=np.int64(1), has_ignore=np.int64(0), ignore_index=np.int64(0))
+    attrs = dict(from_logits=np.bool_(True), per_image=np.bool_(True), has_weights=np.bool_(False),
+                 softmax=np.bool_(True), sparse=np.bool_(True), has_ignore=np.bool_(False), ignore_index=np.int64(0))
     sums = jax.ShapeDtypeStruct((3, 4), jnp.float32)
     no_weights = jnp.zeros((0,), jnp.float32)
     stats = jax.jit(lambda t, z: jax.ffi.ffi_call("fastiou_overlap_stats", (sums, sums, sums))(
@@ -179,7 +194,7 @@ def test_host_handlers_through_jax_ffi(rng):
     g_i, g_p, g_t = (np.full((3, 4), v, np.float32) for v in (0.5, -0.25, 0.0))
     grad = jax.jit(lambda t, z, a, b, c: jax.ffi.ffi_call(
         "fastiou_overlap_grad", jax.ShapeDtypeStruct(z.shape, z.dtype))(
-        t, z, no_weights, a, b, c, wrt_true=np.int64(0), **attrs))(labels, z, g_i, g_p, g_t)
+        t, z, no_weights, a, b, c, wrt_true=np.bool_(False), **attrs))(labels, z, g_i, g_p, g_t)
     want = fk.overlap_grad(labels, z, None, g_i, g_p, g_t, from_logits=True, softmax=True, sparse=True)
     assert np.asarray(grad).tobytes() == want.tobytes()
 

@@ -8,7 +8,8 @@ not stop the later ones, except that nothing runs without a build:
   build         the TensorFlow-free module with the machine's nvcc (sm_90 by
                 default), copied with python/fastiou into a package folder
   module-tests  tests/test_kernels_module.py
-  cuda-tests    tests/test_cuda.py: the CUDA kernels on PyTorch tensors
+  cuda-tests    tests/test_cuda.py, tests/test_cuda_streams.py: the CUDA kernels
+                on PyTorch tensors
   jax-tests     tests/test_jax.py with JAX on the GPU: the CUDA XLA FFI handlers
   sanitizers    compute-sanitizer memcheck, racecheck, synccheck and initcheck
                 on tools/gpu_check_sanitize.py (small cases of every mode)
@@ -220,7 +221,8 @@ class Check:
         if not have("torch"):
             return "skipped", "-", "torch not installed"
         device = "the GPU" if self.gpu else "CPU tensors (FASTIOU_TEST_DEVICE=cpu)"
-        status, counts, note = self.pytest("cuda-tests", ["tests/test_cuda.py"], timeout, self.gpu)
+        files = ["tests/test_cuda.py", "tests/test_cuda_streams.py"]
+        status, counts, note = self.pytest("cuda-tests", files, timeout, self.gpu)
         return status, counts, "; ".join(filter(None, [f"on {device}", note]))
 
     def jax_tests(self, timeout):

@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 
 #include "core/overlap_kernels.h"
 
@@ -41,7 +43,7 @@ std::string shape_string(const Shape& shape) {
 }
 
 std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const Shape* weights,
-                                    const LabelOptions& labels, OverlapGeometry* g) {
+                                    const OverlapOptions& options, OverlapGeometry* g) {
   if (pred.size() < 2) {
     return "y_pred must have rank >= 2 (batch, ..., channels), got shape " + shape_string(pred);
   }
@@ -55,7 +57,7 @@ std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const S
   }
   Shape per_pixel = pred;
   per_pixel.back() = 1;
-  if (labels.sparse) {
+  if (options.sparse) {
     const Shape no_channel(pred.begin(), pred.end() - 1);
     if (tru != no_channel && tru != per_pixel) {
       return "sparse y_true shape " + shape_string(tru) + " must be " + shape_string(no_channel) +
@@ -80,8 +82,8 @@ std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const S
   return std::string();
 }
 
-std::string validate_label_dtype(const LabelOptions& labels, DType true_dtype) {
-  if (!labels.sparse) return std::string();
+std::string validate_label_dtype(const OverlapOptions& options, DType true_dtype) {
+  if (!options.sparse) return std::string();
   if (true_dtype == DType::kUInt8 || true_dtype == DType::kInt32 || true_dtype == DType::kInt64) {
     return std::string();
   }
@@ -95,7 +97,7 @@ std::string bad_label_message(const OverlapInputs& in, int64_t image, int64_t pi
                   ", pixel " + std::to_string(pixel) +
                   " (flat index over the spatial axes) is outside [0, " +
                   std::to_string(in.geometry.channels) + ")";
-  if (in.labels.has_ignore) s += " and is not ignore_index " + std::to_string(in.labels.ignore_index);
+  if (in.has_ignore) s += " and is not ignore_index " + std::to_string(in.ignore_index);
   return s;
 }
 
@@ -110,6 +112,34 @@ bool built_with_cuda() {
 ParallelFor serial_parallel_for() {
   return [](int64_t units, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
     if (units > 0) fn(0, units);
+  };
+}
+
+ParallelFor spawning_parallel_for(int64_t threads, Spawn spawn) {
+  threads = std::max<int64_t>(1, threads);
+  return [threads, spawn = std::move(spawn)](int64_t units, int64_t cost,
+                                              const std::function<void(int64_t, int64_t)>& fn) {
+    if (units <= 0) return;
+    // Below about a million cycles of work a piece is not worth a thread.
+    const int64_t by_cost = std::max<int64_t>(1, units * std::max<int64_t>(cost, 1) / 1000000);
+    const int64_t n = std::min({threads, units, by_cost});
+    if (n == 1) {
+      fn(0, units);
+      return;
+    }
+    std::mutex mu;
+    std::condition_variable done;
+    int64_t pending = n - 1;
+    for (int64_t k = 1; k < n; ++k) {
+      spawn([&, k] {
+        fn(units * k / n, units * (k + 1) / n);
+        std::lock_guard<std::mutex> lock(mu);
+        if (--pending == 0) done.notify_one();
+      });
+    }
+    fn(0, units / n);
+    std::unique_lock<std::mutex> lock(mu);
+    done.wait(lock, [&] { return pending == 0; });
   };
 }
 

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "core/overlap_options.h"
+
 namespace fastiou {
 
 enum class DType : int {
@@ -51,31 +53,15 @@ constexpr int64_t kMaxChannels = int64_t(1) << 24;
 // Work elements aimed at per chunk.
 constexpr int64_t kChunkElements = 32768;
 
-// How y_pred becomes probabilities and how y_true names the targets.
-struct LabelOptions {
-  // With from_logits: softmax over the channels instead of a sigmoid per
-  // channel. Without from_logits y_pred already holds probabilities.
-  bool softmax = false;
-  // y_true holds one integer class index per pixel instead of one value per
-  // element; it is compared with the channel index, never expanded.
-  bool sparse = false;
-  // Sparse pixels whose label equals ignore_index count nowhere and get a zero
-  // gradient.
-  bool has_ignore = false;
-  int64_t ignore_index = 0;
-};
-
-// What both kernels read: the inputs and how to interpret them.
-struct OverlapInputs {
+// What both kernels read: the options (core/overlap_options.h), the inputs
+// and how to interpret them.
+struct OverlapInputs : OverlapOptions {
   OverlapGeometry geometry;
-  LabelOptions labels;
-  bool from_logits = false;
-  bool per_image = true;
   DType pred_dtype = DType::kFloat32;
   DType true_dtype = DType::kFloat32;
   const void* y_pred = nullptr;
   const void* y_true = nullptr;
-  const void* weights = nullptr;  // pred_dtype, or nullptr for unit weights
+  const void* weights = nullptr;  // pred_dtype with has_weights, else nullptr (unit weights)
 };
 
 struct StatsArgs : OverlapInputs {
@@ -91,9 +77,8 @@ struct StatsArgs : OverlapInputs {
 // Doubles of scratch the stats kernel needs: 3 per chunk and channel.
 int64_t stats_workspace_doubles(const OverlapGeometry& geometry);
 
-struct GradArgs : OverlapInputs {
-  // false: write dL/dy_pred; true: write dL/dy_true (in pred_dtype).
-  bool wrt_true = false;
+// With wrt_true the kernel writes dL/dy_true (in pred_dtype), else dL/dy_pred.
+struct GradArgs : OverlapInputs, GradOnlyOptions {
   // dL/dI, dL/dP, dL/dT per group, in the stats' accumulation type.
   const void* grad_intersection = nullptr;
   const void* grad_pred_sum = nullptr;
@@ -101,18 +86,18 @@ struct GradArgs : OverlapInputs {
   void* output = nullptr;  // pred_dtype, same shape as y_pred
 };
 
-// Checks the shapes of y_pred, y_true and (when has_weights) weights against
+// Checks the shapes of y_pred, y_true and (when not null) weights against
 // each other and the label options, and derives the geometry. Returns an
 // empty string, or a message naming the problem. Every adapter calls it.
 using Shape = std::vector<int64_t>;
 std::string validate_overlap_shapes(const Shape& pred, const Shape& tru, const Shape* weights,
-                                    const LabelOptions& labels, OverlapGeometry* geometry);
+                                    const OverlapOptions& options, OverlapGeometry* geometry);
 std::string shape_string(const Shape& shape);
 
 // Checks y_true's dtype against the label options: sparse labels (class
 // indices) must be uint8, int32 or int64. Empty, or the problem. Every adapter
 // calls it, so a float label never reaches a kernel that would truncate it.
-std::string validate_label_dtype(const LabelOptions& labels, DType true_dtype);
+std::string validate_label_dtype(const OverlapOptions& options, DType true_dtype);
 
 // The error for a sparse label outside [0, channels) that is not ignore_index.
 std::string bad_label_message(const OverlapInputs& inputs, int64_t image, int64_t pixel,
@@ -126,6 +111,14 @@ using ParallelFor =
 
 // Runs everything on the calling thread.
 ParallelFor serial_parallel_for();
+
+// Runs fn over [0, units) in pieces of about a million cycles at least, at
+// most `threads` of them: the first on the calling thread, each other one as a
+// task handed to `spawn` (which must run it once, on another thread), and
+// waits for all of them. The Python module spawns std::threads, the Host XLA
+// FFI handlers use XLA's thread pool.
+using Spawn = std::function<void(std::function<void()> task)>;
+ParallelFor spawning_parallel_for(int64_t threads, Spawn spawn);
 
 // The SIMD level the CPU kernels run at. A portable build holds one copy of
 // the kernels per x86-64 level (x86-64-v2: SSE4.2; x86-64-v3: AVX2 and FMA;

@@ -49,10 +49,10 @@ inline PixelRule make_pixel_rule(const OverlapInputs& in) {
   PixelRule r;
   r.channels = in.geometry.channels;
   r.from_logits = in.from_logits;
-  r.softmax = in.labels.softmax;
-  r.sparse = in.labels.sparse;
-  r.has_ignore = in.labels.has_ignore;
-  r.ignore_index = in.labels.ignore_index;
+  r.softmax = in.softmax;
+  r.sparse = in.sparse;
+  r.has_ignore = in.has_ignore;
+  r.ignore_index = in.ignore_index;
   r.weights_per_pixel = in.geometry.weights_per_pixel;
   return r;
 }

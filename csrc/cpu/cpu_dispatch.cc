@@ -135,7 +135,7 @@ std::string run_flushed(std::string (*LevelKernels::*entry)(const Args&, const P
                         const ParallelFor& parallel_for) {
   const CpuTarget& target = cpu_target();
   if (!target.problem.empty()) return target.problem;
-  const std::string err = validate_label_dtype(args.labels, args.true_dtype);
+  const std::string err = validate_label_dtype(args, args.true_dtype);
   if (!err.empty()) return err;
   const ParallelFor flushed = [&parallel_for](int64_t units, int64_t cost,
                                               const std::function<void(int64_t, int64_t)>& fn) {

@@ -201,7 +201,7 @@ struct StatsCpu {
   static void run(const StatsArgs& a, const ParallelFor& parallel_for, std::string* error) {
     using A = typename AccOf<TP>::type;
     const OverlapGeometry& g = a.geometry;
-    std::vector<BadLabel> bad(static_cast<size_t>(a.labels.sparse ? g.chunks() : 0));
+    std::vector<BadLabel> bad(static_cast<size_t>(a.sparse ? g.chunks() : 0));
     auto body = [&](auto logits, auto weights) {
       constexpr bool kLogits = decltype(logits)::value;
       constexpr bool kWeights = decltype(weights)::value;
@@ -210,7 +210,7 @@ struct StatsCpu {
                      for (int64_t chunk = begin; chunk < end; ++chunk)
                        stats_chunk<kLogits, kWeights, TP, TT>(
                            a, chunk, a.workspace + chunk * g.channels * 3,
-                           a.labels.sparse ? &bad[chunk] : nullptr);
+                           a.sparse ? &bad[chunk] : nullptr);
                    });
     };
     dispatch_bool(a.from_logits, [&](auto logits) {

@@ -120,7 +120,7 @@ struct GradCuda {
 using namespace cuda_detail;
 
 std::string overlap_grad_cuda(const GradArgs& args, void* stream) {
-  const std::string labels = validate_label_dtype(args.labels, args.true_dtype);
+  const std::string labels = validate_label_dtype(args, args.true_dtype);
   if (!labels.empty()) return labels;
   const std::string driver = cuda_driver_problem();
   if (!driver.empty()) return driver;

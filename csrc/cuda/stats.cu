@@ -208,7 +208,7 @@ struct StatsCuda {
       items = segments;
     }
     reduce_tiles<A, TT><<<static_cast<unsigned>(l.groups()), kThreads, 0, stream>>>(
-        src, items, l.channels, bad_pixel, bad_value, in.tru, a.labels.sparse, static_cast<A*>(a.intersection),
+        src, items, l.channels, bad_pixel, bad_value, in.tru, a.sparse, static_cast<A*>(a.intersection),
         static_cast<A*>(a.pred_sum), static_cast<A*>(a.true_sum));
     *error = launch_status("fastiou stats reduction");
   }
@@ -230,7 +230,7 @@ int64_t stats_workspace_doubles_cuda(const OverlapInputs& inputs) {
 }
 
 std::string overlap_stats_cuda(const StatsArgs& args, void* stream) {
-  const std::string labels = validate_label_dtype(args.labels, args.true_dtype);
+  const std::string labels = validate_label_dtype(args, args.true_dtype);
   if (!labels.empty()) return labels;
   const std::string driver = cuda_driver_problem();
   if (!driver.empty()) return driver;

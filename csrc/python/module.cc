@@ -4,7 +4,9 @@
 // Outputs are Buffers that any framework takes in with its from_dlpack.
 // This file: argument checks, the two entry points and the bindings; the
 // DLPack exchange is in dlpack.cc, the work left queued on a stream (held
-// inputs, deferred label checks) in pending.cc.
+// inputs, deferred label checks) in pending.cc, what the module reports about
+// the machine (CUDA devices, memory pool, SIMD level, FFI handlers) in
+// machine.cc.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -20,85 +22,56 @@
 
 #include "core/overlap_kernels.h"
 #include "python/dlpack.h"
+#include "python/machine.h"
 #include "python/pending.h"
-
-#if FASTIOU_WITH_FFI
-#include "xla/overlap_ffi.h"
-#endif
 
 namespace fastiou_py {
 
 // Runs the CPU kernels on std::threads; results do not depend on the split.
 fastiou::ParallelFor thread_parallel_for() {
-  return [](int64_t units, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
-    if (units <= 0) return;
-    const int64_t hw = std::max<unsigned>(1, std::thread::hardware_concurrency());
-    // Below about a million cycles of work, threads cost more than they save.
-    const int64_t by_cost = std::max<int64_t>(1, units * std::max<int64_t>(cost, 1) / 1000000);
-    const int64_t n = std::min({hw, units, by_cost});
-    if (n == 1) {
-      fn(0, units);
-      return;
-    }
-    std::vector<std::thread> threads;
-    for (int64_t k = 0; k < n; ++k) {
-      threads.emplace_back([&, k] { fn(units * k / n, units * (k + 1) / n); });
-    }
-    for (auto& t : threads) t.join();
-  };
+  return fastiou::spawning_parallel_for(std::thread::hardware_concurrency(),
+                                        [](std::function<void()> task) { std::thread(std::move(task)).detach(); });
 }
 
-int cuda_device_count() {
-#if FASTIOU_WITH_CUDA
-  int n = 0;
-  const cudaError_t err = cudaGetDeviceCount(&n);
-  if (err != cudaSuccess) {
-    forget_cuda_error(err);
-    return 0;
-  }
-  return n;
-#else
-  return 0;
-#endif
-}
+// The options as the functions' keyword arguments (core/overlap_options.h):
+// a setting as itself, an optional one as None when not given; the flags are
+// read off the arguments they speak of.
+#define FASTIOU_PY_PARAM_setting(type, name) type name,
+#define FASTIOU_PY_PARAM_optional(type, name) std::optional<type> name,
+#define FASTIOU_PY_PARAM_flag(type, name)
+#define FASTIOU_PY_PARAM(type, name, init, kind) FASTIOU_PY_PARAM_##kind(type, name)
 
-// "" when this build's CUDA kernels can run on the machine's driver, else why not.
-std::string cuda_driver_problem() {
-#if FASTIOU_WITH_CUDA
-  return fastiou::cuda_driver_problem();
-#else
-  return "fastiou was built without CUDA kernels";
-#endif
-}
+#define FASTIOU_PY_ARG_setting(name, init) py::arg(#name) = init,
+#define FASTIOU_PY_ARG_optional(name, init) py::arg(#name) = py::none(),
+#define FASTIOU_PY_ARG_flag(name, init)
+#define FASTIOU_PY_ARG(type, name, init, kind) FASTIOU_PY_ARG_##kind(name, init)
 
-// Raises, before any CUDA call, when a CUDA array cannot run fastiou's kernels.
-void require_cuda_kernels(int device) {
-#if FASTIOU_WITH_CUDA
-  const std::string problem = fastiou::cuda_driver_problem();
-  if (!problem.empty()) throw std::runtime_error("fastiou: " + problem);
-  const int n = cuda_device_count();
-  if (n == 0) {
-    throw std::runtime_error("fastiou: no CUDA device visible to fastiou's kernels (y_pred is on CUDA device " +
-                             std::to_string(device) + ")");
-  }
-  if (device < 0 || device >= n) {
-    throw std::runtime_error("fastiou: y_pred is on CUDA device " + std::to_string(device) +
-                             ", but fastiou's kernels see " + std::to_string(n) + " CUDA devices");
-  }
-#else
-  (void)device;
-  throw py::value_error("fastiou: y_pred is a CUDA array, but fastiou was built without CUDA kernels "
-                        "(fastiou.built_with_cuda() is False)");
-#endif
-}
+#define FASTIOU_PY_PASS_setting(name) name,
+#define FASTIOU_PY_PASS_optional(name) name,
+#define FASTIOU_PY_PASS_flag(name)
+#define FASTIOU_PY_PASS(type, name, init, kind) FASTIOU_PY_PASS_##kind(name)
 
-struct Options {
-  bool from_logits;
-  bool per_image;
-  bool softmax;
-  bool sparse;
-  std::optional<int64_t> ignore_index;
-};
+#define FASTIOU_PY_SET_setting(name, init) o.name = name;
+#define FASTIOU_PY_SET_optional(name, init) o.name = name.value_or(init);
+#define FASTIOU_PY_SET_flag(name, init)
+#define FASTIOU_PY_SET(type, name, init, kind) FASTIOU_PY_SET_##kind(name, init)
+
+#define FASTIOU_PY_IS_FLAG_setting 0
+#define FASTIOU_PY_IS_FLAG_optional 0
+#define FASTIOU_PY_IS_FLAG_flag 1
+#define FASTIOU_PY_COUNT_FLAGS(type, name, init, kind) +FASTIOU_PY_IS_FLAG_##kind
+
+fastiou::OverlapOptions call_options(FASTIOU_OVERLAP_OPTIONS(FASTIOU_PY_PARAM) const py::object& weights) {
+  fastiou::OverlapOptions o;
+  FASTIOU_OVERLAP_OPTIONS(FASTIOU_PY_SET)
+  // The flags: whether weights and ignore_index were given.
+  static_assert(
+      0 FASTIOU_OVERLAP_OPTIONS(FASTIOU_PY_COUNT_FLAGS) FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_PY_COUNT_FLAGS) == 2,
+      "a new flag option: set it here from the argument it speaks of");
+  o.has_weights = !weights.is_none();
+  o.has_ignore = ignore_index.has_value();
+  return o;
+}
 
 // Everything both entry points check and derive from their common inputs.
 struct Call {
@@ -107,7 +80,7 @@ struct Call {
   uintptr_t stream = 0;
   fastiou::OverlapInputs inputs;
 
-  Call(const py::handle& t, const py::handle& p, const py::handle& w, const Options& o,
+  Call(const py::handle& t, const py::handle& p, const py::handle& w, const fastiou::OverlapOptions& options,
        std::optional<uintptr_t> stream_arg) {
     device = device_of(p, "y_pred");
     const bool cuda = is_cuda(device.device_type);
@@ -128,28 +101,23 @@ struct Call {
                            fastiou::dtype_name(pd));
     }
     const DType td = y_true->dtype();
-    fastiou::LabelOptions labels;
-    labels.softmax = o.softmax;
-    labels.sparse = o.sparse;
-    labels.has_ignore = o.ignore_index.has_value();
-    labels.ignore_index = o.ignore_index.value_or(0);
-    const std::string dtype_err = fastiou::validate_label_dtype(labels, td);
+    const std::string dtype_err = fastiou::validate_label_dtype(options, td);
     if (!dtype_err.empty()) throw py::type_error("fastiou: " + dtype_err);
     if (weights && weights->dtype() != pd) {
       throw py::type_error(std::string("fastiou: weights must have y_pred's dtype ") + fastiou::dtype_name(pd) +
                            ", got " + fastiou::dtype_name(weights->dtype()));
     }
-    if (o.ignore_index && !o.sparse) throw py::value_error("fastiou: ignore_index needs sparse labels (class indices)");
+    if (options.has_ignore && !options.sparse) {
+      throw py::value_error("fastiou: ignore_index needs sparse labels (class indices)");
+    }
 
     fastiou::OverlapGeometry g;
     const std::string err = fastiou::validate_overlap_shapes(
-        y_pred->shape(), y_true->shape(), weights ? &weights->shape() : nullptr, labels, &g);
+        y_pred->shape(), y_true->shape(), weights ? &weights->shape() : nullptr, options, &g);
     if (!err.empty()) throw py::value_error("fastiou: " + err);
 
+    static_cast<fastiou::OverlapOptions&>(inputs) = options;
     inputs.geometry = g;
-    inputs.labels = labels;
-    inputs.from_logits = o.from_logits;
-    inputs.per_image = o.per_image;
     inputs.pred_dtype = pd;
     inputs.true_dtype = td;
     inputs.y_pred = y_pred->data();
@@ -192,11 +160,6 @@ struct Call {
 #endif
 };
 
-Options make_options(bool from_logits, bool per_image, bool softmax, bool sparse,
-                     std::optional<int64_t> ignore_index) {
-  return Options{from_logits, per_image, softmax, sparse, ignore_index};
-}
-
 std::optional<uintptr_t> stream_value(const py::object& stream) {
   if (stream.is_none()) return std::nullopt;
   return static_cast<uintptr_t>(stream.cast<uint64_t>());
@@ -221,10 +184,9 @@ void wait_and_check_labels(const fastiou::StatsArgs& a, cudaStream_t s) {
 
 // Returns (I, P, T, LabelCheck).
 py::tuple overlap_stats(const py::object& y_true, const py::object& y_pred, const py::object& weights,
-                        bool from_logits, bool per_image, bool softmax, bool sparse,
-                        std::optional<int64_t> ignore_index, const py::object& stream, bool check_labels) {
+                        FASTIOU_OVERLAP_OPTIONS(FASTIOU_PY_PARAM) const py::object& stream, bool check_labels) {
   release_finished();
-  Call call(y_true, y_pred, weights, make_options(from_logits, per_image, softmax, sparse, ignore_index),
+  Call call(y_true, y_pred, weights, call_options(FASTIOU_OVERLAP_OPTIONS(FASTIOU_PY_PASS) weights),
             stream_value(stream));
   std::vector<Buffer> out;
   for (int k = 0; k < 3; ++k) out.emplace_back(call.stats_shape(), call.acc_dtype(), call.device, call.stream);
@@ -250,7 +212,7 @@ py::tuple overlap_stats(const py::object& y_true, const py::object& y_pred, cons
     auto s = reinterpret_cast<cudaStream_t>(call.stream);
     err = fastiou::overlap_stats_cuda(a, s);
     call.hold_until_stream_ran();
-    if (err.empty() && a.labels.sparse) {
+    if (err.empty() && a.sparse) {
       if (check_labels) {
         wait_and_check_labels(a, s);
       } else {
@@ -270,10 +232,10 @@ py::tuple overlap_stats(const py::object& y_true, const py::object& y_pred, cons
 
 Buffer overlap_grad(const py::object& y_true, const py::object& y_pred, const py::object& weights,
                     const py::object& grad_intersection, const py::object& grad_pred_sum,
-                    const py::object& grad_true_sum, bool from_logits, bool per_image, bool softmax,
-                    bool sparse, std::optional<int64_t> ignore_index, bool wrt_true, const py::object& stream) {
+                    const py::object& grad_true_sum, FASTIOU_OVERLAP_OPTIONS(FASTIOU_PY_PARAM)
+                        FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_PY_PARAM) const py::object& stream) {
   release_finished();
-  Call call(y_true, y_pred, weights, make_options(from_logits, per_image, softmax, sparse, ignore_index),
+  Call call(y_true, y_pred, weights, call_options(FASTIOU_OVERLAP_OPTIONS(FASTIOU_PY_PASS) weights),
             stream_value(stream));
   const std::optional<uintptr_t> export_stream =
       call.cuda() ? std::optional<uintptr_t>(call.stream) : std::nullopt;
@@ -296,7 +258,10 @@ Buffer overlap_grad(const py::object& y_true, const py::object& y_pred, const py
   Buffer out(call.y_pred->shape(), call.inputs.pred_dtype, call.device, call.stream);
   fastiou::GradArgs a;
   static_cast<fastiou::OverlapInputs&>(a) = call.inputs;
-  a.wrt_true = wrt_true;
+  {
+    fastiou::GradOnlyOptions& o = a;
+    FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_PY_SET)
+  }
   a.grad_intersection = grads[0]->data();
   a.grad_pred_sum = grads[1]->data();
   a.grad_true_sum = grads[2]->data();
@@ -316,69 +281,7 @@ Buffer overlap_grad(const py::object& y_true, const py::object& y_pred, const py
   return out;
 }
 
-// Bytes in use in the device's default stream-ordered pool, which fastiou's
-// outputs and scratch come from; reset_high restarts its high-water mark.
-int64_t cuda_pool_used(int device, bool reset_high) {
-#if FASTIOU_WITH_CUDA
-  cudaMemPool_t pool;
-  check_cuda(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
-  unsigned long long used = 0;
-  check_cuda(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used), "cudaMemPoolGetAttribute");
-  if (reset_high) {
-    unsigned long long zero = 0;
-    check_cuda(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero), "cudaMemPoolSetAttribute");
-  }
-  return static_cast<int64_t>(used);
-#else
-  (void)device;
-  (void)reset_high;
-  return 0;
-#endif
-}
-
-int64_t cuda_pool_used_high(int device) {
-#if FASTIOU_WITH_CUDA
-  cudaMemPool_t pool;
-  check_cuda(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
-  unsigned long long high = 0;
-  check_cuda(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high), "cudaMemPoolGetAttribute");
-  return static_cast<int64_t>(high);
-#else
-  (void)device;
-  return 0;
-#endif
-}
-
 std::string dtype_str(DType d) { return fastiou::dtype_name(d); }
-
-// The XLA FFI handlers as PyCapsules, by target and platform, for
-// jax.ffi.register_ffi_target(name, capsule, platform=...).
-py::dict ffi_handlers() {
-  py::dict targets;
-#if FASTIOU_WITH_FFI
-  py::dict stats, grad;
-  stats["cpu"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapStatsHost));
-  grad["cpu"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapGradHost));
-#if FASTIOU_WITH_CUDA
-  stats["cuda"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapStatsCuda));
-  grad["cuda"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapGradCuda));
-#endif
-  targets["fastiou_overlap_stats"] = stats;
-  targets["fastiou_overlap_grad"] = grad;
-#endif
-  return targets;
-}
-
-// The CPU kernels' SIMD level as (level, levels this CPU runs, problem).
-py::tuple target_tuple(const fastiou::CpuTarget& t) {
-  return py::make_tuple(t.level, t.available, t.problem);
-}
-
-py::tuple cpu_target_tuple() { return target_tuple(fastiou::cpu_target()); }
-
-py::tuple select_cpu_target_tuple(const std::string& requested, int cpu_level) {
-  return target_tuple(fastiou::select_cpu_target(requested, cpu_level));
-}
 
 }  // namespace fastiou_py
 
@@ -409,8 +312,7 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
       .def("__repr__", &LabelCheck::repr);
 
   m.def("overlap_stats", &overlap_stats, py::arg("y_true"), py::arg("y_pred"), py::arg("weights") = py::none(),
-        py::kw_only(), py::arg("from_logits") = false, py::arg("per_image") = true, py::arg("softmax") = false,
-        py::arg("sparse") = false, py::arg("ignore_index") = py::none(), py::arg("stream") = py::none(),
+        py::kw_only(), FASTIOU_OVERLAP_OPTIONS(FASTIOU_PY_ARG) py::arg("stream") = py::none(),
         py::arg("check_labels") = true,
         "Soft overlap sums per (image, channel), or per channel with per_image=False: returns (I, P, T, "
         "label_check). On a CUDA array the work is enqueued on `stream` (a cudaStream_t as an int; 0 = the "
@@ -423,10 +325,8 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
         "then has nothing left to check.");
   m.def("overlap_grad", &overlap_grad, py::arg("y_true"), py::arg("y_pred"), py::arg("weights"),
         py::arg("grad_intersection"), py::arg("grad_pred_sum"), py::arg("grad_true_sum"), py::kw_only(),
-        py::arg("from_logits") = false, py::arg("per_image") = true, py::arg("softmax") = false,
-        py::arg("sparse") = false, py::arg("ignore_index") = py::none(), py::arg("wrt_true") = false,
-        py::arg("stream") = py::none(),
-        "dL/dy_pred (or dL/dy_true with wrt_true) from dL/dI, dL/dP, dL/dT per group.");
+        FASTIOU_OVERLAP_OPTIONS(FASTIOU_PY_ARG) FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_PY_ARG)
+        py::arg("stream") = py::none(), "dL/dy_pred (or dL/dy_true with wrt_true) from dL/dI, dL/dP, dL/dT per group.");
   m.def("built_with_cuda", &fastiou::built_with_cuda, "Whether this build holds the CUDA kernels.");
   m.def("cpu_target", &cpu_target_tuple,
         "The CPU kernels' SIMD level: (level, levels this CPU runs, problem), chosen once per process.");

@@ -8,16 +8,17 @@
 
 namespace fastiou_tf {
 
-struct OverlapAttrs {
-  bool from_logits = false;
-  bool per_image = true;
-  bool has_weights = false;
-  bool wrt_true = false;  // the gradient op only
-  fastiou::LabelOptions labels;
+// The op's options (wrt_true for the gradient op only) and dtypes.
+struct OverlapAttrs : fastiou::GradOptions {
   tensorflow::DataType pred = tensorflow::DT_FLOAT;
   tensorflow::DataType tru = tensorflow::DT_FLOAT;
   tensorflow::DataType acc = tensorflow::DT_FLOAT;
 };
+
+// The options as attributes of REGISTER_OP: .Attr("from_logits: bool = false").
+#define FASTIOU_TF_TYPE_bool "bool"
+#define FASTIOU_TF_TYPE_int64_t "int"
+#define FASTIOU_TF_ATTR(type, name, init, kind) .Attr(#name ": " FASTIOU_TF_TYPE_##type " = " #init)
 
 inline fastiou::DType ToDType(tensorflow::DataType dt) {
   switch (dt) {
@@ -37,18 +38,16 @@ inline absl::Status ReadOverlapAttrs(tensorflow::OpKernelConstruction* ctx, bool
                                      OverlapAttrs* a) {
   using tensorflow::DataTypeString;
   using tensorflow::errors::InvalidArgument;
-  TF_RETURN_IF_ERROR(ctx->GetAttr("from_logits", &a->from_logits));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("per_image", &a->per_image));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("has_weights", &a->has_weights));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("softmax", &a->labels.softmax));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("sparse", &a->labels.sparse));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("has_ignore", &a->labels.has_ignore));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("ignore_index", &a->labels.ignore_index));
-  if (gradient) TF_RETURN_IF_ERROR(ctx->GetAttr("wrt_true", &a->wrt_true));
+#define FASTIOU_TF_READ(type, name, init, kind) TF_RETURN_IF_ERROR(ctx->GetAttr(#name, &a->name));
+  FASTIOU_OVERLAP_OPTIONS(FASTIOU_TF_READ)
+  if (gradient) {
+    FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_TF_READ)
+  }
+#undef FASTIOU_TF_READ
   TF_RETURN_IF_ERROR(ctx->GetAttr("Ttrue", &a->tru));
   TF_RETURN_IF_ERROR(ctx->GetAttr("T", &a->pred));
   TF_RETURN_IF_ERROR(ctx->GetAttr("Tacc", &a->acc));
-  const std::string label_error = fastiou::validate_label_dtype(a->labels, ToDType(a->tru));
+  const std::string label_error = fastiou::validate_label_dtype(*a, ToDType(a->tru));
   if (!label_error.empty()) return InvalidArgument("fastiou: ", label_error);
   const tensorflow::DataType expected =
       a->pred == tensorflow::DT_DOUBLE ? tensorflow::DT_DOUBLE : tensorflow::DT_FLOAT;
@@ -71,7 +70,7 @@ inline absl::Status ValidateShapes(const OverlapAttrs& a, const tensorflow::Tens
                                    fastiou::OverlapGeometry* g) {
   const fastiou::Shape w = ToShape(weights);
   const std::string err = fastiou::validate_overlap_shapes(ToShape(y_pred), ToShape(y_true),
-                                                           a.has_weights ? &w : nullptr, a.labels, g);
+                                                           a.has_weights ? &w : nullptr, a, g);
   if (!err.empty()) return tensorflow::errors::InvalidArgument("fastiou: ", err);
   return absl::OkStatus();
 }

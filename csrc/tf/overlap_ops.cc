@@ -65,13 +65,7 @@ REGISTER_OP("FastiouOverlapStats")
     .Attr("T: " FASTIOU_PRED_TYPES)
     .Attr("Ttrue: " FASTIOU_TRUE_TYPES)
     .Attr("Tacc: {float, double}")
-    .Attr("from_logits: bool = false")
-    .Attr("per_image: bool = true")
-    .Attr("has_weights: bool = false")
-    .Attr("softmax: bool = false")
-    .Attr("sparse: bool = false")
-    .Attr("has_ignore: bool = false")
-    .Attr("ignore_index: int = 0")
+    FASTIOU_OVERLAP_OPTIONS(FASTIOU_TF_ATTR)
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle pred, out;
       TF_RETURN_IF_ERROR(MergeInputs(c, &pred));
@@ -101,14 +95,8 @@ REGISTER_OP("FastiouOverlapGrad")
     .Attr("T: " FASTIOU_PRED_TYPES)
     .Attr("Ttrue: " FASTIOU_TRUE_TYPES)
     .Attr("Tacc: {float, double}")
-    .Attr("from_logits: bool = false")
-    .Attr("per_image: bool = true")
-    .Attr("has_weights: bool = false")
-    .Attr("wrt_true: bool = false")
-    .Attr("softmax: bool = false")
-    .Attr("sparse: bool = false")
-    .Attr("has_ignore: bool = false")
-    .Attr("ignore_index: int = 0")
+    FASTIOU_OVERLAP_OPTIONS(FASTIOU_TF_ATTR)
+    FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_TF_ATTR)
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle pred;
       TF_RETURN_IF_ERROR(MergeInputs(c, &pred));
@@ -164,10 +152,8 @@ class OverlapOpBase : public OpKernel {
   // The inputs both kernels read, after ValidateInputs.
   void FillInputs(OpKernelContext* ctx, const fastiou::OverlapGeometry& g,
                   fastiou::OverlapInputs* in) const {
+    static_cast<fastiou::OverlapOptions&>(*in) = attrs_;
     in->geometry = g;
-    in->labels = attrs_.labels;
-    in->from_logits = attrs_.from_logits;
-    in->per_image = attrs_.per_image;
     in->pred_dtype = ToDType(ctx->input(1).dtype());
     in->true_dtype = ToDType(ctx->input(0).dtype());
     in->y_true = ctx->input(0).data();
@@ -238,7 +224,7 @@ class OverlapGradOp : public OverlapOpBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &out));
     fastiou::GradArgs a;
     FillInputs(ctx, g, &a);
-    a.wrt_true = attrs_.wrt_true;
+    static_cast<fastiou::GradOnlyOptions&>(a) = attrs_;
     a.grad_intersection = ctx->input(3).data();
     a.grad_pred_sum = ctx->input(4).data();
     a.grad_true_sum = ctx->input(5).data();

@@ -23,14 +23,21 @@ namespace {
 using tensorflow::XlaOpKernel;
 using tensorflow::XlaOpKernelContext;
 
-// The op's attributes as the handlers' backend config, an MLIR dictionary.
+// An option as an MLIR attribute value: booleans as `true`/`false`, integers
+// as i64.
+std::string MlirValue(bool v) { return v ? "true" : "false"; }
+std::string MlirValue(int64_t v) { return std::to_string(v) + " : i64"; }
+
+// The op's options as the handlers' backend config, an MLIR dictionary.
 std::string BackendConfig(const OverlapAttrs& a, bool gradient) {
-  auto i64 = [](const char* name, int64_t v) { return std::string(name) + " = " + std::to_string(v) + " : i64"; };
-  std::string s = "{" + i64("from_logits", a.from_logits) + ", " + i64("per_image", a.per_image) + ", " +
-                  i64("has_weights", a.has_weights) + ", " + i64("softmax", a.labels.softmax) + ", " +
-                  i64("sparse", a.labels.sparse) + ", " + i64("has_ignore", a.labels.has_ignore) + ", " +
-                  i64("ignore_index", a.labels.ignore_index);
-  if (gradient) s += ", " + i64("wrt_true", a.wrt_true);
+  std::string s;
+#define FASTIOU_XLA_ATTR(type, name, init, kind) \
+  s += std::string(s.empty() ? "{" : ", ") + #name " = " + MlirValue(static_cast<type>(a.name));
+  FASTIOU_OVERLAP_OPTIONS(FASTIOU_XLA_ATTR)
+  if (gradient) {
+    FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_XLA_ATTR)
+  }
+#undef FASTIOU_XLA_ATTR
   return s + "}";
 }
 

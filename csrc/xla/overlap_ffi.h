@@ -4,9 +4,10 @@
 // Targets (the names XLA custom calls use):
 //   fastiou_overlap_stats  args (y_true, y_pred, weights), results (I, P, T)
 //   fastiou_overlap_grad   args (y_true, y_pred, weights, dI, dP, dT), result dy
-// Attributes, all i64: from_logits, per_image, has_weights, softmax, sparse,
-// has_ignore, ignore_index, and wrt_true for the gradient. weights is ignored
-// (any shape, e.g. [0]) unless has_weights.
+// Attributes (csrc/core/overlap_options.h), all of them in every call:
+// from_logits, per_image, has_weights, softmax, sparse, has_ignore (booleans,
+// MLIR i1), ignore_index (i64), and wrt_true (boolean) for the gradient.
+// weights is ignored (any shape, e.g. [0]) unless has_weights.
 //
 // Host handlers run the C++ kernels on XLA's thread pool with the same fixed
 // partition as graph mode, so results equal graph mode bitwise. CUDA handlers

@@ -31,36 +31,9 @@ inline fastiou::Shape Dims(const ffi::AnyBuffer& b) {
   return fastiou::Shape(d.begin(), d.end());
 }
 
-// The attributes of a call, decoded from its backend config.
-struct Options {
-  int64_t from_logits = 0;
-  int64_t per_image = 1;
-  int64_t has_weights = 0;
-  int64_t softmax = 0;
-  int64_t sparse = 0;
-  int64_t has_ignore = 0;
-  int64_t ignore_index = 0;
-};
-
-// Aggregates in the order of their attributes: the decoder fills them as T{...}.
-struct GradOptions {
-  int64_t from_logits = 0;
-  int64_t per_image = 1;
-  int64_t has_weights = 0;
-  int64_t softmax = 0;
-  int64_t sparse = 0;
-  int64_t has_ignore = 0;
-  int64_t ignore_index = 0;
-  int64_t wrt_true = 0;
-
-  Options options() const {
-    return Options{from_logits, per_image, has_weights, softmax, sparse, has_ignore, ignore_index};
-  }
-};
-
 // Checks the buffers and fills the kernels' inputs; an empty string or the problem.
 inline std::string FillInputs(const ffi::AnyBuffer& t, const ffi::AnyBuffer& p, const ffi::AnyBuffer& w,
-                              const Options& o, fastiou::OverlapInputs* in) {
+                              const fastiou::OverlapOptions& o, fastiou::OverlapInputs* in) {
   const auto pd = ToDType(p.element_type());
   const auto td = ToDType(t.element_type());
   if (!pd || *pd == fastiou::DType::kBool || *pd == fastiou::DType::kUInt8 || *pd == fastiou::DType::kInt32 ||
@@ -68,20 +41,14 @@ inline std::string FillInputs(const ffi::AnyBuffer& t, const ffi::AnyBuffer& p, 
     return "y_pred must be float16, bfloat16, float32 or float64";
   }
   if (!td) return "y_true must be bool, uint8, int32, int64 or a float type";
-  in->labels.softmax = o.softmax != 0;
-  in->labels.sparse = o.sparse != 0;
-  in->labels.has_ignore = o.has_ignore != 0;
-  in->labels.ignore_index = o.ignore_index;
+  static_cast<fastiou::OverlapOptions&>(*in) = o;
   // The raw custom-call target can be called without fastiou's Python checks.
-  std::string err = fastiou::validate_label_dtype(in->labels, *td);
+  std::string err = fastiou::validate_label_dtype(o, *td);
   if (!err.empty()) return err;
   const fastiou::Shape weights = Dims(w);
-  err = fastiou::validate_overlap_shapes(Dims(p), Dims(t), o.has_weights ? &weights : nullptr,
-                                                     in->labels, &in->geometry);
+  err = fastiou::validate_overlap_shapes(Dims(p), Dims(t), o.has_weights ? &weights : nullptr, o, &in->geometry);
   if (!err.empty()) return err;
   if (o.has_weights && w.element_type() != p.element_type()) return "weights must have y_pred's dtype";
-  in->from_logits = o.from_logits != 0;
-  in->per_image = o.per_image != 0;
   in->pred_dtype = *pd;
   in->true_dtype = *td;
   in->y_true = t.untyped_data();
@@ -117,7 +84,8 @@ inline ffi::Error Invalid(const std::string& message) { return ffi::Error::Inval
 // Checks a stats call's buffers and fills the kernel's arguments (all but the
 // workspace); an empty string or the problem.
 inline std::string PrepareStats(const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
-                                const ffi::AnyBuffer& weights, const Options& options, ffi::AnyBuffer& intersection,
+                                const ffi::AnyBuffer& weights, const fastiou::OverlapOptions& options,
+                                ffi::AnyBuffer& intersection,
                                 ffi::AnyBuffer& pred_sum, ffi::AnyBuffer& true_sum, fastiou::StatsArgs* a) {
   std::string err = FillInputs(y_true, y_pred, weights, options, a);
   if (err.empty()) err = CheckSums(intersection, "intersection", *a);
@@ -132,16 +100,16 @@ inline std::string PrepareStats(const ffi::AnyBuffer& y_true, const ffi::AnyBuff
 // The same for a gradient call.
 inline std::string PrepareGrad(const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
                                const ffi::AnyBuffer& weights, const ffi::AnyBuffer& grad_i,
-                               const ffi::AnyBuffer& grad_p, const ffi::AnyBuffer& grad_t, const GradOptions& options,
-                               ffi::AnyBuffer& out, fastiou::GradArgs* a) {
-  std::string err = FillInputs(y_true, y_pred, weights, options.options(), a);
+                               const ffi::AnyBuffer& grad_p, const ffi::AnyBuffer& grad_t,
+                               const fastiou::GradOptions& options, ffi::AnyBuffer& out, fastiou::GradArgs* a) {
+  std::string err = FillInputs(y_true, y_pred, weights, options, a);
   if (err.empty()) err = CheckSums(grad_i, "grad_intersection", *a);
   if (err.empty()) err = CheckSums(grad_p, "grad_pred_sum", *a);
   if (err.empty()) err = CheckSums(grad_t, "grad_true_sum", *a);
   if (err.empty() && (Dims(out) != Dims(y_pred) || out.element_type() != y_pred.element_type())) {
     err = "the gradient must have y_pred's shape and dtype";
   }
-  a->wrt_true = options.wrt_true != 0;
+  static_cast<fastiou::GradOnlyOptions&>(*a) = options;
   a->grad_intersection = grad_i.untyped_data();
   a->grad_pred_sum = grad_p.untyped_data();
   a->grad_true_sum = grad_t.untyped_data();
@@ -151,18 +119,10 @@ inline std::string PrepareGrad(const ffi::AnyBuffer& y_true, const ffi::AnyBuffe
 
 }  // namespace fastiou_xla
 
-XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(fastiou_xla::Options, ::xla::ffi::StructMember<int64_t>("from_logits"),
-                                      ::xla::ffi::StructMember<int64_t>("per_image"),
-                                      ::xla::ffi::StructMember<int64_t>("has_weights"),
-                                      ::xla::ffi::StructMember<int64_t>("softmax"),
-                                      ::xla::ffi::StructMember<int64_t>("sparse"),
-                                      ::xla::ffi::StructMember<int64_t>("has_ignore"),
-                                      ::xla::ffi::StructMember<int64_t>("ignore_index"));
-XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(fastiou_xla::GradOptions, ::xla::ffi::StructMember<int64_t>("from_logits"),
-                                      ::xla::ffi::StructMember<int64_t>("per_image"),
-                                      ::xla::ffi::StructMember<int64_t>("has_weights"),
-                                      ::xla::ffi::StructMember<int64_t>("softmax"),
-                                      ::xla::ffi::StructMember<int64_t>("sparse"),
-                                      ::xla::ffi::StructMember<int64_t>("has_ignore"),
-                                      ::xla::ffi::StructMember<int64_t>("ignore_index"),
-                                      ::xla::ffi::StructMember<int64_t>("wrt_true"));
+// The options as the handlers' attributes (core/overlap_options.h), decoded
+// straight into the kernels' option structs: a call must pass every one.
+#define FASTIOU_FFI_MEMBER(type, name, init, kind) , ::xla::ffi::StructMember<type>(#name)
+#define FASTIOU_FFI_DECODE(T, members) XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(T members)
+FASTIOU_FFI_DECODE(fastiou::OverlapOptions, FASTIOU_OVERLAP_OPTIONS(FASTIOU_FFI_MEMBER));
+FASTIOU_FFI_DECODE(fastiou::GradOptions,
+                   FASTIOU_OVERLAP_OPTIONS(FASTIOU_FFI_MEMBER) FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_FFI_MEMBER));

@@ -17,7 +17,7 @@ ffi::Error DriverError(const std::string& problem) {
 ffi::Error StatsCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
                      ffi::AnyBuffer y_pred, ffi::AnyBuffer weights, ffi::Result<ffi::AnyBuffer> intersection,
                      ffi::Result<ffi::AnyBuffer> pred_sum, ffi::Result<ffi::AnyBuffer> true_sum,
-                     Options options) {
+                     fastiou::OverlapOptions options) {
   if (const std::string d = fastiou::cuda_driver_problem(); !d.empty()) return DriverError(d);
   fastiou::StatsArgs a;
   std::string err = PrepareStats(y_true, y_pred, weights, options, *intersection, *pred_sum, *true_sum, &a);
@@ -33,7 +33,7 @@ ffi::Error StatsCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::An
 
 ffi::Error GradCuda(cudaStream_t stream, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred, ffi::AnyBuffer weights,
                     ffi::AnyBuffer grad_i, ffi::AnyBuffer grad_p, ffi::AnyBuffer grad_t,
-                    ffi::Result<ffi::AnyBuffer> out, GradOptions options) {
+                    ffi::Result<ffi::AnyBuffer> out, fastiou::GradOptions options) {
   if (const std::string d = fastiou::cuda_driver_problem(); !d.empty()) return DriverError(d);
   fastiou::GradArgs a;
   std::string err = PrepareGrad(y_true, y_pred, weights, grad_i, grad_p, grad_t, options, *out, &a);
@@ -55,7 +55,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouOverlapStatsCuda, StatsCuda,
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Attrs<Options>());
+                                  .Attrs<fastiou::OverlapOptions>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouOverlapGradCuda, GradCuda,
                               ffi::Ffi::Bind()
@@ -67,6 +67,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouOverlapGradCuda, GradCuda,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Attrs<GradOptions>());
+                                  .Attrs<fastiou::GradOptions>());
 
 }  // namespace fastiou_xla

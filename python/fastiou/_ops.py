@@ -12,6 +12,7 @@ import os
 import warnings
 
 import tensorflow as tf
+from tensorflow.python.framework import op_def_registry
 from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import control_flow_util
 
@@ -37,6 +38,10 @@ def _has_xla_kernels(path):
 
 
 HAS_XLA_KERNELS = _has_xla_kernels(_LIB_PATH)
+# The stats op's options as registered (csrc/core/overlap_options.h): its
+# attributes but the dtypes. The gradient op takes each of them, and wrt_true.
+_STATS_OPTIONS = tuple(attr.name for attr in op_def_registry.get("FastiouOverlapStats").attr
+                       if attr.type != "type")
 _warned_fallback = False
 
 
@@ -152,19 +157,9 @@ def fused_stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, spa
     has_weights = weights is not None
     if not has_weights:
         weights = tf.zeros([0], y_pred.dtype)
-    return _lib.fastiou_overlap_stats(
-        y_true,
-        y_pred,
-        weights,
-        Tacc=accumulation_dtype(y_pred.dtype),
-        from_logits=from_logits,
-        per_image=per_image,
-        has_weights=has_weights,
-        softmax=softmax,
-        sparse=sparse,
-        has_ignore=ignore_index is not None,
-        ignore_index=0 if ignore_index is None else int(ignore_index),
-    )
+    options = _shapes.op_options(from_logits=from_logits, per_image=per_image, softmax=softmax, sparse=sparse,
+                                 ignore_index=ignore_index, has_weights=has_weights)
+    return _lib.fastiou_overlap_stats(y_true, y_pred, weights, Tacc=accumulation_dtype(y_pred.dtype), **options)
 
 
 @tf.RegisterGradient("FastiouOverlapStats")
@@ -174,15 +169,7 @@ def _overlap_stats_grad(op, grad_i, grad_p, grad_t):
         g if g is not None else tf.zeros_like(op.outputs[k])
         for k, g in enumerate((grad_i, grad_p, grad_t))
     ]
-    attrs = dict(
-        from_logits=op.get_attr("from_logits"),
-        per_image=op.get_attr("per_image"),
-        has_weights=op.get_attr("has_weights"),
-        softmax=op.get_attr("softmax"),
-        sparse=op.get_attr("sparse"),
-        has_ignore=op.get_attr("has_ignore"),
-        ignore_index=op.get_attr("ignore_index"),
-    )
+    attrs = {name: op.get_attr(name) for name in _STATS_OPTIONS}
     grad_pred = _lib.fastiou_overlap_grad(y_true, y_pred, weights, *grads, wrt_true=False, **attrs)
     grad_true = None
     if y_true.dtype.is_floating and not attrs["sparse"]:

@@ -39,12 +39,17 @@ def _acc_dtype(pred_dtype):
     return jnp.dtype(_shapes.accumulation_dtype(jnp.dtype(pred_dtype).name))
 
 
+def _ffi_value(value):
+    """An attribute for jax.ffi: NumPy scalars keep their type (bool_ the
+    handlers' bool, int64 their i64)."""
+    return np.bool_(value) if isinstance(value, bool) else np.int64(value)
+
+
 def _attrs(opts):
     from_logits, per_image, softmax, sparse, ignore_index, has_weights = opts
-    return dict(from_logits=np.int64(from_logits), per_image=np.int64(per_image),
-                has_weights=np.int64(has_weights), softmax=np.int64(softmax), sparse=np.int64(sparse),
-                has_ignore=np.int64(ignore_index is not None),
-                ignore_index=np.int64(0 if ignore_index is None else ignore_index))
+    options = _shapes.op_options(from_logits=from_logits, per_image=per_image, softmax=softmax, sparse=sparse,
+                                 ignore_index=ignore_index, has_weights=has_weights)
+    return {name: _ffi_value(value) for name, value in options.items()}
 
 
 def _stats_shape(y_pred, per_image):
@@ -60,7 +65,7 @@ def _stats_call(y_true, y_pred, weights, opts):
 def _grad_call(y_true, y_pred, weights, g_i, g_p, g_t, opts, wrt_true):
     out = jax.ShapeDtypeStruct(y_pred.shape, y_pred.dtype)
     call = jax.ffi.ffi_call("fastiou_overlap_grad", out, vmap_method="sequential")
-    return call(y_true, y_pred, weights, g_i, g_p, g_t, wrt_true=np.int64(wrt_true), **_attrs(opts))
+    return call(y_true, y_pred, weights, g_i, g_p, g_t, wrt_true=_ffi_value(bool(wrt_true)), **_attrs(opts))
 
 
 # The calls as they split over the devices of sharded inputs (jax_sharding).
