@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastiou-installed
 SOURCES := $(shell find csrc python -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test bench wheel test-wheel test-kernels gpu-check check-levels clean
+.PHONY: setup demo test bench wheel test-wheel test-kernels test-sanitize gpu-check check-levels clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,28 @@ test-kernels:
 	rm -rf $(KBUILD)/pkg && mkdir -p $(KBUILD)/pkg && cp -r python/fastiou $(KBUILD)/pkg/
 	cp $(KBUILD)/_fastiou_kernels*.so $(KBUILD)/pkg/fastiou/
 	PYTHONPATH=$(KBUILD)/pkg$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m pytest -q -rs tests/test_kernels_module.py tests/test_cuda.py tests/test_cuda_streams.py $(PYTEST_ARGS)
+
+# The kernels and the module under AddressSanitizer and UndefinedBehaviorSanitizer:
+# a TensorFlow-free, CUDA-free build for this CPU alone (one SIMD copy; the
+# copies share their source), then the module's tests and the property tests
+# with the sanitizers' runtime preloaded into the venv's Python. Any report
+# fails the run (UBSan does not recover; ASan stops at the first error).
+# Leak detection is off: the Python interpreter keeps memory on purpose (the
+# module's leaks are tested in tests/test_concurrency.py). CI runs it.
+SBUILD := build/sanitize
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+test-sanitize: $(VENV)/.deps
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(SBUILD) -G Ninja -DFASTIOU_WITH_TENSORFLOW=OFF \
+		-DFASTIOU_CUDA=OFF -DFASTIOU_CPU_ARCH=native -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DCMAKE_CXX_FLAGS="$(SANITIZE)" -DCMAKE_SHARED_LINKER_FLAGS="$(SANITIZE)" \
+		-DCMAKE_MODULE_LINKER_FLAGS="$(SANITIZE)" -DPython_EXECUTABLE=$(CURDIR)/$(PY) > /dev/null
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(SBUILD) -j2
+	rm -rf $(SBUILD)/pkg && mkdir -p $(SBUILD)/pkg && cp -r python/fastiou $(SBUILD)/pkg/
+	cp $(SBUILD)/_fastiou_kernels*.so $(SBUILD)/pkg/fastiou/
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libubsan.so)" \
+		PYTHONPATH=$(SBUILD)/pkg $(PY) -m pytest -q -p no:cacheprovider -m "not slow" -k "not cuda" \
+		tests/test_kernels_module.py tests/test_sparse_paths.py tests/test_properties.py $(PYTEST_ARGS)
 
 # The device check for a GPU machine without TensorFlow, in one command: the
 # TensorFlow-free build of test-kernels, the module, CUDA and JAX tests, compute-sanitizer and the GPU
