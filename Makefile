@@ -67,7 +67,7 @@ test-kernels:
 # with the sanitizers' runtime preloaded into the venv's Python. Any report
 # fails the run (UBSan does not recover; ASan stops at the first error).
 # Leak detection is off: the Python interpreter keeps memory on purpose (the
-# module's leaks are tested in tests/test_concurrency.py). CI runs it.
+# module's leaks are tested in tests/test_concurrency.py).
 SBUILD := build/sanitize
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 test-sanitize: $(VENV)/.deps
