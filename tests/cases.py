@@ -49,6 +49,8 @@ class Mode(NamedTuple):
         """Arguments of the losses, or None where no loss takes this mode."""
         if self.softmax and self.channels < 2:
             return None  # mode="multiclass" needs two channels
+        if self.sparse and not self.softmax:
+            return None  # class indices are multi-class: the losses take a softmax
         opts = dict(from_logits=self.from_logits)
         if self.kind == "mask" and self.channels > 1:
             opts["mode"] = "multilabel"

@@ -13,52 +13,36 @@ import numpy as np
 import pytest
 
 import fastiou.kernels as fk
+from cases import LOSS_MODES, mode_case, mode_ids
 from overlap_oracle import grad as oracle_grad
 from overlap_oracle import loss_from_sums
 from overlap_oracle import sums as oracle_sums
 
-# (name, channels, kind, from_logits): the ways predictions meet targets.
-MODES = [
-    ("binary-logits", 1, "sigmoid", True),
-    ("multilabel-logits", 3, "sigmoid", True),
-    ("binary-probabilities", 1, "sigmoid", False),
-    ("multiclass-logits", 4, "softmax", True),
-    ("multiclass-probabilities", 4, "softmax", False),
-    ("sparse-logits", 5, "sparse", True),
-    ("sparse-probabilities", 5, "sparse", False),
-]
 VALUES = [np.nan, np.inf, -np.inf]
 # The float64 formula meets inf - inf and 0 * inf here, by design.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
 def case(mode, value, true_at_value):
-    """(t, z, options, mode for the losses): one special value in image 0, pixel 3, channel 0."""
-    _, channels, kind, from_logits = mode
-    rng = np.random.default_rng(7)
-    z = rng.normal(size=(2, 8, channels))
-    if not from_logits:
-        z = 1.0 / (1.0 + np.exp(-z))
+    """(t, z): a case of `mode` with one special value in image 0, pixel 3,
+    channel 0, where the target is 1 (true_at_value) or 0."""
+    t, z = mode_case(np.random.default_rng(7), mode, (2, 8), pred_dtype="float64")
     z[0, 3, 0] = value
-    label = 0 if true_at_value else 1 % channels
-    if kind == "sparse":
-        t = rng.integers(0, channels, size=(2, 8)).astype(np.uint8)
-        t[0, 3] = label
-    elif kind == "softmax":
-        t = np.eye(channels, dtype=np.uint8)[rng.integers(0, channels, size=(2, 8))]
-        t[0, 3] = np.eye(channels, dtype=np.uint8)[label]
+    label = 0 if true_at_value else 1 % mode.channels
+    if mode.sparse:
+        t[0, 3] = label  # counted: never ignore_index
+    elif mode.kind == "one-hot":
+        t[0, 3] = np.eye(mode.channels, dtype=t.dtype)[label]
     else:
-        t = (rng.random((2, 8, channels)) < 0.4).astype(np.uint8)
         t[0, 3, 0] = int(true_at_value)
-    opts = dict(from_logits=from_logits, softmax=kind != "sigmoid", sparse=kind == "sparse")
-    loss_mode = {"sparse": "auto", "softmax": "multiclass"}.get(kind, "binary" if channels == 1 else "multilabel")
-    return t, z.astype(np.float32), opts, loss_mode
+    return t, z.astype(np.float32)
 
 
-def expected_loss(t, z, opts, per_image):
+def expected_loss(t, z, mode, per_image):
     from fastiou._defaults import epsilon
 
-    return loss_from_sums("jaccard", *oracle_sums(t, z, per_image=per_image, **opts), eps=epsilon())
+    sums = oracle_sums(t, z, per_image=per_image, **mode.kernel_options())
+    return loss_from_sums("jaccard", *sums, eps=epsilon())
 
 
 def same(got, want, what):
@@ -70,33 +54,34 @@ def same(got, want, what):
 
 def test_the_expected_pattern_is_what_the_docstring_says():
     # The oracle itself, on the cases the promise names.
-    for mode in MODES:
+    for mode in LOSS_MODES:
         for value in VALUES:
-            t, z, opts, _ = case(mode, value, true_at_value=True)
-            per_image = expected_loss(t, z, opts, per_image=True)
+            t, z = case(mode, value, true_at_value=True)
+            per_image = expected_loss(t, z, mode, per_image=True)
             assert np.isfinite(per_image[1]), (mode, value)  # the other image is untouched
-            saturated = mode[2] == "sigmoid" and mode[3] and not np.isnan(value)
-            zero_probability = mode[2] != "sigmoid" and mode[3] and value == -np.inf
+            saturated = not mode.softmax and mode.from_logits and not np.isnan(value)
+            zero_probability = mode.softmax and mode.from_logits and value == -np.inf
             assert np.isfinite(per_image[0]) == (saturated or zero_probability), (mode, value)
 
 
-@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("mode", LOSS_MODES, ids=mode_ids(LOSS_MODES))
 @pytest.mark.parametrize("value", VALUES, ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("true_at_value", [False, True])
 def test_module_sums_and_gradient(mode, value, true_at_value):
-    t, z, opts, _ = case(mode, value, true_at_value)
+    t, z = case(mode, value, true_at_value)
+    opts = mode.kernel_options()
     for per_image in (False, True):
         got = fk.overlap_stats(t, z, per_image=per_image, **opts)
         for g, w, label in zip(got, oracle_sums(t, z, per_image=per_image, **opts), "IPT"):
-            same(g, w, f"{label} of {mode[0]} with {value}, per_image={per_image}")
+            same(g, w, f"{label} of {mode.name} with {value}, per_image={per_image}")
     ones = np.ones((2, z.shape[-1]), np.float32)
     grad = fk.overlap_grad(t, z, None, ones, ones, ones, per_image=True, **opts)
     # dL/dz with unit cotangents: NaN exactly where the float64 formula is.
     want = oracle_grad(t, z, None, ones, ones, ones, per_image=True, **opts)
-    same(grad, want, f"gradient of {mode[0]} with {value}")
+    same(grad, want, f"gradient of {mode.name} with {value}")
 
 
-@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("mode", LOSS_MODES, ids=mode_ids(LOSS_MODES))
 @pytest.mark.parametrize("value", VALUES, ids=["nan", "inf", "-inf"])
 def test_losses_on_every_door(mode, value):
     tf = pytest.importorskip("tensorflow")
@@ -105,12 +90,12 @@ def test_losses_on_every_door(mode, value):
     import fastiou
     import fastiou.jax as fj
 
-    t, z, opts, loss_mode = case(mode, value, true_at_value=False)
-    kwargs = dict(from_logits=opts["from_logits"], mode=loss_mode)
+    t, z = case(mode, value, true_at_value=False)
+    kwargs = mode.loss_options()
     compiled = tf.function(lambda a, b, p: fastiou.jaccard_loss(a, b, per_image=p, **kwargs), jit_compile=True)
     for per_image in (False, True):
-        want = expected_loss(t, z, opts, per_image)
-        what = f"{mode[0]} with {value}, per_image={per_image}"
+        want = expected_loss(t, z, mode, per_image)
+        what = f"{mode.name} with {value}, per_image={per_image}"
         tt, zz = tf.constant(t), tf.constant(z)
         same(fastiou.jaccard_loss(tt, zz, per_image=per_image, **kwargs), want, f"TensorFlow loss of {what}")
         same(compiled(tt, zz, per_image), want, f"XLA loss of {what}")

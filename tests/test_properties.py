@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastiou.kernels as fk
+from cases import Mode
 from overlap_oracle import grad as oracle_grad
 from overlap_oracle import loss_from_sums
 from overlap_oracle import sums as oracle_sums
@@ -248,14 +249,12 @@ def check_against_oracle(case, stats, grad):
                                err_msg=f"gradient of {case}")
 
 
-def loss_mode(case):
-    """The losses' mode for the case, or None where no loss takes it."""
-    channels = case.z.shape[-1]
-    if case.opts["sparse"]:
-        return "auto" if case.opts["softmax"] and channels > 1 else None
-    if case.opts["softmax"]:
-        return "multiclass" if channels > 1 else None
-    return "binary" if channels == 1 else "multilabel"
+def loss_options(case):
+    """The losses' arguments for the case (cases.Mode's), or None where no loss takes it."""
+    o = case.opts
+    kind = "labels" if o["sparse"] else "one-hot" if o["softmax"] else "mask"
+    return Mode("drawn", case.z.shape[-1], kind, o["from_logits"], o["softmax"],
+                o["ignore_index"]).loss_options()
 
 
 def check_losses(case):
@@ -268,12 +267,11 @@ def check_losses(case):
     import fastiou.jax as fj
     from fastiou._defaults import epsilon
 
-    mode = loss_mode(case)
-    if mode is None:
+    kwargs = loss_options(case)
+    if kwargs is None:
         return
     o = case.opts
-    kwargs = dict(from_logits=o["from_logits"], per_image=o["per_image"], mode=mode,
-                  ignore_index=o["ignore_index"])
+    kwargs["per_image"] = o["per_image"]
     t, z, w = case.oracle_inputs()
     want = loss_from_sums("jaccard", *oracle_sums(t, z, w, **o), eps=epsilon())
     tol = 1e-10 if case.z.dtype == np.float64 else 2e-4
