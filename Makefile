@@ -72,8 +72,8 @@ SBUILD := build/sanitize
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 test-sanitize: $(VENV)/.deps
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(SBUILD) -G Ninja -DFASTIOU_WITH_TENSORFLOW=OFF \
-		-DFASTIOU_CUDA=OFF -DFASTIOU_CPU_ARCH=native -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-		-DCMAKE_CXX_FLAGS="$(SANITIZE)" -DCMAKE_SHARED_LINKER_FLAGS="$(SANITIZE)" \
+		-DFASTIOU_CUDA=OFF -DFASTIOU_CPU_ARCH=native -DFASTIOU_KERNEL_OPT=-O1 -DCMAKE_BUILD_TYPE= \
+		-DCMAKE_CXX_FLAGS="-O1 -g1 $(SANITIZE)" -DCMAKE_SHARED_LINKER_FLAGS="$(SANITIZE)" \
 		-DCMAKE_MODULE_LINKER_FLAGS="$(SANITIZE)" -DPython_EXECUTABLE=$(CURDIR)/$(PY) > /dev/null
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(SBUILD) -j2
 	rm -rf $(SBUILD)/pkg && mkdir -p $(SBUILD)/pkg && cp -r python/fastiou $(SBUILD)/pkg/

@@ -199,6 +199,24 @@ def test_host_handlers_through_jax_ffi(rng):
     assert np.asarray(grad).tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("mode", LOSS_MODES, ids=mode_ids(LOSS_MODES))
+def test_fallback_without_xla_kernels_equals_the_reference(rng, mode, monkeypatch):
+    # The fallback's plain sums, in every mode (sparse labels with
+    # ignore_index, softmax, probabilities), per image: the reference's values
+    # and gradients, and no fused op in the compiled program.
+    monkeypatch.setattr(_ops, "HAS_XLA_KERNELS", False)
+    monkeypatch.setattr(_ops, "_warned_fallback", True)
+    t, z = tf_case(rng, (2, 6, 5, mode.channels), mode.kind, mode.from_logits, "uint8", "float32",
+                   mode.ignore_index)
+    kwargs = dict(mode.loss_options(), per_image=True)
+    fn = tf.function(step(fastiou.dice_loss, **kwargs), jit_compile=True)
+    got = fn(t, z)
+    assert "fastiou_overlap" not in fn.experimental_get_compiler_ir(t, z)(stage="optimized_hlo")
+    ref = step(fastiou.reference.dice_loss, **kwargs)(t, tf.cast(z, tf.float64))
+    np.testing.assert_allclose(float(got[0]), float(ref[0]), rtol=1e-5)
+    np.testing.assert_allclose(got[1].numpy(), ref[1].numpy(), rtol=1e-4, atol=1e-7)
+
+
 def test_build_without_xla_kernels_falls_back_with_one_warning(rng, monkeypatch):
     # What a build without XLA support does under XLA: plain TF ops, one warning.
     monkeypatch.setattr(_ops, "HAS_XLA_KERNELS", False)

@@ -240,12 +240,31 @@ FASTIOU_HD Acc true_gradient(Acc p, Acc w, Acc g_i, Acc g_t) {
 }
 
 // Softmax of a pixel's C logits, p_c = e^(z_c - m) / sum_k e^(z_k - m), with m
-// the maximum, so that no exponent overflows. Kernels that keep the pixel in
-// registers or cache get (m, 1/sum) once with softmax_norm and each p_c with
-// softmax_prob; kernels that keep it in an array call softmax_inplace. Both
-// evaluate the same operations, but the host adds the exponentials across
-// vector lanes and compilers fuse multiply-adds differently, so CPU and GPU
-// agree to rounding, not bitwise.
+// the maximum, so that no exponent overflows. It is built from the four steps
+// below, the one definition of its arithmetic; the kernels differ only in
+// where they keep the pixel: in registers (softmax_norm once, then each p_c
+// with softmax_prob: the CUDA kernels), in an array (softmax_inplace: the
+// host's channel path), or transposed across vector lanes (the host's pixel
+// tiles, csrc/cpu/pixel_tile.h). The host adds the exponentials across vector
+// lanes and compilers fuse multiply-adds differently, so CPU and GPU agree
+// to rounding, not bitwise.
+template <typename Acc>
+FASTIOU_HD Acc softmax_max(Acc m, Acc z) {
+  return z > m ? z : m;
+}
+template <typename Acc>
+FASTIOU_HD Acc softmax_exp(Acc z, Acc max) {
+  return exp_(z - max);
+}
+template <typename Acc>
+FASTIOU_HD Acc softmax_inverse(Acc sum) {
+  return Acc(1) / sum;
+}
+template <typename Acc>
+FASTIOU_HD Acc softmax_scale(Acc e, Acc inv_sum) {
+  return e * inv_sum;
+}
+
 template <typename Acc>
 struct SoftmaxNorm {
   Acc max;
@@ -256,18 +275,15 @@ struct SoftmaxNorm {
 template <typename Acc, typename Load>
 FASTIOU_HD SoftmaxNorm<Acc> softmax_norm(const Load& z, int64_t channels) {
   Acc m = z(0);
-  for (int64_t c = 1; c < channels; ++c) {
-    const Acc v = z(c);
-    m = v > m ? v : m;
-  }
+  for (int64_t c = 1; c < channels; ++c) m = softmax_max(m, Acc(z(c)));
   Acc sum = 0;
-  for (int64_t c = 0; c < channels; ++c) sum += exp_(z(c) - m);
-  return SoftmaxNorm<Acc>{m, Acc(1) / sum};
+  for (int64_t c = 0; c < channels; ++c) sum += softmax_exp(Acc(z(c)), m);
+  return SoftmaxNorm<Acc>{m, softmax_inverse(sum)};
 }
 
 template <typename Acc>
 FASTIOU_HD Acc softmax_prob(Acc z, SoftmaxNorm<Acc> n) {
-  return exp_(z - n.max) * n.inv_sum;
+  return softmax_scale(softmax_exp(z, n.max), n.inv_sum);
 }
 
 // The maximum and the sum are reductions split across vector lanes on the
@@ -277,15 +293,15 @@ FASTIOU_HD void softmax_inplace(Acc* x, int64_t channels) {
   const Channel n = static_cast<Channel>(channels);
   Acc m = x[0];
   FASTIOU_SIMD_REDUCE(max, m)
-  for (Channel c = 1; c < n; ++c) m = x[c] > m ? x[c] : m;
+  for (Channel c = 1; c < n; ++c) m = softmax_max(m, x[c]);
   Acc sum = 0;
   FASTIOU_SIMD_REDUCE(+, sum)
   for (Channel c = 0; c < n; ++c) {
-    x[c] = exp_(x[c] - m);
+    x[c] = softmax_exp(x[c], m);
     sum += x[c];
   }
-  const Acc inv = Acc(1) / sum;
-  for (Channel c = 0; c < n; ++c) x[c] *= inv;
+  const Acc inv = softmax_inverse(sum);
+  for (Channel c = 0; c < n; ++c) x[c] = softmax_scale(x[c], inv);
 }
 
 // Softmax Jacobian applied to dL/dp of one pixel: dL/dz_k = p_k (dL/dp_k - dot)

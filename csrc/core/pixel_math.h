@@ -33,26 +33,20 @@ struct PixelLabel {
   int64_t value;  // kClass: the class; kOutOfRange: the label as stored; otherwise 0
 };
 
-// How the per-pixel path reads a pixel: the options every decision needs,
-// taken from the kernel arguments once per launch.
-struct PixelRule {
+// How the per-pixel path reads a pixel: the op's options (from_logits;
+// softmax, with from_logits a softmax over the channels instead of
+// sigmoids; sparse, y_true holding one class index per pixel; has_ignore and
+// ignore_index) and what the geometry adds, taken from the kernel arguments
+// once per launch.
+struct PixelRule : OverlapOptions {
   int64_t channels = 0;
-  bool from_logits = false;
-  bool softmax = false;  // with from_logits: a softmax over the channels instead of sigmoids
-  bool sparse = false;   // y_true holds one class index per pixel
-  bool has_ignore = false;
-  int64_t ignore_index = 0;
   bool weights_per_pixel = false;  // one weight per pixel, shared by its channels
 };
 
 inline PixelRule make_pixel_rule(const OverlapInputs& in) {
   PixelRule r;
+  static_cast<OverlapOptions&>(r) = in;
   r.channels = in.geometry.channels;
-  r.from_logits = in.from_logits;
-  r.softmax = in.softmax;
-  r.sparse = in.sparse;
-  r.has_ignore = in.has_ignore;
-  r.ignore_index = in.ignore_index;
   r.weights_per_pixel = in.geometry.weights_per_pixel;
   return r;
 }
@@ -106,18 +100,9 @@ FASTIOU_HD bool pixel_needs_softmax(const PixelRule& r, PixelLabel l) {
   return r.from_logits && r.softmax && pixel_has_gradient(l);
 }
 
-// Weight of channel c. w points at the pixel's weights (pixel_weights), or
-// is nullptr for unit weights.
-template <typename A, typename TP>
-FASTIOU_HD A pixel_weight(const PixelRule& r, const TP* w, int64_t c) {
-  if (w == nullptr) return A(1);
-  return load_as<A>(w[r.weights_per_pixel ? 0 : c]);
-}
-
-// Calls f(weight) with weight(c) the weight of channel c (as pixel_weight)
-// of the pixel whose weights wp points at (pixel_weights, nullptr for unit
-// weights): one functor per kind of weights, so that channel loops stay
-// branch-free.
+// Calls f(weight) with weight(c) the weight of channel c of the pixel whose
+// weights wp points at (pixel_weights, nullptr for unit weights): one functor
+// per kind of weights, so that channel loops stay branch-free.
 template <typename A, typename TP, typename F>
 FASTIOU_HD void with_pixel_weight(const PixelRule& r, const TP* wp, const F& f) {
   if (wp == nullptr) {
@@ -128,6 +113,15 @@ FASTIOU_HD void with_pixel_weight(const PixelRule& r, const TP* wp, const F& f) 
   } else {
     f([wp](int64_t c) { return load_as<A>(wp[c]); });
   }
+}
+
+// Weight of channel c alone (as with_pixel_weight), for kernels that visit
+// a pixel's channels one at a time.
+template <typename A, typename TP>
+FASTIOU_HD A pixel_weight(const PixelRule& r, const TP* wp, int64_t c) {
+  A value(1);
+  with_pixel_weight<A>(r, wp, [&](const auto& weight) { value = weight(c); });
+  return value;
 }
 
 // The element targets of pixel `pixel` (flat over batch and spatial axes),

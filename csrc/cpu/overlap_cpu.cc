@@ -78,8 +78,7 @@ using cpu::thread_scratch;
 // The channel path (element targets, or sparse labels with a weight per
 // element): one pixel at a time, its channels across the vector lanes.
 // pixel_probabilities puts the pixel's probabilities in p[0, C): as stored,
-// the sigmoid of each channel or the softmax (softmax_inplace: the operations
-// of softmax_norm and softmax_prob, which the CUDA kernels keep in registers).
+// the sigmoid of each channel or the softmax (softmax_inplace).
 template <bool kLogits, typename TP, typename A>
 void pixel_probabilities(const PixelRule& rule, const TP* pred, A* p) {
   const Channel C = static_cast<Channel>(rule.channels);

@@ -139,9 +139,10 @@ const TP* tile_predictions(const PixelRule& rule, const TP* pred, const PixelTil
 }
 
 // The tile's probabilities, transposed: p[c * kLanes + l] for channel c of
-// lane l, from the tile's predictions x (tile_predictions): as stored, the sigmoid of each logit, or the softmax (per lane:
-// the maximum, e^(z - max) and 1/sum, then p = e^(z - max) / sum, the
-// operations of softmax_norm and softmax_prob).
+// lane l, from the tile's predictions x (tile_predictions): as stored, the
+// sigmoid of each logit, or the softmax, per lane, from the steps of
+// core/overlap_math.h (softmax_max, softmax_exp, softmax_inverse,
+// softmax_scale).
 template <bool kLogits, typename TP, typename A>
 void tile_probabilities(const PixelRule& rule, const TP* x, A* p) {
   const Channel C = static_cast<Channel>(rule.channels);
@@ -161,22 +162,22 @@ void tile_probabilities(const PixelRule& rule, const TP* x, A* p) {
       for (Channel c = 1; c < C; ++c) {
         const A* pc = p + c * kLanes;
         FASTIOU_SIMD
-        for (int l = 0; l < kLanes; ++l) m[l] = pc[l] > m[l] ? pc[l] : m[l];
+        for (int l = 0; l < kLanes; ++l) m[l] = softmax_max(m[l], pc[l]);
       }
       for (Channel c = 0; c < C; ++c) {
         A* pc = p + c * kLanes;
         FASTIOU_SIMD
         for (int l = 0; l < kLanes; ++l) {
-          pc[l] = exp_(pc[l] - m[l]);
+          pc[l] = softmax_exp(pc[l], m[l]);
           inv[l] += pc[l];
         }
       }
       FASTIOU_SIMD
-      for (int l = 0; l < kLanes; ++l) inv[l] = A(1) / inv[l];
+      for (int l = 0; l < kLanes; ++l) inv[l] = softmax_inverse(inv[l]);
       for (Channel c = 0; c < C; ++c) {
         A* pc = p + c * kLanes;
         FASTIOU_SIMD
-        for (int l = 0; l < kLanes; ++l) pc[l] *= inv[l];
+        for (int l = 0; l < kLanes; ++l) pc[l] = softmax_scale(pc[l], inv[l]);
       }
     } else {
       for (Channel c = 0; c < C; ++c) {

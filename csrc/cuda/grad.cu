@@ -120,11 +120,7 @@ struct GradCuda {
 using namespace cuda_detail;
 
 std::string overlap_grad_cuda(const GradArgs& args, void* stream) {
-  const std::string labels = validate_label_dtype(args, args.true_dtype);
-  if (!labels.empty()) return labels;
-  const std::string driver = cuda_driver_problem();
-  if (!driver.empty()) return driver;
-  cudaGetLastError();  // an error left by an earlier call is not this launch's
+  if (std::string problem = launch_problem(args); !problem.empty()) return problem;
   // bool targets are read as uint8: half the instantiations, the same values.
   return run_for_dtypes<GradCuda, true>(args, static_cast<cudaStream_t>(stream));
 }

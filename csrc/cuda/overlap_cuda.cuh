@@ -178,6 +178,16 @@ __device__ __forceinline__ A state_weight(const Inputs<TP, TT>& in, const PixelS
   return pixel_weight<A>(in.rule, pixel_weights(in.rule, in.w, s.pixel), c);
 }
 
+// What a call checks before it launches anything: the label dtype and the
+// driver. Then clears an error left by an earlier call, which is not this
+// launch's. Empty, or the problem.
+inline std::string launch_problem(const OverlapInputs& args) {
+  std::string problem = validate_label_dtype(args, args.true_dtype);
+  if (problem.empty()) problem = cuda_driver_problem();
+  if (problem.empty()) cudaGetLastError();
+  return problem;
+}
+
 inline std::string launch_status(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess) return std::string();

@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "core/overlap_kernels.h"
 #include "xla/ffi/api/ffi.h"
@@ -126,3 +127,37 @@ inline std::string PrepareGrad(const ffi::AnyBuffer& y_true, const ffi::AnyBuffe
 FASTIOU_FFI_DECODE(fastiou::OverlapOptions, FASTIOU_OVERLAP_OPTIONS(FASTIOU_FFI_MEMBER));
 FASTIOU_FFI_DECODE(fastiou::GradOptions,
                    FASTIOU_OVERLAP_OPTIONS(FASTIOU_FFI_MEMBER) FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_FFI_MEMBER));
+
+namespace fastiou_xla {
+
+// The operands of the handlers, the same on every platform, after the
+// platform's context (binding: ffi::Ffi::Bind() with its Ctx<...> added).
+// Stats: y_true, y_pred, weights; I, P, T; the options.
+template <typename Binding>
+auto BindStatsOperands(Binding binding) {
+  return std::move(binding)
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attrs<fastiou::OverlapOptions>();
+}
+
+// Gradient: y_true, y_pred, weights, dL/dI, dL/dP, dL/dT; the gradient; the
+// options.
+template <typename Binding>
+auto BindGradOperands(Binding binding) {
+  return std::move(binding)
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attrs<fastiou::GradOptions>();
+}
+
+}  // namespace fastiou_xla

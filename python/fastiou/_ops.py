@@ -89,27 +89,13 @@ def prepare_inputs(y_true, y_pred, weights=None, *, sparse=None, ignore_index=No
     return y_true, y_pred, weights, how.sparse
 
 
-def _plain_stats(y_true, y_pred, weights, from_logits, per_image, softmax, sparse, ignore_index):
-    """The same sums with ordinary TF ops, for XLA clusters when the op library
-    has no XLA kernels."""
-    acc = accumulation_dtype(y_pred.dtype)
-    p = tf.cast(y_pred, acc)
-    if from_logits:
-        p = tf.nn.softmax(p, axis=-1) if softmax else tf.sigmoid(p)
-    rank = y_pred.shape.rank
-    w = None if weights is None else tf.cast(weights, acc)
-    if sparse:
-        labels = tf.reshape(y_true, tf.shape(y_pred)[:-1])
-        t = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(y_pred)[-1], dtype=acc)
-        if ignore_index is not None:
-            keep = tf.cast(tf.not_equal(tf.cast(labels, tf.int64), ignore_index), acc)[..., None]
-            w = keep if w is None else w * keep
-    else:
-        t = tf.cast(y_true, acc)
-    axes = list(range(1, rank - 1)) if per_image else list(range(rank - 1))
-    wp = p if w is None else w * p
-    wt = t if w is None else w * t
-    return tf.reduce_sum(wp * t, axes), tf.reduce_sum(wp, axes), tf.reduce_sum(wt, axes)
+def _plain_stats(y_true, y_pred, weights, **options):
+    """The same sums with ordinary TF ops (fastiou.reference.plain_sums), for
+    XLA clusters when the op library has no XLA kernels."""
+    from fastiou._backends.tensorflow import xp  # imports this module
+    from fastiou.reference import plain_sums
+
+    return plain_sums(xp, y_true, y_pred, weights, **options)
 
 
 def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=True,
@@ -152,8 +138,8 @@ def fused_stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, spa
             _warned_fallback = True
             warnings.warn("fastiou was built without XLA kernels: under XLA (jit_compile) the losses "
                           "run as plain TensorFlow ops instead of the fused kernels", stacklevel=3)
-        return _plain_stats(y_true, y_pred, weights, from_logits, per_image, softmax, sparse,
-                            ignore_index)
+        return _plain_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
+                            softmax=softmax, sparse=sparse, ignore_index=ignore_index)
     has_weights = weights is not None
     if not has_weights:
         weights = tf.zeros([0], y_pred.dtype)

@@ -2,7 +2,7 @@
 
 This is the pure-Keras formulation users copy into their projects: activate
 (sigmoid, or softmax for multi-class), expand sparse labels with one_hot, cast,
-multiply and sum over the full mask tensors (`_Plain.stats`). fastiou uses it
+multiply and sum over the full mask tensors (`plain_sums`). fastiou uses it
 as the oracle of its kernels in its tests (values, and gradients through
 autodiff) and as the baseline in its benchmarks. The rest (argument checks,
 shapes, modes and the loss algebra on the sums) is fastiou's one front end,
@@ -19,11 +19,39 @@ from fastiou._defaults import ALPHA, BETA, GAMMA, MODE, SMOOTH
 from fastiou._shapes import accumulation_dtype, check_inputs
 
 
+def plain_sums(xp, y_true, y_pred, weights, *, from_logits, per_image, softmax, sparse, ignore_index):
+    """The sums I = sum(w*t*p), P = sum(w*p), T = sum(w*t) written out over
+    the full mask tensors, in the array namespace xp (see _Plain.xp): the
+    probabilities, the one-hot targets and the products are mask-sized
+    temporaries. The reference computes its sums with it (in keras.ops), and
+    so does fastiou's TensorFlow backend under XLA when its op library has no
+    XLA kernels (in TensorFlow ops). Inputs as prepared by the backend's
+    `prepare`; the sums are per (image, channel) with per_image, else per
+    channel."""
+    dtype = accumulation_dtype(xp.dtype_name(y_pred))
+    p = xp.cast(y_pred, dtype)
+    if from_logits:
+        p = xp.softmax(p) if softmax else xp.sigmoid(p)
+    w = None if weights is None else xp.cast(weights, dtype)
+    if sparse:
+        labels = xp.reshape(y_true, xp.shape(y_pred)[:-1])
+        t = xp.one_hot(xp.cast(labels, "int32"), y_pred.shape[-1], dtype)
+        if ignore_index is not None:
+            keep = xp.expand_dims(xp.cast(xp.not_equal(xp.cast(labels, "int64"), ignore_index), dtype), -1)
+            w = keep if w is None else w * keep
+    else:
+        t = xp.cast(y_true, dtype)
+    axes = tuple(range(1 if per_image else 0, len(y_pred.shape) - 1))
+    wp = p if w is None else w * p
+    wt = t if w is None else w * t
+    return xp.sum(wp * t, axes), xp.sum(wp, axes), xp.sum(wt, axes)
+
+
 class _Plain:
     """The reference as a backend of fastiou's one front end (fastiou._front):
     the sums written out in keras.ops over the full mask tensors."""
 
-    class xp:  # noqa: N801 - the array namespace of the loss algebra, in keras.ops
+    class xp:  # noqa: N801 - the array namespace of the loss algebra and plain_sums, in keras.ops
         asarray = staticmethod(lambda value, dtype: ops.convert_to_tensor(value, dtype=dtype))
         where = staticmethod(ops.where)
         maximum = staticmethod(ops.maximum)
@@ -34,6 +62,15 @@ class _Plain:
         take = staticmethod(lambda x, indices, axis: ops.take(x, indices, axis=axis))
         mean = staticmethod(lambda x, axis: ops.mean(x, axis=axis))
         sum = staticmethod(lambda x, axis: ops.sum(x, axis=axis))
+        cast = staticmethod(ops.cast)
+        dtype_name = staticmethod(lambda x: _dtype(x))
+        sigmoid = staticmethod(ops.sigmoid)
+        softmax = staticmethod(lambda x: ops.softmax(x, axis=-1))
+        one_hot = staticmethod(lambda labels, depth, dtype: ops.one_hot(labels, depth, dtype=dtype))
+        not_equal = staticmethod(ops.not_equal)
+        reshape = staticmethod(ops.reshape)
+        expand_dims = staticmethod(ops.expand_dims)
+        shape = staticmethod(ops.shape)
 
     @staticmethod
     def prepare(y_true, y_pred, weights=None, *, sparse=None, ignore_index=None):
@@ -52,24 +89,8 @@ class _Plain:
         return y_true, y_pred, weights, how.sparse
 
     @staticmethod
-    def stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, sparse, ignore_index):
-        dtype = accumulation_dtype(_dtype(y_pred))
-        p = ops.cast(y_pred, dtype)
-        if from_logits:
-            p = ops.softmax(p, axis=-1) if softmax else ops.sigmoid(p)
-        w = None if weights is None else ops.cast(weights, dtype)
-        if sparse:
-            labels = ops.reshape(y_true, y_pred.shape[:-1])
-            t = ops.one_hot(ops.cast(labels, "int32"), y_pred.shape[-1], dtype=dtype)
-            if ignore_index is not None:
-                keep = ops.expand_dims(ops.cast(ops.not_equal(labels, ignore_index), dtype), -1)
-                w = keep if w is None else w * keep
-        else:
-            t = ops.cast(y_true, dtype)
-        axes = tuple(range(1 if per_image else 0, len(p.shape) - 1))
-        if w is None:
-            w = ops.ones_like(p)
-        return ops.sum(w * t * p, axis=axes), ops.sum(w * p, axis=axes), ops.sum(w * t, axis=axes)
+    def stats(y_true, y_pred, weights, **options):
+        return plain_sums(_Plain.xp, y_true, y_pred, weights, **options)
 
     @staticmethod
     def channels(y_pred):

@@ -24,6 +24,16 @@ class xp:  # noqa: N801 - an array namespace, like jax.numpy
     take = staticmethod(lambda x, indices, axis: tf.gather(x, indices, axis=axis))
     mean = staticmethod(lambda x, axis: tf.reduce_mean(x, axis=axis))
     sum = staticmethod(lambda x, axis: tf.reduce_sum(x, axis=axis))
+    # and those of fastiou.reference.plain_sums
+    cast = staticmethod(tf.cast)
+    dtype_name = staticmethod(lambda x: x.dtype.name)
+    sigmoid = staticmethod(tf.sigmoid)
+    softmax = staticmethod(lambda x: tf.nn.softmax(x, axis=-1))
+    one_hot = staticmethod(lambda labels, depth, dtype: tf.one_hot(labels, depth, dtype=dtype))
+    not_equal = staticmethod(tf.not_equal)
+    reshape = staticmethod(tf.reshape)
+    expand_dims = staticmethod(tf.expand_dims)
+    shape = staticmethod(tf.shape)
 
 
 def channels(y_pred):
