@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cpu_levels.py                      # the installed build, every level this CPU runs
     python benchmarks/bench_cpu_levels.py --build native=DIR   # and a build in DIR (a folder holding fastiou/)
+    python benchmarks/bench_cpu_levels.py --no-installed --build before=DIR1 --build after=DIR2 --kernels stats
 
 Each configuration (build, level) runs in its own child process, which
 imports fastiou from that build, forces the level with FASTIOU_CPU_TARGET,
@@ -26,10 +27,11 @@ CASES = {
     "4x512x512x21 sparse probabilities": ((4, 512, 512, 21), False, True),
     "8x128x128x128x1 logits": ((8, 128, 128, 128, 1), True, False),
     "8x128x128x128x1 probabilities": ((8, 128, 128, 128, 1), False, False),
+    "4x256x256x8 multi-label probabilities": ((4, 256, 256, 8), False, False),
 }
 
 
-def child(case, repeats):
+def child(case, repeats, kernels):
     import numpy as np
 
     import fastiou.kernels as fk
@@ -52,8 +54,10 @@ def child(case, repeats):
     times = []
     for i in range(repeats + 2):
         start = time.perf_counter()
-        fk.overlap_stats(y, z, None, **opts)
-        fk.overlap_grad(y, z, None, *g, **opts)
+        if kernels in ("both", "stats"):
+            fk.overlap_stats(y, z, None, **opts)
+        if kernels in ("both", "grad"):
+            fk.overlap_grad(y, z, None, *g, **opts)
         if i >= 2:
             times.append(time.perf_counter() - start)
     return {"ms": 1e3 * float(np.median(times)), "cpu_target": fk.cpu_target(),
@@ -67,17 +71,23 @@ def main():
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), metavar="CASE")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per child")
+    parser.add_argument("--kernels", choices=["both", "stats", "grad"], default="both",
+                        help="what one timed step runs: the stats and the gradient kernel, or one of them")
+    parser.add_argument("--no-installed", action="store_true",
+                        help="time the --build builds alone, not the installed one's levels")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.repeats)))
+        print("RESULT " + json.dumps(child(args.child, args.repeats, args.kernels)))
         return
 
     import fastiou.kernels as fk
 
     installed = os.path.dirname(os.path.dirname(fk.__file__))
-    configs = [(f"installed {level}", installed, level) for level in fk.cpu_targets()]
+    configs = [] if args.no_installed else [(f"installed {level}", installed, level) for level in fk.cpu_targets()]
+    if not configs and not args.build:
+        parser.error("--no-installed needs --build")
     for spec in args.build:
         name, _, path = spec.partition("=")
         configs.append((name, os.path.abspath(path), None))
@@ -89,8 +99,8 @@ def main():
                 env.pop("FASTIOU_CPU_TARGET", None)
                 if level:
                     env["FASTIOU_CPU_TARGET"] = level
-                proc = subprocess.run([sys.executable, __file__, "--child", case, "--repeats", str(args.repeats)],
-                                      env=env, capture_output=True, text=True)
+                proc = subprocess.run([sys.executable, __file__, "--child", case, "--repeats", str(args.repeats),
+                                       "--kernels", args.kernels], env=env, capture_output=True, text=True)
                 line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
                 if line is None:
                     raise RuntimeError(f"{name} {case} failed:\n{proc.stderr[-3000:]}")
@@ -103,12 +113,14 @@ def main():
     import numpy as np
 
     names = [c[0] for c in configs]
-    print(f"fastiou CPU kernels, stats + gradient through fastiou.kernels, ms (median of {args.rounds} rounds)")
+    what = {"both": "stats + gradient", "stats": "stats", "grad": "gradient"}[args.kernels]
+    print(f"fastiou CPU kernels, {what} through fastiou.kernels, ms (median of {args.rounds} rounds)")
     print("| case | " + " | ".join(f"{n} ({results[(args.cases[0], n)][0]['cpu_target']})" for n in names) + " |")
     print("| --- |" + " ---: |" * len(names))
     rows = []
     # Ratios over the first other build (e.g. -march=native), else over the best level.
-    base = len(fk.cpu_targets()) if args.build else len(fk.cpu_targets()) - 1
+    installed_levels = 0 if args.no_installed else len(fk.cpu_targets())
+    base = installed_levels if args.build else installed_levels - 1
     for case in args.cases:
         ms = [float(np.median([g["ms"] for g in results[(case, n)]])) for n in names]
         print(f"| {case} | " + " | ".join(f"{m:.1f} ({m / ms[base]:.2f}x)" for m in ms) + " |")
@@ -117,7 +129,8 @@ def main():
     print(f"(in brackets: time over {names[base]}'s)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"configs": [{"name": n, "path": p, "level": l} for n, p, l in configs], "results": rows},
+            json.dump({"kernels": args.kernels,
+                       "configs": [{"name": n, "path": p, "level": l} for n, p, l in configs], "results": rows},
                       f, indent=1)
 
 

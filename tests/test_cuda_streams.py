@@ -52,6 +52,46 @@ def test_out_of_range_label_raises_or_gives_nan():
         assert torch.equal(a, b)
 
 
+def range_cases():
+    """(what, y_true, y_pred, options, message) of values the range guards
+    refuse, one per kernel: a 0/255 mask (single channel), a multi-label
+    probability of 1.5 (per-pixel path)."""
+    mask = torch.zeros((2, 4, 4, 1), dtype=torch.uint8, device=DEVICE)
+    mask[1, 2, 3, 0] = 255
+    mask[1, 3, 0, 0] = 255
+    z1 = torch.zeros((2, 4, 4, 1), device=DEVICE)
+    targets = torch.zeros((2, 4, 4, 3), device=DEVICE)
+    probabilities = torch.full((2, 4, 4, 3), 0.5, device=DEVICE)
+    probabilities[1, 2, 3, 2] = 1.5
+    probabilities[1, 3, 0, 0] = -1.0
+    where = r"at batch index 1, pixel 11 \(flat index over the spatial axes\)"
+    return [("0/255 mask", mask, z1, dict(from_logits=True), "y_true holds 255 " + where + r", outside \[0, 1\]"),
+            ("probability 1.5", targets, probabilities, {}, "y_pred holds 1.5 " + where + ", channel 2, outside")]
+
+
+def test_out_of_range_values_raise_or_give_nan():
+    # The CPU raises at once; the GPU gives NaN sums and label_check names
+    # the first bad value.
+    for what, t, z, opts, message in range_cases():
+        if DEVICE != "cuda":
+            with pytest.raises(ValueError, match=message):
+                fk.overlap_stats(t, z, **opts)
+            continue
+        stats = fk.overlap_stats(t, z, **opts)
+        assert all(torch.isnan(s).all() for s in stats), what
+        for _ in range(2):
+            with pytest.raises(ValueError, match=message):
+                stats.label_check.check()
+    # Sparse labels with probabilities: check_labels=True waits and raises.
+    labels = torch.zeros((2, 4, 4), dtype=torch.uint8, device=DEVICE)
+    z = torch.full((2, 4, 4, 3), 1 / 3, device=DEVICE)
+    z[1, 2, 3, 1] = 2.0
+    with pytest.raises(ValueError, match=r"y_pred holds 2 at batch index 1, pixel 11 .*, channel 1, outside"):
+        fk.overlap_stats(labels, z, sparse=True)
+    z[1, 2, 3, 1] = 1 / 3
+    assert fk.overlap_stats(labels, z, sparse=True).label_check.check() is None
+
+
 # Spin cycles that keep the current stream busy for about half a second or
 # more, so that what a call leaves queued can be observed. Everything a test
 # needs on the GPU is made before: a copy from host memory could wait for the

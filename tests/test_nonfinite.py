@@ -2,7 +2,8 @@
 
 The promise (README, Guarantees): the sums, the loss and the gradient are
 those of the float64 formula. So a NaN in y_pred makes the loss NaN; an
-infinite probability (from_logits=False) does too; an infinite logit is a
+infinite probability (from_logits=False) is out of range, the range guards'
+error on every door (tests/test_range_guards.py); an infinite logit is a
 saturated probability under a sigmoid (+inf: 1, -inf: 0) and a finite loss,
 while under a softmax +inf makes its pixel NaN and -inf is a probability of 0.
 With per_image, only the image holding the value gets a NaN loss. No door
@@ -38,6 +39,11 @@ def case(mode, value, true_at_value):
     return t, z.astype(np.float32)
 
 
+def refused(mode, value):
+    """Whether the range guards refuse the value: an infinite probability."""
+    return not mode.from_logits and np.isinf(value)
+
+
 def expected_loss(t, z, mode, per_image):
     from fastiou._defaults import epsilon
 
@@ -71,6 +77,10 @@ def test_module_sums_and_gradient(mode, value, true_at_value):
     t, z = case(mode, value, true_at_value)
     opts = mode.kernel_options()
     for per_image in (False, True):
+        if refused(mode, value):
+            with pytest.raises(ValueError, match=r"y_pred holds -?inf at batch index 0, pixel 3 "):
+                fk.overlap_stats(t, z, per_image=per_image, **opts)
+            continue
         got = fk.overlap_stats(t, z, per_image=per_image, **opts)
         for g, w, label in zip(got, oracle_sums(t, z, per_image=per_image, **opts), "IPT"):
             same(g, w, f"{label} of {mode.name} with {value}, per_image={per_image}")
@@ -97,6 +107,15 @@ def test_losses_on_every_door(mode, value):
         want = expected_loss(t, z, mode, per_image)
         what = f"{mode.name} with {value}, per_image={per_image}"
         tt, zz = tf.constant(t), tf.constant(z)
+        if refused(mode, value):
+            bad = r"y_pred holds -?inf at batch index 0, pixel 3 "
+            for fn in (lambda: fastiou.jaccard_loss(tt, zz, per_image=per_image, **kwargs),
+                       lambda: compiled(tt, zz, per_image)):
+                with pytest.raises(tf.errors.InvalidArgumentError, match=bad):
+                    fn()
+            with pytest.raises(Exception, match=bad):
+                jax.block_until_ready(fj.jaccard_loss(t, z, per_image=per_image, **kwargs))
+            continue
         same(fastiou.jaccard_loss(tt, zz, per_image=per_image, **kwargs), want, f"TensorFlow loss of {what}")
         same(compiled(tt, zz, per_image), want, f"XLA loss of {what}")
         same(jax.jit(lambda a, b: fj.jaccard_loss(a, b, per_image=per_image, **kwargs))(t, z), want,

@@ -1,4 +1,7 @@
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <initializer_list>
 #include <condition_variable>
 #include <mutex>
 
@@ -91,14 +94,68 @@ std::string validate_label_dtype(const OverlapOptions& options, DType true_dtype
          dtype_name(true_dtype);
 }
 
-std::string bad_label_message(const OverlapInputs& in, int64_t image, int64_t pixel,
-                              int64_t value) {
-  std::string s = "label " + std::to_string(value) + " at batch index " + std::to_string(image) +
-                  ", pixel " + std::to_string(pixel) +
-                  " (flat index over the spatial axes) is outside [0, " +
-                  std::to_string(in.geometry.channels) + ")";
-  if (in.has_ignore) s += " and is not ignore_index " + std::to_string(in.ignore_index);
-  return s;
+namespace {
+// A stored value as printed in an error: integers without a fraction.
+std::string value_string(double v) {
+  if (std::isfinite(v) && std::abs(v) < 1e15 && v == static_cast<double>(static_cast<int64_t>(v))) {
+    return std::to_string(static_cast<int64_t>(v));
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+}  // namespace
+
+std::string bad_input_message(const OverlapInputs& in, int64_t image, const BadInput& bad) {
+  const std::string where = " at batch index " + std::to_string(image) + ", pixel " + std::to_string(bad.pixel) +
+                            " (flat index over the spatial axes)";
+  const std::string channel = in.geometry.channels > 1 ? ", channel " + std::to_string(bad.channel) : "";
+  switch (bad.problem) {
+    case InputProblem::kLabel: {
+      std::string s = "label " + std::to_string(bad.label) + where + " is outside [0, " +
+                      std::to_string(in.geometry.channels) + ")";
+      if (in.has_ignore) s += " and is not ignore_index " + std::to_string(in.ignore_index);
+      return s;
+    }
+    case InputProblem::kTarget:
+      return "y_true holds " + value_string(bad.value) + where + channel +
+             ", outside [0, 1]: targets are foreground probabilities (0 or 1 for a mask). Masks stored as "
+             "0/255 (as PNG masks are) must be divided by 255 or cast to bool";
+    case InputProblem::kProbability:
+      return "y_pred holds " + value_string(bad.value) + where + channel +
+             ", outside [0, 1], with from_logits=False: if y_pred holds logits (scores before the sigmoid "
+             "or softmax, as a model without a final activation gives), pass from_logits=True";
+    case InputProblem::kNone:
+      return std::string();
+  }
+  // A record whose problem was not filled in: still an error.
+  return "a target or probability" + where + channel + " is outside [0, 1]";
+}
+
+bool is_bad_input_message(const std::string& message) {
+  for (const char* start : {"label ", "y_true holds ", "y_pred holds ", "a target or probability "}) {
+    if (message.rfind(start, 0) == 0) return true;
+  }
+  return false;
+}
+
+std::string cuda_record_message(const OverlapInputs& in, const CudaInputRecord& record) {
+  const int64_t pixels = std::max<int64_t>(1, in.geometry.pixels);
+  const int64_t channels = std::max<int64_t>(1, in.geometry.channels);
+  if (record.flat_pixel >= 0) {
+    return bad_label_message(in, record.flat_pixel / pixels, record.flat_pixel % pixels, record.label);
+  }
+  if (record.flat_element < 0) return std::string();
+  const int64_t flat_pixel = record.flat_element / channels;
+  InputProblem problem = static_cast<InputProblem>(record.problem);
+  // Never left unfilled by the kernels; should it be, the fallback message.
+  if (problem != InputProblem::kTarget && problem != InputProblem::kProbability) problem = static_cast<InputProblem>(-1);
+  const BadInput bad{problem, flat_pixel % pixels, record.flat_element % channels, 0, record.value};
+  return bad_input_message(in, flat_pixel / pixels, bad);
+}
+
+std::string bad_label_message(const OverlapInputs& in, int64_t image, int64_t pixel, int64_t value) {
+  return bad_input_message(in, image, BadInput{InputProblem::kLabel, pixel, 0, value, 0.0});
 }
 
 bool built_with_cuda() {

@@ -99,7 +99,29 @@ std::string shape_string(const Shape& shape);
 // calls it, so a float label never reaches a kernel that would truncate it.
 std::string validate_label_dtype(const OverlapOptions& options, DType true_dtype);
 
-// The error for a sparse label outside [0, channels) that is not ignore_index.
+// The first input value a stats call refuses (the range guards): a sparse
+// label outside [0, channels) that is not ignore_index, a dense target
+// outside [0, 1] (masks stored as 0/255), or, from probabilities, a
+// prediction outside [0, 1] (logits without from_logits). NaN is no such
+// value: it gives NaN sums.
+enum class InputProblem : int64_t { kNone = 0, kLabel = 1, kTarget = 2, kProbability = 3 };
+// Whether an error message of the kernels is bad_input_message's: the
+// caller's input is at fault (ValueError in Python).
+bool is_bad_input_message(const std::string& message);
+// Trivial, so that the CPU kernels' SIMD copies share no code for it
+// (core/simd_level.h).
+struct BadInput {
+  InputProblem problem;
+  int64_t pixel;    // within its image (flat over the spatial axes)
+  int64_t channel;  // kTarget, kProbability
+  int64_t label;    // kLabel: the label as stored
+  double value;     // kTarget, kProbability: the value as stored
+};
+
+// The error for a BadInput of batch index `image`: what is wrong, where, and
+// what to do about it.
+std::string bad_input_message(const OverlapInputs& inputs, int64_t image, const BadInput& bad);
+// The same for a bad sparse label.
 std::string bad_label_message(const OverlapInputs& inputs, int64_t image, int64_t pixel,
                               int64_t value);
 
@@ -159,10 +181,12 @@ bool built_with_cuda();
 // content). Its reduction is a tree over a partition fixed by the shape, so
 // the sums are bitwise the same on every run.
 //
-// A sparse label outside [0, channels) that is not ignore_index cannot raise
-// from the GPU without a synchronization: the stats kernel then writes NaN to
-// every sum and records the first such label (lowest flat pixel index) in the
-// workspace, where cuda_bad_label() finds it once the stream has run.
+// A value the range guards refuse (BadInput: a sparse label outside
+// [0, channels) that is not ignore_index, a target or probability outside
+// [0, 1]) cannot raise from the GPU without a synchronization: the stats
+// kernel then writes NaN to every sum and records the first such value in the
+// workspace (CudaInputRecord), where the caller finds it once the stream has
+// run.
 int64_t stats_workspace_doubles_cuda(const OverlapInputs& inputs);
 
 // Empty when the machine's CUDA driver and the current CUDA device can run
@@ -176,13 +200,24 @@ std::string cuda_driver_problem();
 std::string overlap_stats_cuda(const StatsArgs& args, void* stream);
 std::string overlap_grad_cuda(const GradArgs& args, void* stream);
 
-// The first out-of-range label of a stats launch: flat pixel index over
-// batch and spatial axes (-1 when none) and its value.
-struct CudaLabelRecord {
+// What a CUDA stats launch records of the values it refuses (BadInput), in
+// its workspace: the first out-of-range sparse label (lowest flat pixel index
+// over batch and spatial axes, -1 when none) and its value; the first target
+// or probability outside [0, 1] (lowest flat element index, -1 when none),
+// which of the two it is (an InputProblem) and its value.
+struct CudaInputRecord {
   int64_t flat_pixel;
-  int64_t value;
+  int64_t label;
+  int64_t flat_element;
+  int64_t problem;
+  double value;
 };
-// Offset, in doubles, of the CudaLabelRecord in the stats workspace.
-constexpr int64_t kCudaLabelRecordOffset = 0;
+// Where the CudaInputRecord lies in the stats workspace, in doubles.
+constexpr int64_t kCudaRecordOffset = 0;
+constexpr int64_t kCudaRecordDoubles = 5;
+static_assert(sizeof(CudaInputRecord) == kCudaRecordDoubles * sizeof(double), "one double per field");
+
+// The error a record holds (bad_input_message, a label first), or empty.
+std::string cuda_record_message(const OverlapInputs& inputs, const CudaInputRecord& record);
 
 }  // namespace fastiou

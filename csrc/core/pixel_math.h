@@ -100,6 +100,34 @@ FASTIOU_HD bool pixel_needs_softmax(const PixelRule& r, PixelLabel l) {
   return r.from_logits && r.softmax && pixel_has_gradient(l);
 }
 
+// The range guards (BadInput in core/overlap_kernels.h): a dense target, or
+// a prediction read as a probability, must lie in [0, 1]. NaN is not outside:
+// it gives NaN sums.
+template <typename A>
+FASTIOU_HD bool outside_unit(A v) {
+  return v < A(0) || v > A(1);
+}
+
+// Which value of an element the range guards refuse: its dense target t (0
+// for sparse labels), else, from probabilities, its prediction x as stored;
+// kNone for neither.
+template <typename A>
+FASTIOU_HD InputProblem range_problem(bool from_logits, A t, A x) {
+  if (outside_unit(t)) return InputProblem::kTarget;
+  if (!from_logits && outside_unit(x)) return InputProblem::kProbability;
+  return InputProblem::kNone;
+}
+
+// Widens [lo, hi] to hold v. Loops keep lo and hi in registers from lo = 0,
+// hi = 1, as min and max reductions, and test outside_unit(lo) ||
+// outside_unit(hi) once at the end: the guard costs two vector operations per
+// value read, no branch.
+template <typename A>
+FASTIOU_HD void widen_range(A v, A& lo, A& hi) {
+  lo = v < lo ? v : lo;
+  hi = v > hi ? v : hi;
+}
+
 // Calls f(weight) with weight(c) the weight of channel c of the pixel whose
 // weights wp points at (pixel_weights, nullptr for unit weights): one functor
 // per kind of weights, so that channel loops stay branch-free.

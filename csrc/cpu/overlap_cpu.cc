@@ -72,7 +72,7 @@ struct ChunkInputs {
   }
 };
 
-using cpu::BadLabel;
+using cpu::ChunkBad;
 using cpu::thread_scratch;
 
 // The channel path (element targets, or sparse labels with a weight per
@@ -93,7 +93,7 @@ void pixel_probabilities(const PixelRule& rule, const TP* pred, A* p) {
 }
 
 template <bool kLogits, bool kWeights, typename TP, typename TT>
-void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* bad) {
+void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* bad) {
   using A = typename AccOf<TP>::type;
   const OverlapGeometry& g = a.geometry;
   const int64_t C = g.channels;
@@ -108,14 +108,20 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* b
     // A SIMD reduction: the compiler keeps one partial sum per vector lane and
     // adds the lanes in a fixed order, so the result depends on the build's
     // vector width only, never on the run or the thread count.
-    A si = 0, sp = 0, st = 0;
+    // lo and hi: the range guards (widen_range), reductions as well.
+    A si = 0, sp = 0, st = 0, lo = 0, hi = 1;
     const int64_t n = r.pixels;
-#pragma omp simd reduction(+ : si, sp, st)
+#pragma omp simd reduction(+ : si, sp, st) reduction(min : lo) reduction(max : hi)
     for (int64_t i = 0; i < n; ++i) {
-      const A p = probability<kLogits>(load_as<A>(pred[i]));
+      const A x = load_as<A>(pred[i]);
+      const A t = load_as<A>(tru[i]);
+      widen_range(t, lo, hi);
+      if constexpr (!kLogits) widen_range(x, lo, hi);
       const A wv = kWeights ? load_as<A>(w[i]) : A(1);
-      accumulate_overlap(p, load_as<A>(tru[i]), wv, si, sp, st);
+      accumulate_overlap(probability<kLogits>(x), t, wv, si, sp, st);
     }
+    if (outside_unit(lo) || outside_unit(hi))
+      *bad = cpu::first_bad_value<kLogits>(rule, pred, tru, labels, n, r.first_pixel);
     partial[0] = si;
     partial[1] = sp;
     partial[2] = st;
@@ -133,19 +139,36 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, BadLabel* b
   A* sp = si + C;
   A* st = sp + C;
   std::fill(si, si + 3 * C, A(0));
+  // The range guards (widen_range): the targets, and the probabilities as
+  // stored.
+  A lo = 0, hi = 1;
   for (int64_t px = 0; px < r.pixels; ++px) {
     const PixelLabel label = read_pixel_label(rule, labels, px);
-    if (label.kind == PixelKind::kOutOfRange && bad->pixel < 0) *bad = BadLabel{r.first_pixel + px, label.value};
+    if (label.kind == PixelKind::kOutOfRange && !bad->found()) {
+      bad->problem = InputProblem::kLabel;
+      bad->pixel = r.first_pixel + px;
+      bad->label = label.value;
+    }
     if (!pixel_counts(label)) continue;
     pixel_probabilities<kLogits>(rule, pred + px * C, p);
     const TP* wp = kWeights ? pixel_weights(rule, w, px) : nullptr;
     with_pixel_weight<A>(rule, wp, [&](const auto& weight) {
       with_pixel_targets<A>(label, pixel_targets(rule, tru, px), [&](const auto& target) {
-        for (Channel c = 0; c < static_cast<Channel>(C); ++c)
-          accumulate_overlap(p[c], target(c), weight(c), si[c], sp[c], st[c]);
+        A l = lo, h = hi;  // reductions on locals, not on captures
+#pragma omp simd reduction(min : l) reduction(max : h)
+        for (Channel c = 0; c < static_cast<Channel>(C); ++c) {
+          const A t = target(c);
+          widen_range(t, l, h);
+          if constexpr (!kLogits) widen_range(p[c], l, h);
+          accumulate_overlap(p[c], t, weight(c), si[c], sp[c], st[c]);
+        }
+        lo = l;
+        hi = h;
       });
     });
   }
+  if ((outside_unit(lo) || outside_unit(hi)) && !bad->found())
+    *bad = cpu::first_bad_value<kLogits>(rule, pred, tru, labels, r.pixels, r.first_pixel);
   for (int64_t c = 0; c < C; ++c) {
     partial[3 * c] = si[c];
     partial[3 * c + 1] = sp[c];
@@ -200,7 +223,7 @@ struct StatsCpu {
   static void run(const StatsArgs& a, const ParallelFor& parallel_for, std::string* error) {
     using A = typename AccOf<TP>::type;
     const OverlapGeometry& g = a.geometry;
-    std::vector<BadLabel> bad(static_cast<size_t>(a.sparse ? g.chunks() : 0));
+    std::vector<ChunkBad> bad(static_cast<size_t>(g.chunks()));
     auto body = [&](auto logits, auto weights) {
       constexpr bool kLogits = decltype(logits)::value;
       constexpr bool kWeights = decltype(weights)::value;
@@ -208,16 +231,15 @@ struct StatsCpu {
                    [&](int64_t begin, int64_t end) {
                      for (int64_t chunk = begin; chunk < end; ++chunk)
                        stats_chunk<kLogits, kWeights, TP, TT>(
-                           a, chunk, a.workspace + chunk * g.channels * 3,
-                           a.sparse ? &bad[chunk] : nullptr);
+                           a, chunk, a.workspace + chunk * g.channels * 3, &bad[chunk]);
                    });
     };
     dispatch_bool(a.from_logits, [&](auto logits) {
       dispatch_bool(a.weights != nullptr, [&](auto weights) { body(logits, weights); });
     });
     for (int64_t chunk = 0; chunk < static_cast<int64_t>(bad.size()); ++chunk) {
-      if (bad[chunk].pixel < 0) continue;
-      *error = bad_label_message(a, chunk / g.chunks_per_image(), bad[chunk].pixel, bad[chunk].value);
+      if (!bad[chunk].found()) continue;
+      *error = bad_input_message(a, chunk / g.chunks_per_image(), bad[chunk].input());
       return;
     }
     reduce_partials<A>(a);

@@ -78,11 +78,48 @@ T* thread_scratch(int64_t values) {
   return buffer.data;
 }
 
-// The first out-of-range sparse label a chunk met.
-struct BadLabel {
+// The first input value of a chunk that the range guards refuse (BadInput):
+// a sparse label while the chunk is read, a target or probability outside
+// [0, 1] from first_bad_value once the chunk's pass has seen one.
+struct ChunkBad {
+  InputProblem problem = InputProblem::kNone;
   int64_t pixel = -1;  // within its image
-  int64_t value = 0;
+  int64_t channel = 0;
+  int64_t label = 0;
+  double value = 0;
+  bool found() const { return problem != InputProblem::kNone; }
+  BadInput input() const { return BadInput{problem, pixel, channel, label, value}; }
 };
+
+// The chunk's first element, in element order over the pixels that count
+// (pixel_counts), whose dense target or, with probabilities (not kLogits),
+// whose prediction lies outside [0, 1]; none found when there is none. The
+// passes find out that there is one from their min/max registers
+// (widen_range); this serial walk, run only then, says where.
+// chunk_first is the chunk's first pixel in its image.
+template <bool kLogits, typename TP, typename TT>
+ChunkBad first_bad_value(const PixelRule& rule, const TP* pred, const TT* tru, const TT* labels, int64_t pixels,
+                         int64_t chunk_first) {
+  using A = typename AccOf<TP>::type;  // compared as the passes compare them
+  const int64_t C = rule.channels;
+  ChunkBad bad;
+  for (int64_t px = 0; px < pixels; ++px) {
+    if (!pixel_counts(read_pixel_label(rule, labels, px))) continue;
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t e = px * C + c;
+      const A t = rule.sparse ? A(0) : load_as<A>(tru[e]);
+      const A x = kLogits ? A(0) : load_as<A>(pred[e]);
+      const InputProblem problem = range_problem(kLogits, t, x);
+      if (problem == InputProblem::kNone) continue;
+      bad.problem = problem;
+      bad.pixel = chunk_first + px;
+      bad.channel = c;
+      bad.value = problem == InputProblem::kTarget ? load_as<double>(tru[e]) : load_as<double>(pred[e]);
+      return bad;
+    }
+  }
+  return bad;
+}
 
 // The per-pixel values of a tile of kLanes pixels. Lanes past the chunk's
 // last pixel read the tile's first pixel again and count nowhere.
@@ -100,14 +137,17 @@ struct PixelTile {
 // out-of-range label; chunk_first is the chunk's first pixel in its image.
 template <bool kWeights, typename TP, typename TT, typename A>
 void read_tile(const PixelRule& rule, const TT* labels, const TP* w, int64_t first, int64_t pixels,
-               int64_t chunk_first, PixelTile<A>* t, BadLabel* bad) {
+               int64_t chunk_first, PixelTile<A>* t, ChunkBad* bad) {
   t->valid = static_cast<int>(std::min<int64_t>(kLanes, pixels - first));
   for (int l = 0; l < kLanes; ++l) {
     const bool in = l < t->valid;
     const int64_t px = in ? first + l : first;
     const PixelLabel label = read_pixel_label(rule, labels, px);
-    if (bad != nullptr && in && label.kind == PixelKind::kOutOfRange && bad->pixel < 0)
-      *bad = BadLabel{chunk_first + px, label.value};
+    if (bad != nullptr && in && label.kind == PixelKind::kOutOfRange && !bad->found()) {
+      bad->problem = InputProblem::kLabel;
+      bad->pixel = chunk_first + px;
+      bad->label = label.value;
+    }
     t->cls[l] = label.kind == PixelKind::kClass ? static_cast<Channel>(label.value) : Channel(-1);
     t->counted[l] = in && pixel_counts(label);
     t->live[l] = in && pixel_has_gradient(label);
@@ -200,10 +240,11 @@ double add_lanes(const A* v) {
 }
 
 // The sums of one chunk (3 per channel in partial, as the workspace holds
-// them) over its pixels, kLanes at a time.
+// them) over its pixels, kLanes at a time; bad gets the chunk's first value
+// the range guards refuse.
 template <bool kLogits, bool kWeights, typename TP, typename TT>
 void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, const TP* w, int64_t pixels,
-                      int64_t chunk_first, double* partial, BadLabel* bad) {
+                      int64_t chunk_first, double* partial, ChunkBad* bad) {
   using A = typename AccOf<TP>::type;
   const Channel C = static_cast<Channel>(rule.channels);
   const int64_t span = int64_t(C) * kLanes;
@@ -212,6 +253,10 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
   A* sp = si + span;
   A* st = sp + span;
   std::fill(si, si + 3 * span, A(0));
+  // The range of the probabilities as stored, per lane (kLogits: unused).
+  A lo[kLanes], hi[kLanes];
+  std::fill(lo, lo + kLanes, A(0));
+  std::fill(hi, hi + kLanes, A(1));
   PixelTile<A> t;
   for (int64_t first = 0; first < pixels; first += kLanes) {
     read_tile<kWeights>(rule, labels, w, first, pixels, chunk_first, &t, bad);
@@ -222,10 +267,18 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
       for (int l = 0; l < kLanes; ++l) {
         // Pixels that count nowhere add exact zeros, whatever their prediction.
         const bool on = t.counted[l] != 0;
-        accumulate_overlap(select(on, p[k + l], A(0)), ClassTargets<A>{t.cls[l]}(c),
-                           select(on, t.weight[l], A(0)), si[k + l], sp[k + l], st[k + l]);
+        const A pv = select(on, p[k + l], A(0));
+        if constexpr (!kLogits) widen_range(pv, lo[l], hi[l]);
+        accumulate_overlap(pv, ClassTargets<A>{t.cls[l]}(c), select(on, t.weight[l], A(0)), si[k + l], sp[k + l],
+                           st[k + l]);
       }
     }
+  }
+  if constexpr (!kLogits) {
+    bool outside = false;
+    for (int l = 0; l < kLanes; ++l) outside = outside || outside_unit(lo[l]) || outside_unit(hi[l]);
+    if (outside && !bad->found())
+      *bad = first_bad_value<kLogits>(rule, pred, static_cast<const TT*>(nullptr), labels, pixels, chunk_first);
   }
   for (Channel c = 0; c < C; ++c) {
     partial[3 * c] = add_lanes(si + int64_t(c) * kLanes);
@@ -253,7 +306,7 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
   dispatch_grad_kind(grad_kind(rule, kWrtTrue), [&](auto kind) {
     constexpr GradKind K = decltype(kind)::value;
     for (int64_t first = 0; first < pixels; first += kLanes) {
-      read_tile<kWeights>(rule, labels, w, first, pixels, 0, &t, static_cast<BadLabel*>(nullptr));
+      read_tile<kWeights>(rule, labels, w, first, pixels, 0, &t, static_cast<ChunkBad*>(nullptr));
       if (kNeedsPred) tile_probabilities<kLogits>(rule, tile_predictions(rule, pred + first * C, t), p);
       A dot[kLanes] = {};
       if constexpr (K == GradKind::kSoftmax) {

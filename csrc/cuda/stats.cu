@@ -19,10 +19,22 @@ __device__ __forceinline__ void write_partial(const Sum3<A>& local, double* out)
   __syncthreads();  // temp is reused by the caller's next reduction
 }
 
+// Lowers *first to `index` (kNoBadLabel: none), with one atomic per warp that
+// met a bad value, not one per value: masks of 0/255 or labels of 255 would
+// otherwise queue millions on one address. Every lane of the warp calls it.
+__device__ __forceinline__ void record_first(unsigned long long index, unsigned long long* first) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) index = min(index, __shfl_down_sync(0xffffffffu, index, offset));
+  if ((threadIdx.x & 31) == 0 && index != kNoBadLabel) atomicMin(first, index);
+}
+
 // One channel, element targets: a flat stream of (p, t, w), 16-byte loads
 // where the tile's data is aligned.
+// The range guards (range_problem) on every element: bad_element gets the
+// lowest flat element index of a target or probability outside [0, 1].
 template <bool kLogits, typename TP, typename TT>
-__global__ void __launch_bounds__(kThreads) stats_single(Inputs<TP, TT> in, double* partials) {
+__global__ void __launch_bounds__(kThreads)
+    stats_single(Inputs<TP, TT> in, double* partials, unsigned long long* bad_element) {
   using A = typename AccOf<TP>::type;
   constexpr int V = VectorWidth<TP>::value;
   const Tile tile = block_tile(in.pixels, in.tiles_per_image, kTileElements);
@@ -30,8 +42,13 @@ __global__ void __launch_bounds__(kThreads) stats_single(Inputs<TP, TT> in, doub
   const TT* tru = in.tru + tile.first;
   const TP* w = in.w ? in.w + tile.first : nullptr;
   Sum3<A> s{A(0), A(0), A(0)};
-  auto add = [&](TP x, TT t, A wv) {
-    accumulate_overlap(probability<kLogits>(load_as<A>(x)), load_as<A>(t), wv, s.i, s.p, s.t);
+  unsigned long long bad = kNoBadLabel;  // the thread's lowest bad element
+  auto add = [&](int64_t i, TP x, TT t, A wv) {
+    const A xv = load_as<A>(x);
+    const A tv = load_as<A>(t);
+    if (range_problem(kLogits, tv, xv) != InputProblem::kNone)
+      bad = min(bad, static_cast<unsigned long long>(tile.first + i));
+    accumulate_overlap(probability<kLogits>(xv), tv, wv, s.i, s.p, s.t);
   };
   int64_t done = 0;
   if (pack_aligned<TP, V>(pred) && pack_aligned<TT, V>(tru) && pack_aligned<TP, V>(w)) {
@@ -43,25 +60,29 @@ __global__ void __launch_bounds__(kThreads) stats_single(Inputs<TP, TT> in, doub
       if (w) {
         const Pack<TP, V> ww = reinterpret_cast<const Pack<TP, V>*>(w)[j];
 #pragma unroll
-        for (int k = 0; k < V; ++k) add(pp.v[k], tt.v[k], load_as<A>(ww.v[k]));
+        for (int k = 0; k < V; ++k) add(j * V + k, pp.v[k], tt.v[k], load_as<A>(ww.v[k]));
       } else {
 #pragma unroll
-        for (int k = 0; k < V; ++k) add(pp.v[k], tt.v[k], A(1));
+        for (int k = 0; k < V; ++k) add(j * V + k, pp.v[k], tt.v[k], A(1));
       }
     }
     done = packs * V;
   }
   for (int64_t i = done + threadIdx.x; i < tile.count; i += kThreads)
-    add(pred[i], tru[i], w ? load_as<A>(w[i]) : A(1));
+    add(i, pred[i], tru[i], w ? load_as<A>(w[i]) : A(1));
+  record_first(bad, bad_element);
   write_partial(s, partials + int64_t(blockIdx.x) * 3);
 }
 
 // Several channels, a softmax or sparse labels: each thread holds a few
 // pixels (their label and softmax normalizer in registers) and the block walks
-// the channels, one block reduction per channel.
+// the channels, one block reduction per channel. bad_pixel gets the lowest
+// flat pixel index of an out-of-range label, bad_element that of a target or
+// probability outside [0, 1] (range_problem) of a pixel that counts.
 template <typename TP, typename TT>
-__global__ void __launch_bounds__(kThreads)
-    stats_pixels(Inputs<TP, TT> in, double* partials, unsigned long long* bad_pixel) {
+__global__ void __launch_bounds__(kThreads) stats_pixels(Inputs<TP, TT> in, double* partials,
+                                                         unsigned long long* bad_pixel,
+                                                         unsigned long long* bad_element) {
   using A = typename AccOf<TP>::type;
   const Tile tile = block_tile(in.pixels, in.tiles_per_image, kTilePixels);
   PixelState<A> px[kPixelsPerThread];
@@ -75,21 +96,23 @@ __global__ void __launch_bounds__(kThreads)
     }
     live[k] = px[k].in_tile && pixel_counts(px[k].label);
   }
-  // One atomic per warp that met a bad label, not one per pixel: labels of 255
-  // without ignore_index would otherwise queue millions on one address.
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) bad = min(bad, __shfl_down_sync(0xffffffffu, bad, offset));
-  if ((threadIdx.x & 31) == 0 && bad != kNoBadLabel) atomicMin(bad_pixel, bad);
+  record_first(bad, bad_pixel);
+  unsigned long long bad_value = kNoBadLabel;  // the thread's lowest bad element
   for (int64_t c = 0; c < in.rule.channels; ++c) {
     Sum3<A> s{A(0), A(0), A(0)};
 #pragma unroll
     for (int k = 0; k < kPixelsPerThread; ++k) {
       if (!live[k]) continue;
-      accumulate_overlap(state_probability(in, px[k], c), state_target(in, px[k], c), state_weight(in, px[k], c),
-                         s.i, s.p, s.t);
+      // Without from_logits the probability is the prediction as stored.
+      const A p = state_probability(in, px[k], c);
+      const A t = state_target(in, px[k], c);
+      if (range_problem(in.rule.from_logits, t, p) != InputProblem::kNone)
+        bad_value = min(bad_value, static_cast<unsigned long long>(px[k].pixel * in.rule.channels + c));
+      accumulate_overlap(p, t, state_weight(in, px[k], c), s.i, s.p, s.t);
     }
     write_partial(s, partials + (int64_t(blockIdx.x) * in.rule.channels + c) * 3);
   }
+  record_first(bad_value, bad_element);
 }
 
 // The partials of one group's items (tiles, or segments of a previous level)
@@ -130,13 +153,13 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The last level: adds each group's remaining items (at most kReduceSpan) in a
-// fixed order, in double, and writes the sums; NaN everywhere when a sparse
-// label was out of range.
-template <typename A, typename TT>
+// fixed order, in double, and writes the sums; NaN everywhere when the range
+// guards refused a value, which group 0 then completes in the record (the
+// label, or what the bad element is and its value).
+template <typename A, typename TP, typename TT>
 __global__ void __launch_bounds__(kThreads)
-    reduce_tiles(const double* partials, int64_t items, int64_t channels,
-                 const unsigned long long* bad_pixel, int64_t* bad_value, const TT* labels,
-                 bool sparse, A* out_i, A* out_p, A* out_t) {
+    reduce_tiles(const double* partials, int64_t items, int64_t channels, CudaInputRecord* record,
+                 Inputs<TP, TT> in, A* out_i, A* out_p, A* out_t) {
   const int64_t group = blockIdx.x;
   const int64_t image = group / channels;
   const int64_t c = group - image * channels;
@@ -145,13 +168,23 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ typename Reduce::TempStorage temp;
   const Sum3<double> total = Reduce(temp).Reduce(s, Sum3Add());
   if (threadIdx.x != 0) return;
-  const unsigned long long bad = sparse ? *bad_pixel : kNoBadLabel;
-  if (bad != kNoBadLabel) {
+  const int64_t bad_pixel = in.rule.sparse ? record->flat_pixel : -1;
+  const int64_t bad_element = record->flat_element;
+  if (bad_pixel >= 0 || bad_element >= 0) {
     const A nan = A(NAN);
     out_i[group] = nan;
     out_p[group] = nan;
     out_t[group] = nan;
-    if (group == 0) *bad_value = load_label(labels[bad]);
+    if (group != 0) return;
+    if (bad_pixel >= 0) record->label = load_label(in.tru[bad_pixel]);
+    if (bad_element >= 0) {
+      // Compared as the stats kernels compare them; the value as stored.
+      const A t = in.rule.sparse ? A(0) : load_as<A>(in.tru[bad_element]);
+      const InputProblem problem = range_problem(in.rule.from_logits, t, load_as<A>(in.pred[bad_element]));
+      record->problem = static_cast<int64_t>(problem);
+      record->value = problem == InputProblem::kTarget ? load_as<double>(in.tru[bad_element])
+                                                       : load_as<double>(in.pred[bad_element]);
+    }
     return;
   }
   out_i[group] = static_cast<A>(total.i);
@@ -165,13 +198,15 @@ struct StatsCuda {
     using A = typename AccOf<TP>::type;
     const Layout l = make_layout(a);
     const Inputs<TP, TT> in = make_inputs<TP, TT>(a, l);
-    auto* bad_pixel = reinterpret_cast<unsigned long long*>(a.workspace + kCudaLabelRecordOffset);
-    auto* bad_value = reinterpret_cast<int64_t*>(a.workspace + kCudaLabelRecordOffset + 1);
-    double* partials = a.workspace + kCudaLabelRecordOffset + 2;
+    auto* record = reinterpret_cast<CudaInputRecord*>(a.workspace + kCudaRecordOffset);
+    auto* bad_pixel = reinterpret_cast<unsigned long long*>(&record->flat_pixel);
+    auto* bad_element = reinterpret_cast<unsigned long long*>(&record->flat_element);
+    double* partials = a.workspace + kCudaRecordOffset + kCudaRecordDoubles;
     *error = check_grid(l.tiles());
     if (error->empty()) *error = check_grid(l.groups());
     if (!error->empty()) return;
-    const cudaError_t memset = cudaMemsetAsync(bad_pixel, 0xff, 2 * sizeof(int64_t), stream);
+    // All ones: no bad pixel or element (-1, kNoBadLabel as unsigned).
+    const cudaError_t memset = cudaMemsetAsync(record, 0xff, sizeof(CudaInputRecord), stream);
     if (memset != cudaSuccess) {
       *error = std::string("fastiou stats workspace: ") + cudaGetErrorString(memset);
       return;
@@ -180,10 +215,10 @@ struct StatsCuda {
     if (tiles > 0) {
       if (l.single) {
         dispatch_bool(a.from_logits, [&](auto logits) {
-          stats_single<decltype(logits)::value, TP, TT><<<tiles, kThreads, 0, stream>>>(in, partials);
+          stats_single<decltype(logits)::value, TP, TT><<<tiles, kThreads, 0, stream>>>(in, partials, bad_element);
         });
       } else {
-        stats_pixels<TP, TT><<<tiles, kThreads, 0, stream>>>(in, partials, bad_pixel);
+        stats_pixels<TP, TT><<<tiles, kThreads, 0, stream>>>(in, partials, bad_pixel, bad_element);
       }
       *error = launch_status("fastiou stats kernel");
       if (!error->empty()) return;
@@ -207,9 +242,9 @@ struct StatsCuda {
       scratch += l.groups() * segments * 3;
       items = segments;
     }
-    reduce_tiles<A, TT><<<static_cast<unsigned>(l.groups()), kThreads, 0, stream>>>(
-        src, items, l.channels, bad_pixel, bad_value, in.tru, a.sparse, static_cast<A*>(a.intersection),
-        static_cast<A*>(a.pred_sum), static_cast<A*>(a.true_sum));
+    reduce_tiles<A, TP, TT><<<static_cast<unsigned>(l.groups()), kThreads, 0, stream>>>(
+        src, items, l.channels, record, in, static_cast<A*>(a.intersection), static_cast<A*>(a.pred_sum),
+        static_cast<A*>(a.true_sum));
     *error = launch_status("fastiou stats reduction");
   }
 };
@@ -226,7 +261,7 @@ int64_t stats_workspace_doubles_cuda(const OverlapInputs& inputs) {
     items = (items + kReduceSpan - 1) / kReduceSpan;
     doubles += l.groups() * items * 3;  // one level of the reduction tree
   }
-  return kCudaLabelRecordOffset + 2 + doubles;
+  return kCudaRecordOffset + kCudaRecordDoubles + doubles;
 }
 
 std::string overlap_stats_cuda(const StatsArgs& args, void* stream) {

@@ -169,8 +169,8 @@ std::optional<uintptr_t> stream_value(const py::object& stream) {
 // check_labels=True with sparse labels on the GPU: the label record is read on
 // the host, which waits for everything queued on the stream so far.
 void wait_and_check_labels(const fastiou::StatsArgs& a, cudaStream_t s) {
-  fastiou::CudaLabelRecord record{-1, 0};
-  check_cuda(cudaMemcpyAsync(&record, a.workspace + fastiou::kCudaLabelRecordOffset, sizeof record,
+  fastiou::CudaInputRecord record{-1, 0, -1, 0, 0.0};
+  check_cuda(cudaMemcpyAsync(&record, a.workspace + fastiou::kCudaRecordOffset, sizeof record,
                              cudaMemcpyDeviceToHost, s),
              "cudaMemcpyAsync");
   {
@@ -178,7 +178,8 @@ void wait_and_check_labels(const fastiou::StatsArgs& a, cudaStream_t s) {
     check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize");
   }
   release_finished();  // this call's inputs among them
-  if (record.flat_pixel >= 0) throw py::value_error(bad_label_error(a, record));
+  const std::string problem = bad_input_error(a, record);
+  if (!problem.empty()) throw py::value_error(problem);
 }
 #endif
 
@@ -212,8 +213,10 @@ py::tuple overlap_stats(const py::object& y_true, const py::object& y_pred, cons
     auto s = reinterpret_cast<cudaStream_t>(call.stream);
     err = fastiou::overlap_stats_cuda(a, s);
     call.hold_until_stream_ran();
-    if (err.empty() && a.sparse) {
-      if (check_labels) {
+    if (err.empty()) {
+      // Sparse labels with check_labels wait; otherwise the record of the
+      // range guards is read later, by label_check.
+      if (a.sparse && check_labels) {
         wait_and_check_labels(a, s);
       } else {
         label_check = LabelCheck::after_stats(a, call.device.device_id, s);
@@ -224,7 +227,7 @@ py::tuple overlap_stats(const py::object& y_true, const py::object& y_pred, cons
 #endif
   }
   if (!err.empty()) {
-    if (err.rfind("label ", 0) == 0) throw py::value_error("fastiou: " + err);
+    if (fastiou::is_bad_input_message(err)) throw py::value_error("fastiou: " + err);
     throw std::runtime_error("fastiou: " + err);
   }
   return py::make_tuple(out[0], out[1], out[2], std::move(label_check));
@@ -319,9 +322,13 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
         "legacy default stream) and the call returns without waiting, except for sparse labels with "
         "check_labels=True (the default): the call then waits for everything queued on the stream so far "
         "(one host synchronization per call, which stops the host from running ahead of the GPU) and raises "
-        "ValueError on a label outside [0, C). With check_labels=False it does not wait: a bad label turns "
-        "every sum into NaN and label_check.check() raises that ValueError later. On CPU arrays the C++ "
-        "kernels check every label as they run and raise at once, whatever check_labels says; label_check "
+        "ValueError on a label outside [0, C) (or a probability outside [0, 1]). With "
+        "check_labels=False it does not wait: a bad label turns "
+        "every sum into NaN and label_check.check() raises that ValueError later. A dense target or a "
+        "probability outside [0, 1] on a GPU gives NaN sums without waiting, and label_check.check() "
+        "raises the ValueError naming it. On CPU arrays the C++ "
+        "kernels check every label and value as they run and raise at once, whatever check_labels says; "
+        "label_check "
         "then has nothing left to check.");
   m.def("overlap_grad", &overlap_grad, py::arg("y_true"), py::arg("y_pred"), py::arg("weights"),
         py::arg("grad_intersection"), py::arg("grad_pred_sum"), py::arg("grad_true_sum"), py::kw_only(),

@@ -7,10 +7,9 @@
 
 namespace fastiou_py {
 
-std::string bad_label_error(const fastiou::OverlapInputs& inputs, const fastiou::CudaLabelRecord& record) {
-  const int64_t pixels = std::max<int64_t>(1, inputs.geometry.pixels);
-  return "fastiou: " + fastiou::bad_label_message(inputs, record.flat_pixel / pixels, record.flat_pixel % pixels,
-                                                  record.value);
+std::string bad_input_error(const fastiou::OverlapInputs& inputs, const fastiou::CudaInputRecord& record) {
+  const std::string message = fastiou::cuda_record_message(inputs, record);
+  return message.empty() ? message : "fastiou: " + message;
 }
 
 #if FASTIOU_WITH_CUDA
@@ -21,7 +20,7 @@ namespace {
 struct Held {
   cudaEvent_t event = nullptr;
   ImportedList inputs;
-  fastiou::CudaLabelRecord* record = nullptr;
+  fastiou::CudaInputRecord* record = nullptr;
 };
 
 // Pinned host memory for label records comes in blocks that are never given
@@ -32,7 +31,7 @@ constexpr int kRecordsPerBlock = 64;
 struct Registry {
   std::mutex mutex;
   std::vector<Held> held;
-  std::vector<fastiou::CudaLabelRecord*> free_records;
+  std::vector<fastiou::CudaInputRecord*> free_records;
 };
 
 // Never destroyed: its entries hold Python objects, which must not be let go
@@ -42,23 +41,23 @@ Registry& registry() {
   return *r;
 }
 
-fastiou::CudaLabelRecord* take_record() {
+fastiou::CudaInputRecord* take_record() {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
   if (r.free_records.empty()) {
     void* block = nullptr;
-    check_cuda(cudaHostAlloc(&block, kRecordsPerBlock * sizeof(fastiou::CudaLabelRecord), cudaHostAllocPortable),
+    check_cuda(cudaHostAlloc(&block, kRecordsPerBlock * sizeof(fastiou::CudaInputRecord), cudaHostAllocPortable),
                "cudaHostAlloc");
-    auto* records = static_cast<fastiou::CudaLabelRecord*>(block);
+    auto* records = static_cast<fastiou::CudaInputRecord*>(block);
     r.free_records.reserve(kRecordsPerBlock);
     for (int k = 0; k < kRecordsPerBlock; ++k) r.free_records.push_back(records + k);
   }
-  fastiou::CudaLabelRecord* record = r.free_records.back();
+  fastiou::CudaInputRecord* record = r.free_records.back();
   r.free_records.pop_back();
   return record;
 }
 
-void give_back_record(fastiou::CudaLabelRecord* record) noexcept {
+void give_back_record(fastiou::CudaInputRecord* record) noexcept {
   if (!record) return;
   try {
     Registry& r = registry();
@@ -163,8 +162,8 @@ std::unique_ptr<LabelCheck> LabelCheck::after_stats(const fastiou::StatsArgs& ar
   check->inputs_.y_pred = check->inputs_.y_true = check->inputs_.weights = nullptr;
   check->device_ = device;
   check->record_ = take_record();
-  cudaError_t err = cudaMemcpyAsync(check->record_, args.workspace + fastiou::kCudaLabelRecordOffset,
-                                    sizeof(fastiou::CudaLabelRecord), cudaMemcpyDeviceToHost, stream);
+  cudaError_t err = cudaMemcpyAsync(check->record_, args.workspace + fastiou::kCudaRecordOffset,
+                                    sizeof(fastiou::CudaInputRecord), cudaMemcpyDeviceToHost, stream);
   if (err == cudaSuccess) err = cudaEventCreateWithFlags(&check->event_, cudaEventDisableTiming);
   if (err == cudaSuccess) err = cudaEventRecord(check->event_, stream);
   if (err != cudaSuccess) {
@@ -201,18 +200,16 @@ LabelCheck::~LabelCheck() noexcept {
 }
 
 void LabelCheck::settle() noexcept {
-  const fastiou::CudaLabelRecord record = *record_;
+  const fastiou::CudaInputRecord record = *record_;
   forget_cuda_error(cudaEventDestroy(event_));
   event_ = nullptr;
   give_back_record(record_);
   record_ = nullptr;
   settled_ = true;
-  if (record.flat_pixel >= 0) {
-    try {
-      error_ = bad_label_error(inputs_, record);
-    } catch (...) {
-      error_ = "fastiou: a sparse label is outside [0, channels)";
-    }
+  try {
+    error_ = bad_input_error(inputs_, record);
+  } catch (...) {
+    error_ = "fastiou: a sparse label is outside [0, channels), or a target or probability outside [0, 1]";
   }
 }
 #else

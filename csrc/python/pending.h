@@ -39,18 +39,20 @@ size_t release_finished() noexcept;
 // Waits for every call still held and releases its inputs (at exit).
 void release_all() noexcept;
 
-// The message of the ValueError for a bad sparse label, from its record.
-std::string bad_label_error(const fastiou::OverlapInputs& inputs, const fastiou::CudaLabelRecord& record);
+// The message of the ValueError for a value the range guards refused (a bad
+// sparse label first), from its record; empty when there is none.
+std::string bad_input_error(const fastiou::OverlapInputs& inputs, const fastiou::CudaInputRecord& record);
 
-// Whether the sparse labels of one overlap_stats call were all in range.
+// Whether the inputs of one overlap_stats call passed the range guards: its
+// sparse labels in range, its targets and probabilities in [0, 1].
 //
-// Checking a label on the GPU means reading the kernel's record on the host
-// after the kernel ran. With check_labels=False overlap_stats does not wait:
-// it copies the record to pinned host memory on its stream, records an event
-// and returns this; ready() asks whether the copy has landed, check() waits
-// for it and raises the ValueError check_labels=True would have raised.
-// Calls that checked already (CPU arrays, check_labels=True, no sparse labels)
-// return one with nothing to wait for.
+// Checking a value on the GPU means reading the kernel's record on the host
+// after the kernel ran. Without waiting (check_labels=False, or dense
+// targets) overlap_stats copies the record to pinned host memory on its
+// stream, records an event and returns this; ready() asks whether the copy
+// has landed, check() waits for it and raises the ValueError naming the first
+// bad value. Calls that checked already (CPU arrays, sparse labels with
+// check_labels=True) return one with nothing to wait for.
 class LabelCheck {
  public:
   LabelCheck() = default;
@@ -73,11 +75,11 @@ class LabelCheck {
 
   std::mutex mutex_;
   bool settled_ = true;
-  std::string error_;  // the bad-label message, or empty
+  std::string error_;  // the range guards' message, or empty
   fastiou::OverlapInputs inputs_;  // geometry and label options (no pointers), for the message
 #if FASTIOU_WITH_CUDA
   cudaEvent_t event_ = nullptr;
-  fastiou::CudaLabelRecord* record_ = nullptr;  // pinned host memory the record is copied to
+  fastiou::CudaInputRecord* record_ = nullptr;  // pinned host memory the record is copied to
   int device_ = 0;
 #endif
 };

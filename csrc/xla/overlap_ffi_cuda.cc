@@ -1,6 +1,7 @@
 // CUDA XLA FFI handlers: the CUDA kernels on XLA's stream, scratch from XLA's
-// allocator, no synchronization. A sparse label outside [0, C) gives NaN sums
-// (see core/overlap_kernels.h): raising would need the stream to finish.
+// allocator, no synchronization. A value the range guards refuse (a sparse
+// label outside [0, C), a target or probability outside [0, 1]) gives NaN
+// sums (see core/overlap_kernels.h): raising would need the stream to finish.
 #include <cuda_runtime.h>
 
 #include "xla/overlap_ffi.h"

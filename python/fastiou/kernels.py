@@ -11,8 +11,10 @@ On a CUDA array the work is enqueued on the array's framework's current stream
 (PyTorch's and CuPy's current stream; for JAX arrays, the legacy default stream
 after the inputs are ready) and the call returns without waiting, except that
 with sparse labels and `check_labels=True` (the default) it waits to raise on a
-label outside [0, C); `check_labels=False` defers that check (see
-`overlap_stats`). Results come back in the framework of y_pred. fastiou holds
+label outside [0, C) (or a prediction outside [0, 1] without from_logits);
+`check_labels=False` defers that check (see `overlap_stats`). A dense target
+or probability outside [0, 1] on a GPU gives NaN sums; on the CPU every such
+value raises ValueError at once. Results come back in the framework of y_pred. fastiou holds
 on to the input arrays until the kernels reading them have run, so an array
 may be dropped (or, with JAX, freed) as soon as the call returns.
 
