@@ -118,16 +118,6 @@ FASTIOU_HD InputProblem range_problem(bool from_logits, A t, A x) {
   return InputProblem::kNone;
 }
 
-// Widens [lo, hi] to hold v. Loops keep lo and hi in registers from lo = 0,
-// hi = 1, as min and max reductions, and test outside_unit(lo) ||
-// outside_unit(hi) once at the end: the guard costs two vector operations per
-// value read, no branch.
-template <typename A>
-FASTIOU_HD void widen_range(A v, A& lo, A& hi) {
-  lo = v < lo ? v : lo;
-  hi = v > hi ? v : hi;
-}
-
 // Calls f(weight) with weight(c) the weight of channel c of the pixel whose
 // weights wp points at (pixel_weights, nullptr for unit weights): one functor
 // per kind of weights, so that channel loops stay branch-free.

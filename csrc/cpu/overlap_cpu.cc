@@ -108,19 +108,20 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* b
     // A SIMD reduction: the compiler keeps one partial sum per vector lane and
     // adds the lanes in a fixed order, so the result depends on the build's
     // vector width only, never on the run or the thread count.
-    // lo and hi: the range guards (widen_range), reductions as well.
-    A si = 0, sp = 0, st = 0, lo = 0, hi = 1;
+    // seen: the range guards' register (cpu::widen_range), a reduction too.
+    A si = 0, sp = 0, st = 0;
+    typename cpu::RangeBits<A>::type seen = 0;
     const int64_t n = r.pixels;
-#pragma omp simd reduction(+ : si, sp, st) reduction(min : lo) reduction(max : hi)
+#pragma omp simd reduction(+ : si, sp, st) reduction(max : seen)
     for (int64_t i = 0; i < n; ++i) {
       const A x = load_as<A>(pred[i]);
       const A t = load_as<A>(tru[i]);
-      widen_range(t, lo, hi);
-      if constexpr (!kLogits) widen_range(x, lo, hi);
+      cpu::widen_range(t, seen);
+      if constexpr (!kLogits) cpu::widen_range(x, seen);
       const A wv = kWeights ? load_as<A>(w[i]) : A(1);
       accumulate_overlap(probability<kLogits>(x), t, wv, si, sp, st);
     }
-    if (outside_unit(lo) || outside_unit(hi))
+    if (cpu::range_alarm<A>(seen))
       *bad = cpu::first_bad_value<kLogits>(rule, pred, tru, labels, n, r.first_pixel);
     partial[0] = si;
     partial[1] = sp;
@@ -139,9 +140,9 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* b
   A* sp = si + C;
   A* st = sp + C;
   std::fill(si, si + 3 * C, A(0));
-  // The range guards (widen_range): the targets, and the probabilities as
-  // stored.
-  A lo = 0, hi = 1;
+  // The range guards' register (cpu::widen_range): the targets, and the
+  // probabilities as stored.
+  typename cpu::RangeBits<A>::type seen = 0;
   for (int64_t px = 0; px < r.pixels; ++px) {
     const PixelLabel label = read_pixel_label(rule, labels, px);
     if (label.kind == PixelKind::kOutOfRange && !bad->found()) {
@@ -154,20 +155,19 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* b
     const TP* wp = kWeights ? pixel_weights(rule, w, px) : nullptr;
     with_pixel_weight<A>(rule, wp, [&](const auto& weight) {
       with_pixel_targets<A>(label, pixel_targets(rule, tru, px), [&](const auto& target) {
-        A l = lo, h = hi;  // reductions on locals, not on captures
-#pragma omp simd reduction(min : l) reduction(max : h)
+        typename cpu::RangeBits<A>::type s = seen;  // a reduction on a local, not on a capture
+#pragma omp simd reduction(max : s)
         for (Channel c = 0; c < static_cast<Channel>(C); ++c) {
           const A t = target(c);
-          widen_range(t, l, h);
-          if constexpr (!kLogits) widen_range(p[c], l, h);
+          cpu::widen_range(t, s);
+          if constexpr (!kLogits) cpu::widen_range(p[c], s);
           accumulate_overlap(p[c], t, weight(c), si[c], sp[c], st[c]);
         }
-        lo = l;
-        hi = h;
+        seen = s;
       });
     });
   }
-  if ((outside_unit(lo) || outside_unit(hi)) && !bad->found())
+  if (cpu::range_alarm<A>(seen) && !bad->found())
     *bad = cpu::first_bad_value<kLogits>(rule, pred, tru, labels, r.pixels, r.first_pixel);
   for (int64_t c = 0; c < C; ++c) {
     partial[3 * c] = si[c];

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <type_traits>
 
@@ -78,6 +79,34 @@ T* thread_scratch(int64_t values) {
   return buffer.data;
 }
 
+// The range guards' register (BadInput): the largest bit pattern of the
+// values a loop has read, as an unsigned integer of their width, kept as a
+// max reduction from 0. Every float in [0, 1] (+0.0 included) has a pattern
+// no larger than 1.0's; a negative one (sign bit set), one above 1, an
+// infinity or a NaN has a larger one: one integer max per value read, no
+// branch. -0.0 and NaN raise the alarm without being out of range; the walk
+// that follows an alarm (first_bad_value) then finds nothing, and nothing is
+// reported.
+template <typename A>
+struct RangeBits {
+  using type = std::conditional_t<sizeof(A) == 8, uint64_t, uint32_t>;
+};
+template <typename A>
+inline typename RangeBits<A>::type range_bits(A v) {
+  typename RangeBits<A>::type b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+template <typename A>
+inline void widen_range(A v, typename RangeBits<A>::type& seen) {
+  const typename RangeBits<A>::type b = range_bits(v);
+  seen = b > seen ? b : seen;
+}
+template <typename A>
+inline bool range_alarm(typename RangeBits<A>::type seen) {
+  return seen > range_bits(A(1));
+}
+
 // The first input value of a chunk that the range guards refuse (BadInput):
 // a sparse label while the chunk is read, a target or probability outside
 // [0, 1] from first_bad_value once the chunk's pass has seen one.
@@ -94,8 +123,8 @@ struct ChunkBad {
 // The chunk's first element, in element order over the pixels that count
 // (pixel_counts), whose dense target or, with probabilities (not kLogits),
 // whose prediction lies outside [0, 1]; none found when there is none. The
-// passes find out that there is one from their min/max registers
-// (widen_range); this serial walk, run only then, says where.
+// passes find out that there may be one from their register (widen_range,
+// range_alarm); this serial walk, run only then, says where.
 // chunk_first is the chunk's first pixel in its image.
 template <bool kLogits, typename TP, typename TT>
 ChunkBad first_bad_value(const PixelRule& rule, const TP* pred, const TT* tru, const TT* labels, int64_t pixels,
@@ -253,10 +282,10 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
   A* sp = si + span;
   A* st = sp + span;
   std::fill(si, si + 3 * span, A(0));
-  // The range of the probabilities as stored, per lane (kLogits: unused).
-  A lo[kLanes], hi[kLanes];
-  std::fill(lo, lo + kLanes, A(0));
-  std::fill(hi, hi + kLanes, A(1));
+  // The range guards' register of the probabilities as stored, per lane
+  // (kLogits: unused).
+  typename RangeBits<A>::type seen[kLanes];
+  std::fill(seen, seen + kLanes, 0);
   PixelTile<A> t;
   for (int64_t first = 0; first < pixels; first += kLanes) {
     read_tile<kWeights>(rule, labels, w, first, pixels, chunk_first, &t, bad);
@@ -268,16 +297,16 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
         // Pixels that count nowhere add exact zeros, whatever their prediction.
         const bool on = t.counted[l] != 0;
         const A pv = select(on, p[k + l], A(0));
-        if constexpr (!kLogits) widen_range(pv, lo[l], hi[l]);
+        if constexpr (!kLogits) widen_range(pv, seen[l]);
         accumulate_overlap(pv, ClassTargets<A>{t.cls[l]}(c), select(on, t.weight[l], A(0)), si[k + l], sp[k + l],
                            st[k + l]);
       }
     }
   }
   if constexpr (!kLogits) {
-    bool outside = false;
-    for (int l = 0; l < kLanes; ++l) outside = outside || outside_unit(lo[l]) || outside_unit(hi[l]);
-    if (outside && !bad->found())
+    bool alarm = false;
+    for (int l = 0; l < kLanes; ++l) alarm = alarm || range_alarm<A>(seen[l]);
+    if (alarm && !bad->found())
       *bad = first_bad_value<kLogits>(rule, pred, static_cast<const TT*>(nullptr), labels, pixels, chunk_first);
   }
   for (Channel c = 0; c < C; ++c) {
