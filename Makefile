@@ -64,8 +64,9 @@ test-kernels:
 # The kernels and the module under AddressSanitizer and UndefinedBehaviorSanitizer:
 # a TensorFlow-free, CUDA-free build for this CPU alone (one SIMD copy; the
 # copies share their source) at -O1 (instrumented at -O3, the kernels take
-# over 12 minutes to compile on 2 cores; at -O1 the whole target about 8), then the module's tests and the property tests
-# with the sanitizers' runtime preloaded into the venv's Python. Any report
+# over 12 minutes to compile on 2 cores; at -O1 the whole target about 8),
+# then the module's tests, the range guards' and the property tests with the
+# sanitizers' runtime preloaded into the venv's Python. Any report
 # fails the run (UBSan does not recover; ASan stops at the first error).
 # Leak detection is off: the Python interpreter keeps memory on purpose (the
 # module's leaks are tested in tests/test_concurrency.py).
@@ -81,8 +82,9 @@ test-sanitize: $(VENV)/.deps
 	cp $(SBUILD)/_fastiou_kernels*.so $(SBUILD)/pkg/fastiou/
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libubsan.so)" \
-		PYTHONPATH=$(SBUILD)/pkg $(PY) -m pytest -q -p no:cacheprovider -m "not slow" -k "not cuda" \
-		tests/test_kernels_module.py tests/test_sparse_paths.py tests/test_properties.py $(PYTEST_ARGS)
+		PYTHONPATH=$(SBUILD)/pkg $(PY) -m pytest -q -p no:cacheprovider -m "not slow" \
+		-k "not cuda and not tensorflow_door and not jax_raises" tests/test_kernels_module.py \
+		tests/test_sparse_paths.py tests/test_properties.py tests/test_range_guards.py $(PYTEST_ARGS)
 
 # The device check for a GPU machine without TensorFlow, in one command: the
 # TensorFlow-free build of test-kernels, the module, CUDA and JAX tests, compute-sanitizer and the GPU

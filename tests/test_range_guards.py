@@ -128,7 +128,7 @@ def test_nan_is_not_out_of_range(rng):
     assert np.isnan(i).all() and np.isnan(p[0]) and np.isnan(tt[1])
 
 
-def test_every_tensorflow_door_raises_invalid_argument(rng):
+def test_every_tensorflow_door_raises_invalid_argument(rng):  # not under the sanitizers (Makefile)
     tf = pytest.importorskip("tensorflow")
     import fastiou
 
