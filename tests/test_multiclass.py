@@ -170,7 +170,7 @@ def test_bad_multiclass_options(rng):
     with pytest.raises(ValueError, match="mode must be one of"):
         fastiou.losses.DiceLoss(mode="softmax")
     with pytest.raises(ValueError, match=r"classes \[7\] must lie in \[0, 4\)"):
-        fastiou.jaccard_loss(labels, y_pred, classes=[7])
+        fastiou.jaccard_loss(labels, y_pred, from_logits=True, classes=[7])
     with pytest.raises(ValueError, match="sparse y_true shape"):
         fastiou.jaccard_loss(labels[:, :2], y_pred, from_logits=True, mode="multiclass")
 
