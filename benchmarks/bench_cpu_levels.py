@@ -3,6 +3,7 @@
     python benchmarks/bench_cpu_levels.py                      # the installed build, every level this CPU runs
     python benchmarks/bench_cpu_levels.py --build native=DIR   # and a build in DIR (a folder holding fastiou/)
     python benchmarks/bench_cpu_levels.py --no-installed --build before=DIR1 --build after=DIR2 --kernels stats
+    python benchmarks/bench_cpu_levels.py --kernels stats --unchecked   # and each with check_range=False
 
 Each configuration (build, level) runs in its own child process, which
 imports fastiou from that build, forces the level with FASTIOU_CPU_TARGET,
@@ -31,7 +32,7 @@ CASES = {
 }
 
 
-def child(case, repeats, kernels):
+def child(case, repeats, kernels, check_range=True):
     import numpy as np
 
     import fastiou.kernels as fk
@@ -44,12 +45,13 @@ def child(case, repeats, kernels):
         if not from_logits:
             z = np.exp(z - z.max(-1, keepdims=True))
             z /= z.sum(-1, keepdims=True)
-        opts = dict(from_logits=from_logits, softmax=from_logits, sparse=True, per_image=False)
+        opts = dict(from_logits=from_logits, softmax=from_logits, sparse=True, per_image=False,
+                    check_range=check_range)
     else:
         y = (rng.random(shape) < 0.2).astype(np.float32)
         if not from_logits:
             z = 1 / (1 + np.exp(-z))
-        opts = dict(from_logits=from_logits, per_image=False)
+        opts = dict(from_logits=from_logits, per_image=False, check_range=check_range)
     g = [np.full(shape[-1], v, np.float32) for v in (-0.5, 0.25, 0.1)]
     times = []
     for i in range(repeats + 2):
@@ -61,7 +63,7 @@ def child(case, repeats, kernels):
         if i >= 2:
             times.append(time.perf_counter() - start)
     return {"ms": 1e3 * float(np.median(times)), "cpu_target": fk.cpu_target(),
-            "fastiou": os.path.dirname(os.path.dirname(fk.__file__))}
+            "fastiou": os.path.dirname(os.path.dirname(fk.__file__)), "check_range": opts["check_range"]}
 
 
 def main():
@@ -75,11 +77,14 @@ def main():
                         help="what one timed step runs: the stats and the gradient kernel, or one of them")
     parser.add_argument("--no-installed", action="store_true",
                         help="time the --build builds alone, not the installed one's levels")
+    parser.add_argument("--unchecked", action="store_true",
+                        help="time each configuration with check_range=False too (the range guards off)")
+    parser.add_argument("--no-check-range", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.repeats, args.kernels)))
+        print("RESULT " + json.dumps(child(args.child, args.repeats, args.kernels, not args.no_check_range)))
         return
 
     import fastiou.kernels as fk
@@ -91,22 +96,28 @@ def main():
     for spec in args.build:
         name, _, path = spec.partition("=")
         configs.append((name, os.path.abspath(path), None))
+    # (name, path, level, check_range)
+    configs = [c + (True,) for c in configs]
+    if args.unchecked:
+        configs = [v for c in configs for v in (c, (c[0] + " unchecked",) + c[1:3] + (False,))]
     results = {}
     for r in range(args.rounds):
         for case in args.cases:
-            for name, path, level in configs:
+            for name, path, level, check in configs:
                 env = dict(os.environ, PYTHONPATH=path)
                 env.pop("FASTIOU_CPU_TARGET", None)
                 if level:
                     env["FASTIOU_CPU_TARGET"] = level
-                proc = subprocess.run([sys.executable, __file__, "--child", case, "--repeats", str(args.repeats),
-                                       "--kernels", args.kernels], env=env, capture_output=True, text=True)
+                command = [sys.executable, __file__, "--child", case, "--repeats", str(args.repeats),
+                           "--kernels", args.kernels] + ([] if check else ["--no-check-range"])
+                proc = subprocess.run(command, env=env, capture_output=True, text=True)
                 line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
                 if line is None:
                     raise RuntimeError(f"{name} {case} failed:\n{proc.stderr[-3000:]}")
                 got = json.loads(line[len("RESULT "):])
-                if got["fastiou"] != path or (level and got["cpu_target"] != level):
-                    raise RuntimeError(f"child for {name} ran {got['cpu_target']} from {got['fastiou']}")
+                if got["fastiou"] != path or (level and got["cpu_target"] != level) or got["check_range"] != check:
+                    raise RuntimeError(f"child for {name} ran {got['cpu_target']} from {got['fastiou']}, "
+                                       f"check_range={got['check_range']}")
                 results.setdefault((case, name), []).append(got)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
@@ -119,8 +130,8 @@ def main():
     print("| --- |" + " ---: |" * len(names))
     rows = []
     # Ratios over the first other build (e.g. -march=native), else over the best level.
-    installed_levels = 0 if args.no_installed else len(fk.cpu_targets())
-    base = installed_levels if args.build else installed_levels - 1
+    installed_levels = (0 if args.no_installed else len(fk.cpu_targets())) * (2 if args.unchecked else 1)
+    base = installed_levels if args.build else installed_levels - (2 if args.unchecked else 1)
     for case in args.cases:
         ms = [float(np.median([g["ms"] for g in results[(case, n)]])) for n in names]
         print(f"| {case} | " + " | ".join(f"{m:.1f} ({m / ms[base]:.2f}x)" for m in ms) + " |")
@@ -130,7 +141,8 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"kernels": args.kernels,
-                       "configs": [{"name": n, "path": p, "level": l} for n, p, l in configs], "results": rows},
+                       "configs": [{"name": n, "path": p, "level": l, "check_range": c} for n, p, l, c in configs],
+                       "results": rows},
                       f, indent=1)
 
 

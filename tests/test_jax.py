@@ -200,7 +200,8 @@ def test_raw_custom_call_rejects_float_sparse_labels():
 
     z = jnp.zeros((2, 4, 4, 3))
     labels = jnp.ones((2, 4, 4), jnp.float32)
-    opts = (True, False, True, True, None, False)  # from_logits, per_image, softmax, sparse, ignore, weights
+    # from_logits, per_image, softmax, sparse, ignore, weights, check_range
+    opts = (True, False, True, True, None, False, True)
     assert _attrs(opts)["sparse"] == 1
     with pytest.raises(Exception, match=r"sparse labels \(class indices\) must be uint8, int32 or int64, "
                                         r"got float32"):

@@ -20,7 +20,7 @@ from fastiou import _shapes  # noqa: E402
 # fastiou.kernels.overlap_stats's options and their defaults, as its
 # docstring gives them.
 DOCUMENTED = [("from_logits", False), ("per_image", True), ("softmax", False), ("sparse", False),
-              ("ignore_index", None)]
+              ("ignore_index", None), ("check_range", True)]
 
 
 def op_options(op_name):
@@ -64,10 +64,10 @@ def test_the_module_takes_the_op_options_but_the_flags():
 def test_the_front_ends_pass_every_op_option_with_its_type():
     stats = op_options("FastiouOverlapStats")
     attrs = _shapes.op_options(from_logits=True, per_image=False, softmax=True, sparse=True, ignore_index=7,
-                               has_weights=True)
+                               has_weights=True, check_range=False)
     assert list(attrs) == [name for name, _, _ in stats]
     assert all(type(attrs[name]) is (bool if kind == "bool" else int) for name, kind, _ in stats)
-    assert attrs["has_ignore"] and attrs["ignore_index"] == 7
+    assert attrs["has_ignore"] and attrs["ignore_index"] == 7 and attrs["check_range"] is False
     unset = _shapes.op_options(from_logits=False, per_image=True, softmax=False, sparse=False, ignore_index=None,
-                               has_weights=False)
+                               has_weights=False, check_range=True)
     assert unset == {name: default for name, _, default in stats}

@@ -160,3 +160,118 @@ def test_jax_raises(rng):
         jax.block_until_ready(jax.jit(lambda a, c: fj.jaccard_loss(a, c, from_logits=True))(t, z))
     with pytest.raises(Exception, match="y_pred holds 2 " + where(0, 0)):
         jax.block_until_ready(fj.dice_loss(np.zeros((1, 4, 4, 1), np.uint8), np.full((1, 4, 4, 1), 2.0, np.float32)))
+
+
+# --- check_range=False: the opt-out -------------------------------------------
+
+def sigmoid64(z):
+    return 1 / (1 + np.exp(-z.astype(np.float64)))
+
+
+def oracle_sums(t, p, labels_channels=None):
+    """I, P, T per channel over the batch, in float64, of the values as
+    stored (p: probabilities); labels_channels: t holds class indices."""
+    p = p.astype(np.float64)
+    t = np.eye(labels_channels)[t] if labels_channels else t.astype(np.float64)
+    axes = tuple(range(p.ndim - 1))
+    return np.sum(t * p, axis=axes), np.sum(p, axis=axes), np.sum(t, axis=axes)
+
+
+def unchecked_cases(rng):
+    """(name, y_true, y_pred, options, oracle sums) with values outside
+    [0, 1] on each of the kernels' paths: the single-channel loop, the channel
+    path (several channels) and the tile path (sparse labels)."""
+    t255 = png_mask(rng)
+    z = rng.normal(size=t255.shape).astype(np.float32)
+    wide = (rng.random(SHAPE + (1,)) * 3 - 1).astype(np.float32)  # in [-1, 2)
+    t3 = (rng.random(SHAPE + (3,)) * 4 - 1).astype(np.float32)
+    z3 = (rng.random(t3.shape) * 3 - 1).astype(np.float32)
+    labels = rng.integers(0, 4, SHAPE).astype(np.uint8)
+    z4 = (rng.random(SHAPE + (4,)) * 5 - 2).astype(np.float32)
+    return [
+        ("0/255 mask, logits", t255, z, dict(from_logits=True), oracle_sums(t255, sigmoid64(z))),
+        ("0/255 mask, probabilities out of range", t255, wide, {}, oracle_sums(t255, wide)),
+        ("channel path", t3, z3, {}, oracle_sums(t3, z3)),
+        ("tile path", labels, z4, dict(sparse=True), oracle_sums(labels, z4, 4)),
+    ]
+
+
+def test_check_range_false_sums_the_values_as_they_are(rng):
+    for name, t, p, options, want in unchecked_cases(rng):
+        with pytest.raises(ValueError, match="outside"):
+            fk.overlap_stats(t, p, per_image=False, **options)
+        got = fk.overlap_stats(t, p, per_image=False, check_range=False, **options)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=2e-5, err_msg=name)
+
+
+def test_check_range_false_still_refuses_sparse_labels_out_of_range(rng):
+    labels = rng.integers(0, 4, SHAPE).astype(np.uint8)
+    labels[1, 3, 4] = 4
+    z = (rng.random(SHAPE + (4,)) * 3).astype(np.float32)
+    for options in ({}, dict(from_logits=True, softmax=True)):
+        with pytest.raises(ValueError, match=r"label 4 at batch index 1, pixel 604 "):
+            fk.overlap_stats(labels, z, sparse=True, check_range=False, **options)
+
+
+def test_check_range_false_on_the_tensorflow_doors(rng):  # not under the sanitizers (Makefile)
+    tf = pytest.importorskip("tensorflow")
+    import fastiou
+    from fastiou import reference
+
+    t = png_mask(rng)
+    z = rng.normal(size=t.shape).astype(np.float32)
+    # The reference checks no range: it sums the 255s as they are.
+    want = float(reference.jaccard_loss(t.astype(np.float32), z, from_logits=True))
+
+    def loss(a, c):
+        return fastiou.jaccard_loss(a, c, from_logits=True, check_range=False)
+
+    for how, fn in (("eager", loss), ("graph", tf.function(loss)), ("XLA", tf.function(loss, jit_compile=True))):
+        with tf.device("/CPU:0"):
+            assert float(fn(tf.constant(t), tf.constant(z))) == pytest.approx(want, rel=1e-5), how
+    # The Keras class keeps the option through its config.
+    cls = fastiou.losses.DiceLoss(from_logits=True, check_range=False)
+    again = fastiou.losses.DiceLoss.from_config(cls.get_config())
+    assert cls.get_config()["check_range"] is False and again.check_range is False
+    with tf.device("/CPU:0"):
+        got = float(tf.function(again, jit_compile=True)(tf.constant(t), tf.constant(z)))
+        assert got == pytest.approx(float(reference.dice_loss(t.astype(np.float32), z, from_logits=True)), rel=1e-5)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="y_true holds 255"):
+            fastiou.losses.DiceLoss(from_logits=True)(tf.constant(t), tf.constant(z))
+    # And its gradient is the reference's.
+    zt = tf.constant(z)
+    with tf.device("/CPU:0"), tf.GradientTape(persistent=True) as tape:
+        tape.watch(zt)
+        ours = fastiou.tversky_loss(tf.constant(t), zt, from_logits=True, alpha=0.3, beta=0.7, check_range=False)
+        theirs = reference.tversky_loss(tf.constant(t, tf.float32), zt, from_logits=True, alpha=0.3, beta=0.7)
+    np.testing.assert_allclose(tape.gradient(ours, zt), tape.gradient(theirs, zt), rtol=1e-4, atol=1e-9)
+
+
+def test_check_range_false_in_jax(rng):
+    jax = pytest.importorskip("jax")
+    import fastiou.jax as fj
+
+    for name, t, p, options, want in unchecked_cases(rng):
+        with pytest.raises(Exception, match="outside"):
+            jax.block_until_ready(fj.overlap_stats(t, p, per_image=False, **options))
+        got = jax.jit(lambda a, c: fj.overlap_stats(a, c, per_image=False, check_range=False, **options))(t, p)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g), w, rtol=2e-5, err_msg=name)
+
+
+def test_check_range_false_gives_the_same_bits_on_inputs_in_range(rng):
+    # The opt-out removes the check and nothing else: on every path the sums
+    # of values in [0, 1] are bitwise those of the guarded loops.
+    t = (rng.random(SHAPE + (1,)) < 0.2).astype(np.float32)
+    t3 = rng.random(SHAPE + (3,)).astype(np.float32)
+    labels = rng.integers(0, 5, SHAPE).astype(np.uint8)
+    z1 = rng.random(t.shape).astype(np.float32)
+    z3 = rng.random(t3.shape).astype(np.float32)
+    z5 = rng.dirichlet(np.ones(5), SHAPE).astype(np.float32)
+    for y, z, options in ((t, z1, {}), (t, z1 * 8 - 4, dict(from_logits=True)), (t3, z3, {}),
+                          (labels, z5, dict(sparse=True)), (labels, z5, dict(sparse=True, ignore_index=4))):
+        checked = fk.overlap_stats(y, z, **options)
+        unchecked = fk.overlap_stats(y, z, check_range=False, **options)
+        for a, b in zip(checked, unchecked):
+            np.testing.assert_array_equal(a, b)

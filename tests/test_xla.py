@@ -115,7 +115,7 @@ def test_custom_calls_carry_every_option_booleans_as_booleans(rng):
         t, z, w, from_logits=True, per_image=False, softmax=True, ignore_index=255)])), jit_compile=True)
     hlo = fn.experimental_get_compiler_ir(labels, z)(stage="hlo")
     options = ("from_logits = true, per_image = false, has_weights = true, softmax = true, sparse = true, "
-               "has_ignore = true, ignore_index = 255 : i64")
+               "has_ignore = true, ignore_index = 255 : i64, check_range = true")
     assert "backend_config={" + options + "}" in hlo
     assert "backend_config={" + options + ", wrt_true = false}" in hlo
 
@@ -181,7 +181,8 @@ def test_host_handlers_through_jax_ffi(rng):
     z = rng.normal(size=(3, 10, 7, 4)).astype(np.float32)
     labels = rng.integers(0, 4, size=(3, 10, 7)).astype(np.uint8)
     attrs = dict(from_logits=np.bool_(True), per_image=np.bool_(True), has_weights=np.bool_(False),
-                 softmax=np.bool_(True), sparse=np.bool_(True), has_ignore=np.bool_(False), ignore_index=np.int64(0))
+                 softmax=np.bool_(True), sparse=np.bool_(True), has_ignore=np.bool_(False), ignore_index=np.int64(0),
+                 check_range=np.bool_(True))
     sums = jax.ShapeDtypeStruct((3, 4), jnp.float32)
     no_weights = jnp.zeros((0,), jnp.float32)
     stats = jax.jit(lambda t, z: jax.ffi.ffi_call("fastiou_overlap_stats", (sums, sums, sums))(

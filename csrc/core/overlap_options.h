@@ -25,7 +25,8 @@
   X(bool, softmax, false, setting)            \
   X(bool, sparse, false, setting)             \
   X(bool, has_ignore, false, flag)            \
-  X(int64_t, ignore_index, 0, optional)
+  X(int64_t, ignore_index, 0, optional)       \
+  X(bool, check_range, true, setting)
 
 // The gradient op's options beyond those.
 #define FASTIOU_GRAD_ONLY_OPTIONS(X) X(bool, wrt_true, false, setting)
@@ -45,6 +46,11 @@ namespace fastiou {
 //   per element; it is compared with the channel index, never expanded.
 // has_ignore, ignore_index: sparse pixels labelled ignore_index count nowhere
 //   and get a zero gradient.
+// check_range: the stats pass refuses dense targets and, without
+//   from_logits, predictions outside [0, 1] (the range guards, BadInput in
+//   core/overlap_kernels.h); without it they are summed as they are. Sparse
+//   labels outside [0, C) are refused either way. The gradient op takes it
+//   with the other options and checks nothing.
 struct OverlapOptions {
   FASTIOU_OVERLAP_OPTIONS(FASTIOU_OPTION_MEMBER)
 };

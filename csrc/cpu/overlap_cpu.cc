@@ -108,29 +108,45 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* b
     // A SIMD reduction: the compiler keeps one partial sum per vector lane and
     // adds the lanes in a fixed order, so the result depends on the build's
     // vector width only, never on the run or the thread count.
-    // seen: the range guards' register (cpu::widen_range), a reduction too.
-    A si = 0, sp = 0, st = 0;
-    typename cpu::RangeBits<A>::type seen = 0;
-    const int64_t n = r.pixels;
+    // seen: the range guards' register (cpu::widen_range), a reduction too;
+    // without check_range the loop is built without it.
+    dispatch_bool(rule.check_range, [&](auto guard) {
+      constexpr bool kGuard = decltype(guard)::value;
+      A si = 0, sp = 0, st = 0;
+      typename cpu::RangeBits<A>::type seen = 0;
+      const int64_t n = r.pixels;
 #pragma omp simd reduction(+ : si, sp, st) reduction(max : seen)
-    for (int64_t i = 0; i < n; ++i) {
-      const A x = load_as<A>(pred[i]);
-      const A t = load_as<A>(tru[i]);
-      cpu::widen_range(t, seen);
-      if constexpr (!kLogits) cpu::widen_range(x, seen);
-      const A wv = kWeights ? load_as<A>(w[i]) : A(1);
-      accumulate_overlap(probability<kLogits>(x), t, wv, si, sp, st);
-    }
-    if (cpu::range_alarm<A>(seen))
-      *bad = cpu::first_bad_value<kLogits>(rule, pred, tru, labels, n, r.first_pixel);
-    partial[0] = si;
-    partial[1] = sp;
-    partial[2] = st;
+      for (int64_t i = 0; i < n; ++i) {
+        const A x = load_as<A>(pred[i]);
+        const A t = load_as<A>(tru[i]);
+        if constexpr (kGuard) {
+          cpu::widen_range(t, seen);
+          if constexpr (!kLogits) cpu::widen_range(x, seen);
+        }
+        const A wv = kWeights ? load_as<A>(w[i]) : A(1);
+        accumulate_overlap(probability<kLogits>(x), t, wv, si, sp, st);
+      }
+      if (kGuard && cpu::range_alarm<A>(seen))
+        *bad = cpu::first_bad_value<kLogits>(rule, pred, tru, labels, n, r.first_pixel);
+      partial[0] = si;
+      partial[1] = sp;
+      partial[2] = st;
+    });
     return;
   }
   if constexpr (cpu::kLabelType<TT>) {
     if (cpu::tile_path(rule, kWeights)) {
-      cpu::tile_stats_chunk<kLogits, kWeights>(rule, pred, labels, w, r.pixels, r.first_pixel, partial, bad);
+      // The tile path guards the probabilities only: from logits it has
+      // nothing to guard.
+      auto tile = [&](auto guard) {
+        cpu::tile_stats_chunk<kLogits, kWeights, decltype(guard)::value>(rule, pred, labels, w, r.pixels,
+                                                                        r.first_pixel, partial, bad);
+      };
+      if constexpr (kLogits) {
+        tile(std::false_type{});
+      } else {
+        dispatch_bool(rule.check_range, tile);
+      }
       return;
     }
   }
@@ -141,15 +157,12 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* b
   A* st = sp + C;
   std::fill(si, si + 3 * C, A(0));
   // The range guards' register (cpu::widen_range): the targets, and the
-  // probabilities as stored.
+  // probabilities as stored. Kept without check_range too (it costs nothing
+  // measurable next to this path's per-pixel work), but not acted on.
   typename cpu::RangeBits<A>::type seen = 0;
   for (int64_t px = 0; px < r.pixels; ++px) {
     const PixelLabel label = read_pixel_label(rule, labels, px);
-    if (label.kind == PixelKind::kOutOfRange && !bad->found()) {
-      bad->problem = InputProblem::kLabel;
-      bad->pixel = r.first_pixel + px;
-      bad->label = label.value;
-    }
+    bad->note_label(label, r.first_pixel + px);
     if (!pixel_counts(label)) continue;
     pixel_probabilities<kLogits>(rule, pred + px * C, p);
     const TP* wp = kWeights ? pixel_weights(rule, w, px) : nullptr;
@@ -167,7 +180,7 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* b
       });
     });
   }
-  if (cpu::range_alarm<A>(seen) && !bad->found())
+  if (rule.check_range && cpu::range_alarm<A>(seen) && !bad->found())
     *bad = cpu::first_bad_value<kLogits>(rule, pred, tru, labels, r.pixels, r.first_pixel);
   for (int64_t c = 0; c < C; ++c) {
     partial[3 * c] = si[c];

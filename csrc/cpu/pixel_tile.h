@@ -118,6 +118,14 @@ struct ChunkBad {
   double value = 0;
   bool found() const { return problem != InputProblem::kNone; }
   BadInput input() const { return BadInput{problem, pixel, channel, label, value}; }
+  // Takes an out-of-range sparse label at `at` (a pixel within its image)
+  // unless the chunk already has its first problem.
+  void note_label(const PixelLabel& l, int64_t at) {
+    if (l.kind != PixelKind::kOutOfRange || found()) return;
+    problem = InputProblem::kLabel;
+    pixel = at;
+    label = l.value;
+  }
 };
 
 // The chunk's first element, in element order over the pixels that count
@@ -172,11 +180,7 @@ void read_tile(const PixelRule& rule, const TT* labels, const TP* w, int64_t fir
     const bool in = l < t->valid;
     const int64_t px = in ? first + l : first;
     const PixelLabel label = read_pixel_label(rule, labels, px);
-    if (bad != nullptr && in && label.kind == PixelKind::kOutOfRange && !bad->found()) {
-      bad->problem = InputProblem::kLabel;
-      bad->pixel = chunk_first + px;
-      bad->label = label.value;
-    }
+    if (bad != nullptr && in) bad->note_label(label, chunk_first + px);
     t->cls[l] = label.kind == PixelKind::kClass ? static_cast<Channel>(label.value) : Channel(-1);
     t->counted[l] = in && pixel_counts(label);
     t->live[l] = in && pixel_has_gradient(label);
@@ -269,9 +273,10 @@ double add_lanes(const A* v) {
 }
 
 // The sums of one chunk (3 per channel in partial, as the workspace holds
-// them) over its pixels, kLanes at a time; bad gets the chunk's first value
+// them) over its pixels, kLanes at a time; bad gets the chunk's first label
+// out of range and, with kGuard (probabilities only), the first probability
 // the range guards refuse.
-template <bool kLogits, bool kWeights, typename TP, typename TT>
+template <bool kLogits, bool kWeights, bool kGuard, typename TP, typename TT>
 void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, const TP* w, int64_t pixels,
                       int64_t chunk_first, double* partial, ChunkBad* bad) {
   using A = typename AccOf<TP>::type;
@@ -283,7 +288,7 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
   A* st = sp + span;
   std::fill(si, si + 3 * span, A(0));
   // The range guards' register of the probabilities as stored, per lane
-  // (kLogits: unused).
+  // (unused without kGuard).
   typename RangeBits<A>::type seen[kLanes];
   std::fill(seen, seen + kLanes, 0);
   PixelTile<A> t;
@@ -297,13 +302,14 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
         // Pixels that count nowhere add exact zeros, whatever their prediction.
         const bool on = t.counted[l] != 0;
         const A pv = select(on, p[k + l], A(0));
-        if constexpr (!kLogits) widen_range(pv, seen[l]);
+        if constexpr (kGuard) widen_range(pv, seen[l]);
         accumulate_overlap(pv, ClassTargets<A>{t.cls[l]}(c), select(on, t.weight[l], A(0)), si[k + l], sp[k + l],
                            st[k + l]);
       }
     }
   }
-  if constexpr (!kLogits) {
+  if constexpr (kGuard) {
+    static_assert(!kLogits, "the tile path guards probabilities only");
     bool alarm = false;
     for (int l = 0; l < kLanes; ++l) alarm = alarm || range_alarm<A>(seen[l]);
     if (alarm && !bad->found())

@@ -30,8 +30,9 @@ __device__ __forceinline__ void record_first(unsigned long long index, unsigned 
 
 // One channel, element targets: a flat stream of (p, t, w), 16-byte loads
 // where the tile's data is aligned.
-// The range guards (range_problem) on every element: bad_element gets the
-// lowest flat element index of a target or probability outside [0, 1].
+// The range guards (range_problem) on every element, with check_range:
+// bad_element gets the lowest flat element index of a target or probability
+// outside [0, 1].
 template <bool kLogits, typename TP, typename TT>
 __global__ void __launch_bounds__(kThreads)
     stats_single(Inputs<TP, TT> in, double* partials, unsigned long long* bad_element) {
@@ -43,10 +44,11 @@ __global__ void __launch_bounds__(kThreads)
   const TP* w = in.w ? in.w + tile.first : nullptr;
   Sum3<A> s{A(0), A(0), A(0)};
   unsigned long long bad = kNoBadLabel;  // the thread's lowest bad element
+  const bool guard = in.rule.check_range;
   auto add = [&](int64_t i, TP x, TT t, A wv) {
     const A xv = load_as<A>(x);
     const A tv = load_as<A>(t);
-    if (range_problem(kLogits, tv, xv) != InputProblem::kNone)
+    if (guard && range_problem(kLogits, tv, xv) != InputProblem::kNone)
       bad = min(bad, static_cast<unsigned long long>(tile.first + i));
     accumulate_overlap(probability<kLogits>(xv), tv, wv, s.i, s.p, s.t);
   };
@@ -78,7 +80,8 @@ __global__ void __launch_bounds__(kThreads)
 // pixels (their label and softmax normalizer in registers) and the block walks
 // the channels, one block reduction per channel. bad_pixel gets the lowest
 // flat pixel index of an out-of-range label, bad_element that of a target or
-// probability outside [0, 1] (range_problem) of a pixel that counts.
+// probability outside [0, 1] (range_problem, with check_range) of a pixel
+// that counts.
 template <typename TP, typename TT>
 __global__ void __launch_bounds__(kThreads) stats_pixels(Inputs<TP, TT> in, double* partials,
                                                          unsigned long long* bad_pixel,
@@ -106,7 +109,7 @@ __global__ void __launch_bounds__(kThreads) stats_pixels(Inputs<TP, TT> in, doub
       // Without from_logits the probability is the prediction as stored.
       const A p = state_probability(in, px[k], c);
       const A t = state_target(in, px[k], c);
-      if (range_problem(in.rule.from_logits, t, p) != InputProblem::kNone)
+      if (in.rule.check_range && range_problem(in.rule.from_logits, t, p) != InputProblem::kNone)
         bad_value = min(bad_value, static_cast<unsigned long long>(px[k].pixel * in.rule.channels + c));
       accumulate_overlap(p, t, state_weight(in, px[k], c), s.i, s.p, s.t);
     }

@@ -13,8 +13,11 @@ A backend is any object (a module will do) with
                   converts the inputs to its arrays, checks them with
                   fastiou._shapes.check_inputs and applies what that says;
                   returns (y_true, y_pred, weights or None, sparse)
-    stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, sparse, ignore_index)
-                  the differentiable sums (I, P, T) of prepared inputs
+    stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, sparse, ignore_index,
+          check_range)
+                  the differentiable sums (I, P, T) of prepared inputs; with
+                  check_range, an error for dense targets or probabilities
+                  outside [0, 1] (a backend that checks no range ignores it)
     channels(y_pred), true_shape(y_true)
                   y_pred's channel count (None while unknown) and y_true's shape
     sum_across_replicas(I, P, T)   (optional)
@@ -33,7 +36,7 @@ from fastiou._defaults import ALPHA, BETA, GAMMA, MODE, SMOOTH, epsilon
 def overlap_loss(backend, kind, y_true, y_pred, *, from_logits=False, smooth=SMOOTH,
                  per_image=False, class_weights=None, log_loss=False, alpha=ALPHA, beta=BETA,
                  gamma=GAMMA, weights=None, mode=MODE, ignore_index=None, classes=None,
-                 sync_replicas=False):
+                 sync_replicas=False, check_range=True):
     """The loss `kind` (jaccard, dice or tversky) of y_pred for y_true on
     `backend`: one loss per image with per_image, else a scalar. Arguments
     as `fastiou.jaccard_loss`, plus Tversky's alpha, beta and gamma."""
@@ -45,7 +48,8 @@ def overlap_loss(backend, kind, y_true, y_pred, *, from_logits=False, smooth=SMO
     multiclass = _algebra.resolve_mode(mode, sparse, backend.channels(y_pred),
                                        backend.true_shape(y_true))
     I, P, T = backend.stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
-                            softmax=multiclass, sparse=sparse, ignore_index=ignore_index)
+                            softmax=multiclass, sparse=sparse, ignore_index=ignore_index,
+                            check_range=check_range)
     if sync_replicas and hasattr(backend, "sum_across_replicas"):
         I, P, T = backend.sum_across_replicas(I, P, T)
     return _algebra.finish(backend.xp, kind, I, P, T, smooth=smooth, alpha=alpha, beta=beta,

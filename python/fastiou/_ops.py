@@ -89,9 +89,10 @@ def prepare_inputs(y_true, y_pred, weights=None, *, sparse=None, ignore_index=No
     return y_true, y_pred, weights, how.sparse
 
 
-def _plain_stats(y_true, y_pred, weights, **options):
+def _plain_stats(y_true, y_pred, weights, check_range=True, **options):
     """The same sums with ordinary TF ops (fastiou.reference.plain_sums), for
-    XLA clusters when the op library has no XLA kernels."""
+    XLA clusters when the op library has no XLA kernels. They check no
+    range (check_range is not used)."""
     from fastiou._backends.tensorflow import xp  # imports this module
     from fastiou.reference import plain_sums
 
@@ -99,7 +100,7 @@ def _plain_stats(y_true, y_pred, weights, **options):
 
 
 def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=True,
-                  softmax=False, sparse=None, ignore_index=None):
+                  softmax=False, sparse=None, ignore_index=None, check_range=True):
     """Soft overlap sums I = sum(w*t*p), P = sum(w*p), T = sum(w*t).
 
     Args:
@@ -119,6 +120,9 @@ def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=
       sparse: y_true holds class indices; None infers it from the shapes.
       ignore_index: a sparse label whose pixels count in no sum and get zero
         gradient.
+      check_range: raise InvalidArgumentError for a dense target or (without
+        from_logits) a prediction outside [0, 1]; False sums them as they
+        are (see `fastiou.jaccard_loss`).
 
     Returns:
       (I, P, T) in float32, or float64 for float64 y_pred.
@@ -126,10 +130,11 @@ def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=
     y_true, y_pred, weights, sparse = prepare_inputs(y_true, y_pred, weights, sparse=sparse,
                                                      ignore_index=ignore_index)
     return fused_stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
-                       softmax=softmax, sparse=sparse, ignore_index=ignore_index)
+                       softmax=softmax, sparse=sparse, ignore_index=ignore_index, check_range=check_range)
 
 
-def fused_stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, sparse, ignore_index):
+def fused_stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, sparse, ignore_index,
+                check_range=True):
     """`overlap_stats` of inputs `prepare_inputs` has checked: the fused op,
     or plain TF ops under XLA without XLA kernels."""
     if in_xla_context() and not HAS_XLA_KERNELS:
@@ -144,7 +149,7 @@ def fused_stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, spa
     if not has_weights:
         weights = tf.zeros([0], y_pred.dtype)
     options = _shapes.op_options(from_logits=from_logits, per_image=per_image, softmax=softmax, sparse=sparse,
-                                 ignore_index=ignore_index, has_weights=has_weights)
+                                 ignore_index=ignore_index, has_weights=has_weights, check_range=check_range)
     return _lib.fastiou_overlap_stats(y_true, y_pred, weights, Tacc=accumulation_dtype(y_pred.dtype), **options)
 
 

@@ -134,11 +134,11 @@ def check_inputs(true_shape, true_dtype, pred_shape, pred_dtype, weights_shape=N
     return Inputs(bool(sparse), label_dtype, true_channel, weights_channel)
 
 
-def op_options(*, from_logits, per_image, softmax, sparse, ignore_index, has_weights):
+def op_options(*, from_logits, per_image, softmax, sparse, ignore_index, has_weights, check_range):
     """The options of the overlap ops as their attributes (the TensorFlow ops'
     and the XLA FFI handlers', defined in csrc/core/overlap_options.h):
     booleans, and ignore_index as an int. The flags has_weights and
     has_ignore say whether weights and an ignore_index are given."""
     return dict(from_logits=bool(from_logits), per_image=bool(per_image), has_weights=bool(has_weights),
                 softmax=bool(softmax), sparse=bool(sparse), has_ignore=ignore_index is not None,
-                ignore_index=0 if ignore_index is None else int(ignore_index))
+                ignore_index=0 if ignore_index is None else int(ignore_index), check_range=bool(check_range))

@@ -36,7 +36,7 @@ __all__ = ["overlap_stats", "jaccard_loss", "dice_loss", "tversky_loss"]
 
 
 def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=True, softmax=False,
-                  sparse=None, ignore_index=None):
+                  sparse=None, ignore_index=None, check_range=True):
     """Soft overlap sums I = sum(w*t*p), P = sum(w*p), T = sum(w*t), differentiable.
 
     Same arguments as `fastiou.overlap_stats`: channels-last y_pred (rank >=
@@ -48,34 +48,38 @@ def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=
     y_true, y_pred, weights, sparse = _backend.prepare(y_true, y_pred, weights, sparse=sparse,
                                                        ignore_index=ignore_index)
     return _backend.stats(y_true, y_pred, weights, from_logits=from_logits, per_image=per_image,
-                          softmax=softmax, sparse=sparse, ignore_index=ignore_index)
+                          softmax=softmax, sparse=sparse, ignore_index=ignore_index,
+                          check_range=check_range)
 
 
 def jaccard_loss(y_true, y_pred, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
-                 class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None):
+                 class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None,
+                 check_range=True):
     """Soft Jaccard (IoU) loss, 1 - (I + s) / (T + P - I + s); arguments as
     `fastiou.jaccard_loss`. Returns a scalar, or one loss per image with per_image."""
     return _front.overlap_loss(_backend, "jaccard", y_true, y_pred, from_logits=from_logits, mode=mode,
                                smooth=smooth, per_image=per_image, class_weights=class_weights,
                                log_loss=log_loss, weights=weights, ignore_index=ignore_index,
-                               classes=classes)
+                               classes=classes, check_range=check_range)
 
 
 def dice_loss(y_true, y_pred, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
-              class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None):
+              class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None,
+              check_range=True):
     """Soft Dice loss, 1 - (2I + s) / (T + P + s); arguments as `fastiou.dice_loss`."""
     return _front.overlap_loss(_backend, "dice", y_true, y_pred, from_logits=from_logits, mode=mode,
                                smooth=smooth, per_image=per_image, class_weights=class_weights,
                                log_loss=log_loss, weights=weights, ignore_index=ignore_index,
-                               classes=classes)
+                               classes=classes, check_range=check_range)
 
 
 def tversky_loss(y_true, y_pred, *, alpha=ALPHA, beta=BETA, gamma=GAMMA, from_logits=False, mode=MODE,
                  smooth=SMOOTH, per_image=False, class_weights=None, log_loss=False, weights=None,
-                 ignore_index=None, classes=None):
+                 ignore_index=None, classes=None, check_range=True):
     """(Focal) Tversky loss, (1 - (I + s) / (I + a FP + b FN + s)) ** gamma;
     arguments as `fastiou.tversky_loss`."""
     return _front.overlap_loss(_backend, "tversky", y_true, y_pred, alpha=alpha, beta=beta,
                                gamma=gamma, from_logits=from_logits, mode=mode, smooth=smooth,
                                per_image=per_image, class_weights=class_weights, log_loss=log_loss,
-                               weights=weights, ignore_index=ignore_index, classes=classes)
+                               weights=weights, ignore_index=ignore_index, classes=classes,
+                               check_range=check_range)

@@ -196,7 +196,7 @@ class OverlapStats(tuple):
 
 
 def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=True, softmax=False,
-                  sparse=None, ignore_index=None, check_labels=True):
+                  sparse=None, ignore_index=None, check_range=True, check_labels=True):
     """Soft overlap sums I = sum(w*t*p), P = sum(w*p), T = sum(w*t).
 
     Same inputs and options as `fastiou.overlap_stats`, as arrays of one
@@ -223,11 +223,15 @@ def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=
     On CPU arrays the C++ kernels check every label as they run and raise
     ValueError at once, with either setting; label_check then has nothing left
     to check. Without sparse labels there is nothing to check either.
+
+    check_range=False turns off the range guards: dense targets and (without
+    from_logits) predictions outside [0, 1] are summed as they are, on the
+    CPU and on the GPU. Sparse labels are checked either way.
     """
     y_true, sparse = _prepare(y_true, y_pred, sparse)
     *outs, label_check = _ext.overlap_stats(y_true, y_pred, weights, from_logits=from_logits,
                                             per_image=per_image, softmax=softmax, sparse=sparse,
-                                            ignore_index=ignore_index,
+                                            ignore_index=ignore_index, check_range=check_range,
                                             stream=_stream(y_pred, y_true, weights),
                                             check_labels=check_labels)
     return OverlapStats((_to_framework(o, y_pred) for o in outs), label_check)
@@ -235,17 +239,18 @@ def overlap_stats(y_true, y_pred, weights=None, *, from_logits=False, per_image=
 
 def overlap_grad(y_true, y_pred, weights, grad_intersection, grad_pred_sum, grad_true_sum, *,
                  from_logits=False, per_image=True, softmax=False, sparse=None, ignore_index=None,
-                 wrt_true=False):
+                 check_range=True, wrt_true=False):
     """dL/dy_pred = w*(dL/dI*t + dL/dP), through the activation's Jacobian
     with from_logits; with wrt_true, dL/dy_true = w*(dL/dI*p + dL/dT).
 
     grad_*: dL/dI, dL/dP, dL/dT of the stats' shape and dtype. Returns an
-    array of y_pred's shape and dtype.
+    array of y_pred's shape and dtype. check_range is taken for symmetry with
+    overlap_stats: the gradient checks no range.
     """
     y_true, sparse = _prepare(y_true, y_pred, sparse)
     out = _ext.overlap_grad(y_true, y_pred, weights, grad_intersection, grad_pred_sum, grad_true_sum,
                             from_logits=from_logits, per_image=per_image, softmax=softmax, sparse=sparse,
-                            ignore_index=ignore_index, wrt_true=wrt_true,
+                            ignore_index=ignore_index, check_range=check_range, wrt_true=wrt_true,
                             stream=_stream(y_pred, y_true, weights, grad_intersection, grad_pred_sum,
                                            grad_true_sum))
     return _to_framework(out, y_pred)

@@ -50,13 +50,14 @@ else:  # pragma: no cover - depends on the environment
 
 def overlap_loss(kind, y_true, y_pred, *, from_logits=False, smooth=SMOOTH, per_image=False,
                  class_weights=None, log_loss=False, alpha=ALPHA, beta=BETA, gamma=GAMMA,
-                 weights=None, mode=MODE, ignore_index=None, classes=None, sync_replicas=False):
+                 weights=None, mode=MODE, ignore_index=None, classes=None, sync_replicas=False,
+                 check_range=True):
     """Shared body of the functional losses; `kind` is jaccard, dice or tversky."""
     return _front.overlap_loss(_backend, kind, y_true, y_pred, from_logits=from_logits,
                                smooth=smooth, per_image=per_image, class_weights=class_weights,
                                log_loss=log_loss, alpha=alpha, beta=beta, gamma=gamma,
                                weights=weights, mode=mode, ignore_index=ignore_index,
-                               classes=classes, sync_replicas=sync_replicas)
+                               classes=classes, sync_replicas=sync_replicas, check_range=check_range)
 
 
 _ARGS_DOC = """
@@ -94,6 +95,13 @@ _ARGS_DOC = """
         loss: scale it by 1 / num_replicas like any per-replica loss in a
         custom training loop (the Keras classes do that themselves). Needs
         per_image=False; a no-op outside a strategy or with one replica.
+      check_range: raise an error for a dense target or (without
+        from_logits) a prediction outside [0, 1], naming the value, the image
+        and the pixel: masks stored as 0/255, or logits passed without
+        from_logits=True (default). False sums such values as they are,
+        for users who mean it; it saves the check's cost (a few percent of
+        the loss's time on probabilities, nothing from logits). Sparse labels
+        outside [0, C) are refused either way.
 
     Returns:
       Loss per image, shape (B,), with `per_image=True`; a scalar otherwise.
@@ -103,29 +111,30 @@ _ARGS_DOC = """
 
 def jaccard_loss(y_true, y_pred, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
                  class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None,
-                 sync_replicas=False):
+                 sync_replicas=False, check_range=True):
     return overlap_loss("jaccard", y_true, y_pred, from_logits=from_logits, smooth=smooth,
                         per_image=per_image, class_weights=class_weights, log_loss=log_loss,
                         weights=weights, mode=mode, ignore_index=ignore_index, classes=classes,
-                        sync_replicas=sync_replicas)
+                        sync_replicas=sync_replicas, check_range=check_range)
 
 
 def dice_loss(y_true, y_pred, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
               class_weights=None, log_loss=False, weights=None, ignore_index=None, classes=None,
-              sync_replicas=False):
+              sync_replicas=False, check_range=True):
     return overlap_loss("dice", y_true, y_pred, from_logits=from_logits, smooth=smooth,
                         per_image=per_image, class_weights=class_weights, log_loss=log_loss,
                         weights=weights, mode=mode, ignore_index=ignore_index, classes=classes,
-                        sync_replicas=sync_replicas)
+                        sync_replicas=sync_replicas, check_range=check_range)
 
 
 def tversky_loss(y_true, y_pred, *, alpha=ALPHA, beta=BETA, gamma=GAMMA, from_logits=False,
                  mode=MODE, smooth=SMOOTH, per_image=False, class_weights=None, log_loss=False,
-                 weights=None, ignore_index=None, classes=None, sync_replicas=False):
+                 weights=None, ignore_index=None, classes=None, sync_replicas=False, check_range=True):
     return overlap_loss("tversky", y_true, y_pred, from_logits=from_logits, smooth=smooth,
                         per_image=per_image, class_weights=class_weights, log_loss=log_loss,
                         alpha=alpha, beta=beta, gamma=gamma, weights=weights, mode=mode,
-                        ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas)
+                        ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas,
+                        check_range=check_range)
 
 
 jaccard_loss.__doc__ = "Soft Jaccard (IoU) loss, 1 - (I + s) / (T + P - I + s).\n" + _ARGS_DOC
@@ -148,9 +157,10 @@ class _OverlapLoss(keras.losses.Loss):
 
     def __init__(self, *, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
                  class_weights=None, log_loss=False, ignore_index=None, classes=None,
-                 sync_replicas=False, reduction=REDUCTION, name=None, dtype=None):
+                 sync_replicas=False, check_range=True, reduction=REDUCTION, name=None, dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.sync_replicas = bool(sync_replicas)
+        self.check_range = bool(check_range)
         self.from_logits = bool(from_logits)
         self.mode = mode
         self.ignore_index = None if ignore_index is None else int(ignore_index)
@@ -173,7 +183,8 @@ class _OverlapLoss(keras.losses.Loss):
                             smooth=self.smooth, per_image=self.per_image,
                             class_weights=self.class_weights, log_loss=self.log_loss,
                             mode=self.mode, ignore_index=self.ignore_index, classes=self.classes,
-                            sync_replicas=self.sync_replicas, **self._kind_options())
+                            sync_replicas=self.sync_replicas, check_range=self.check_range,
+                            **self._kind_options())
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras' Loss.__call__ casts y_true and y_pred to the loss dtype first:
@@ -197,7 +208,8 @@ class _OverlapLoss(keras.losses.Loss):
         config.update(from_logits=self.from_logits, mode=self.mode, smooth=self.smooth,
                       per_image=self.per_image, class_weights=self.class_weights,
                       log_loss=self.log_loss, ignore_index=self.ignore_index, classes=self.classes,
-                      sync_replicas=self.sync_replicas, **self._kind_options())
+                      sync_replicas=self.sync_replicas, check_range=self.check_range,
+                      **self._kind_options())
         return config
 
 
@@ -220,6 +232,9 @@ _CLASS_ARGS_DOC = """from_logits: y_pred holds logits; the sigmoid (or, multi-cl
         the loss algebra: one all-reduce of 3C values per step. Needs
         per_image=False (per-image losses are replica-local by nature, and
         Keras' mean over images already matches one device).
+      check_range: raise an error for a dense target or (without
+        from_logits) a prediction outside [0, 1], such as a 0/255 mask
+        (default); False sums them as they are (see `fastiou.jaccard_loss`).
       reduction: how the per-image losses (per_image=True) are reduced, as in
         Keras: "sum_over_batch_size" (default) and "mean" divide their
         weighted sum by the number of images, "mean_with_sample_weight" by
@@ -264,11 +279,12 @@ class JaccardLoss(_OverlapLoss):
 
     def __init__(self, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
                  class_weights=None, log_loss=False, ignore_index=None, classes=None,
-                 sync_replicas=False, reduction=REDUCTION, name="jaccard_loss", dtype=None):
+                 sync_replicas=False, check_range=True, reduction=REDUCTION, name="jaccard_loss",
+                 dtype=None):
         super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
                          class_weights=class_weights, log_loss=log_loss,
                          ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas,
-                         reduction=reduction, name=name, dtype=dtype)
+                         check_range=check_range, reduction=reduction, name=name, dtype=dtype)
 
 
 IoULoss = JaccardLoss
@@ -285,11 +301,12 @@ class DiceLoss(_OverlapLoss):
 
     def __init__(self, from_logits=False, mode=MODE, smooth=SMOOTH, per_image=False,
                  class_weights=None, log_loss=False, ignore_index=None, classes=None,
-                 sync_replicas=False, reduction=REDUCTION, name="dice_loss", dtype=None):
+                 sync_replicas=False, check_range=True, reduction=REDUCTION, name="dice_loss",
+                 dtype=None):
         super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
                          class_weights=class_weights, log_loss=log_loss,
                          ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas,
-                         reduction=reduction, name=name, dtype=dtype)
+                         check_range=check_range, reduction=reduction, name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="fastiou")
@@ -322,8 +339,8 @@ class TverskyLoss(_OverlapLoss):
 
     def __init__(self, alpha=ALPHA, beta=BETA, gamma=GAMMA, from_logits=False, mode=MODE,
                  smooth=SMOOTH, per_image=False, class_weights=None, log_loss=False,
-                 ignore_index=None, classes=None, sync_replicas=False, reduction=REDUCTION,
-                 name="tversky_loss", dtype=None):
+                 ignore_index=None, classes=None, sync_replicas=False, check_range=True,
+                 reduction=REDUCTION, name="tversky_loss", dtype=None):
         # Set before the base class checks the options.
         self.alpha = float(alpha)
         self.beta = float(beta)
@@ -331,7 +348,7 @@ class TverskyLoss(_OverlapLoss):
         super().__init__(from_logits=from_logits, mode=mode, smooth=smooth, per_image=per_image,
                          class_weights=class_weights, log_loss=log_loss,
                          ignore_index=ignore_index, classes=classes, sync_replicas=sync_replicas,
-                         reduction=reduction, name=name, dtype=dtype)
+                         check_range=check_range, reduction=reduction, name=name, dtype=dtype)
 
     def _kind_options(self):
         return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}

@@ -89,7 +89,8 @@ class _Plain:
         return y_true, y_pred, weights, how.sparse
 
     @staticmethod
-    def stats(y_true, y_pred, weights, **options):
+    def stats(y_true, y_pred, weights, check_range=True, **options):
+        # The reference checks no range: check_range is not used.
         return plain_sums(_Plain.xp, y_true, y_pred, weights, **options)
 
     @staticmethod

@@ -46,9 +46,9 @@ def _ffi_value(value):
 
 
 def _attrs(opts):
-    from_logits, per_image, softmax, sparse, ignore_index, has_weights = opts
+    from_logits, per_image, softmax, sparse, ignore_index, has_weights, check_range = opts
     options = _shapes.op_options(from_logits=from_logits, per_image=per_image, softmax=softmax, sparse=sparse,
-                                 ignore_index=ignore_index, has_weights=has_weights)
+                                 ignore_index=ignore_index, has_weights=has_weights, check_range=check_range)
     return {name: _ffi_value(value) for name, value in options.items()}
 
 
@@ -123,13 +123,13 @@ def prepare(y_true, y_pred, weights=None, *, sparse=None, ignore_index=None):
     return y_true, y_pred, weights, how.sparse
 
 
-def stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, sparse, ignore_index):
+def stats(y_true, y_pred, weights, *, from_logits, per_image, softmax, sparse, ignore_index, check_range=True):
     """The differentiable sums (I, P, T) of inputs `prepare` has checked."""
     has_weights = weights is not None
     if not has_weights:
         weights = jnp.zeros((0,), y_pred.dtype)
     opts = (bool(from_logits), bool(per_image), bool(softmax), bool(sparse),
-            None if ignore_index is None else int(ignore_index), has_weights)
+            None if ignore_index is None else int(ignore_index), has_weights, bool(check_range))
     return _stats(y_true, y_pred, weights, opts)
 
 
