@@ -336,6 +336,8 @@ def main(argv=None):
     parser.add_argument("--no-cpu", dest="cpu", action="store_false", help="skip the CPU (TensorFlow) cases")
     parser.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto",
                         help="GPU cases: when a GPU, PyTorch and fastiou's CUDA kernels are there (auto)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="GPU cases: leave out the torch.compile rows (each case compiles afresh)")
     parser.add_argument("--no-plots", dest="plots", action="store_false")
     parser.add_argument("--replot", metavar="JSON", help="draw the plots and the table of an earlier run's JSON")
     # Internal: one measurement in a fresh process.
@@ -396,7 +398,8 @@ def main(argv=None):
         import gpu_cases
 
         print()
-        gpu_rows, gpu_machine = gpu_cases.run(cases, inputs, args.mask_dtype, repeats, args.gpu_device)
+        gpu_rows, gpu_machine = gpu_cases.run(cases, inputs, args.mask_dtype, repeats, args.gpu_device,
+                                              compiled=args.compile, large=not (args.quick or args.cases))
         rows += gpu_rows
         machine["gpu"] = gpu_machine
     elif args.gpu == "auto":

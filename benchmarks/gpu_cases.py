@@ -1,10 +1,20 @@
 """GPU cases of the benchmark, for machines with PyTorch and fastiou's CUDA
 kernels (no TensorFlow needed): forward + backward of the Jaccard loss, the
 fused kernels through fastiou.kernels against the same formula in PyTorch
-eager, timed with CUDA events, with the GPU's copy bandwidth measured in the
+eager and under torch.compile, with the GPU's copy bandwidth measured in the
 same run. bench_losses.py calls run() when a GPU is there.
+
+Two times per row:
+- time_s: one whole step, timed with CUDA events around the Python call. On a
+  fast GPU the small cases are bound by the host (Python, launches, and for
+  fastiou the autograd of the tiny sums and the label check's wait), not by
+  the GPU.
+- gpu_time_s: the summed time of the step's GPU kernels, read by PyTorch's
+  profiler over a few steps. For fused-cuda, kernel_time_s is fastiou's two
+  kernels alone: the share of the copy bandwidth is taken from it.
 """
 
+import functools
 import subprocess
 import time
 
@@ -16,6 +26,10 @@ from bench_losses import fused_bytes
 
 FUSED = "fused-cuda"
 BASELINE = "torch-eager"
+COMPILED = "torch-compile"
+# GPU-only: past 2^31 elements (the kernels' 64-bit indexing), bandwidth-bound.
+LARGE_CASES = {"2x1024x1024x1024x1": (2, 1024, 1024, 1024, 1)}
+PROFILED_STEPS = 5
 
 
 def _sync(device):
@@ -84,24 +98,77 @@ def fused_step(y_true, y_pred, opts):
     return loss.detach(), fk.overlap_grad(y_true, y_pred, None, *grads, **opts)
 
 
-def torch_step(y_true, y_pred, opts):
-    """The same formula written plainly in PyTorch: activation, one-hot, sums."""
-    z = y_pred.detach().requires_grad_(True)
+def plain_loss(z, y_true, from_logits, softmax=False, sparse=False, ignore_index=None, **_):
+    """The formula written plainly in PyTorch: activation, one-hot, sums."""
     p = z
-    if opts["from_logits"]:
-        p = torch.softmax(z, -1) if opts.get("softmax") else torch.sigmoid(z)
-    if opts.get("sparse"):
+    if from_logits:
+        p = torch.softmax(z, -1) if softmax else torch.sigmoid(z)
+    if sparse:
         labels = y_true.long()
-        keep = (labels != opts["ignore_index"]).unsqueeze(-1).to(p.dtype)
+        keep = (labels != ignore_index).unsqueeze(-1).to(p.dtype)
         t = torch.nn.functional.one_hot(labels.clamp(max=p.shape[-1] - 1), p.shape[-1]).to(p.dtype) * keep
         w = keep
     else:
         t, w = y_true.to(p.dtype), None
     axes = tuple(range(p.dim() - 1))
     wp = p if w is None else w * p
-    loss = jaccard_from_sums((wp * t).sum(axes), wp.sum(axes), t.sum(axes))
+    return jaccard_from_sums((wp * t).sum(axes), wp.sum(axes), t.sum(axes))
+
+
+def torch_step(y_true, y_pred, opts, loss_fn=plain_loss):
+    """PyTorch autodiff of the plain formula (eager, or loss_fn compiled)."""
+    z = y_pred.detach().requires_grad_(True)
+    loss = loss_fn(z, y_true, **opts)
     loss.backward()
     return loss.detach(), z.grad
+
+
+def compiled_loss():
+    """plain_loss under torch.compile, traced afresh for each case (a new
+    graph per shape, without counting against the recompile limit)."""
+    torch._dynamo.reset()
+    return torch.compile(plain_loss)
+
+
+def back_to_back_time(y_true, y_pred, opts, device, calls=10):
+    """Seconds per stats + gradient pair, queued back to back with no wait
+    (check_labels=False) between two events: the GPU's time once it, not the
+    host, is the bound (the large cases); a cross-check of the profiler's."""
+    if device != "cuda":
+        return None
+    sums = fk.overlap_stats(y_true, y_pred, check_labels=False, **opts)
+    grads = [torch.full_like(x, 0.5) for x in sums]
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(calls):
+        fk.overlap_stats(y_true, y_pred, check_labels=False, **opts)
+        fk.overlap_grad(y_true, y_pred, None, *grads, **opts)
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / 1e3 / calls
+
+
+def profiled_times(step, device):
+    """(all kernels, fastiou's kernels) seconds per step, from the profiler."""
+    if device != "cuda":
+        return None, None
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(PROFILED_STEPS):
+            step()
+        torch.cuda.synchronize()
+    total = ours = 0.0
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = e.time_range.elapsed_us()
+        total += us
+        ours += us if "fastiou" in e.name else 0.0
+    return total / 1e6 / PROFILED_STEPS, ours / 1e6 / PROFILED_STEPS
 
 
 def peak_extra_bytes(step, device):
@@ -137,45 +204,95 @@ def describe(device):
             "torch_cuda": torch.version.cuda, "torch": torch.__version__}
 
 
-def run(cases, inputs, mask_dtype, repeats, device="cuda"):
+def run(cases, inputs, mask_dtype, repeats, device="cuda", compiled=True, large=True):
     gpu = describe(device)
     bandwidth = copy_bandwidth(device)
     gpu["copy_bytes_per_s"] = bandwidth
     print(f"GPU cases on {gpu['name']}: copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)")
-    header = f"{'case':<18}{'inputs':<14}{'impl':<13}{'time ms':>10}{'speedup':>9}{'of copy bw':>11}{'x mask':>8}"
+    print("time: one whole step (host included); gpu: its kernels' time (profiler); of copy bw: fastiou's "
+          "two kernels' bytes over their kernel time")
+    header = (f"{'case':<20}{'inputs':<14}{'impl':<15}{'time ms':>9}{'gpu ms':>9}{'speedup':>9}"
+              f"{'gpu speedup':>12}{'of copy bw':>11}{'x mask':>8}")
     print(header)
     print("-" * len(header))
     mask_itemsize = 4 if mask_dtype == "float32" else 1
+    if large and device == "cuda":
+        cases = {**cases, **LARGE_CASES}
     rows = []
     for case, shape in cases.items():
         for inp in inputs:
             y_true, y_pred, opts = make_inputs(shape, inp, mask_dtype, device)
+            if opts["from_logits"] != (inp == "logits"):
+                raise RuntimeError(f"{case}: asked for {inp}, built from_logits={opts['from_logits']}")
             fused_loss = fused_step(y_true, y_pred, opts)[0]
-            torch_loss = torch_step(y_true, y_pred, opts)[0]
-            if not torch.allclose(fused_loss.double(), torch_loss.double(), rtol=1e-4, atol=1e-6):
-                raise RuntimeError(f"{case} {inp}: fused loss {fused_loss.item()} != PyTorch {torch_loss.item()}")
+            steps = [(FUSED if device == "cuda" else f"fused-{device}", fused_step), (BASELINE, torch_step)]
+            if compiled:
+                steps.append((COMPILED, functools.partial(torch_step, loss_fn=compiled_loss())))
             results = {}
-            for impl, step in ((FUSED if device == "cuda" else f"fused-{device}", fused_step),
-                               (BASELINE, torch_step)):
-                call = lambda step=step: step(y_true, y_pred, opts)
-                results[impl] = {"time_s": median_time(call, repeats, device),
-                                 "peak_extra_bytes": peak_extra_bytes(call, device)}
+            for impl, step in steps:
+                call = functools.partial(step, y_true, y_pred, opts)
+                r = results[impl] = {"impl": impl}
+                try:
+                    began = time.perf_counter()
+                    loss = call()[0]
+                    _sync(device)
+                    r["first_call_s"] = time.perf_counter() - began
+                    if not torch.allclose(fused_loss.double(), loss.double(), rtol=1e-4, atol=1e-6):
+                        raise RuntimeError(f"{case} {inp}: fused loss {fused_loss.item()} != {impl} {loss.item()}")
+                    r["time_s"] = median_time(call, repeats, device, min_seconds=0.3)
+                    r["gpu_time_s"], r["kernel_time_s"] = profiled_times(call, device)
+                    r["peak_extra_bytes"] = peak_extra_bytes(call, device)
+                except torch.cuda.OutOfMemoryError:
+                    r.update(time_s=None, gpu_time_s=None, kernel_time_s=None, peak_extra_bytes=None,
+                             error="out of memory")
+                    torch.cuda.empty_cache()
+            fused = results[steps[0][0]]
+            if fused.get("time_s"):
+                fused["kernels_back_to_back_s"] = back_to_back_time(y_true, y_pred, opts, device)
             elements = int(np.prod(shape))
+            base = results[BASELINE]
             for impl, r in results.items():
-                r.update(case=case, shape=list(shape), inputs=inp, impl=impl, elements=elements,
+                r.update(case=case, shape=list(shape), inputs=inp, from_logits=opts["from_logits"],
+                         in_unit_range=bool(((y_pred >= 0) & (y_pred <= 1)).all()), elements=elements,
                          device="gpu" if device == "cuda" else f"{device}-torch",
                          mask_dtype="uint8 sparse" if shape[-1] > 1 else mask_dtype, pred_dtype="float32")
-                r["speedup_vs_torch"] = results[BASELINE]["time_s"] / r["time_s"]
-                r["peak_extra_masks"] = (None if r["peak_extra_bytes"] is None
+                r["speedup_vs_torch"] = ratio(base.get("time_s"), r.get("time_s"))
+                r["gpu_speedup_vs_torch"] = ratio(base.get("gpu_time_s"), r.get("gpu_time_s"))
+                r["peak_extra_masks"] = (None if r.get("peak_extra_bytes") is None
                                          else r["peak_extra_bytes"] / (4 * elements))
-                r["bandwidth_fraction"] = None
-                if impl != BASELINE:
+                r["bandwidth_fraction"] = r["kernel_bandwidth_fraction"] = None
+                if impl.startswith("fused") and r.get("time_s"):
                     r["fused_bytes"] = fused_bytes(shape, inp, mask_itemsize)
                     r["bandwidth_fraction"] = r["fused_bytes"] / r["time_s"] / bandwidth
+                    if r.get("kernel_time_s"):
+                        r["kernel_bandwidth_fraction"] = r["fused_bytes"] / r["kernel_time_s"] / bandwidth
                 rows.append(r)
-                frac = "" if r["bandwidth_fraction"] is None else f"{r['bandwidth_fraction']:.0%}"
-                masks = "n/a" if r["peak_extra_masks"] is None else f"{r['peak_extra_masks']:.2f}"
-                print(f"{case:<18}{inp:<14}{impl:<13}{r['time_s'] * 1e3:>10.2f}"
-                      f"{r['speedup_vs_torch']:>8.2f}x{frac:>11}{masks:>8}")
+                print(f"{case:<20}{inp:<14}{impl:<15}{ms(r.get('time_s')):>9}{ms(r.get('gpu_time_s')):>9}"
+                      f"{times(r['speedup_vs_torch']):>9}{times(r['gpu_speedup_vs_torch']):>12}"
+                      f"{percent(r['kernel_bandwidth_fraction'] or r['bandwidth_fraction']):>11}"
+                      f"{fixed(r['peak_extra_masks']):>8}" + (f"  {r['error']}" if r.get("error") else ""),
+                      flush=True)
             del y_true, y_pred
+            if device == "cuda":
+                torch.cuda.empty_cache()
     return rows, gpu
+
+
+def ratio(base, this):
+    return base / this if base and this else None
+
+
+def ms(seconds):
+    return "-" if seconds is None else f"{seconds * 1e3:.3f}"
+
+
+def times(x):
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def percent(x):
+    return "" if x is None else f"{x:.0%}"
+
+
+def fixed(x):
+    return "n/a" if x is None else f"{x:.2f}"

@@ -153,3 +153,44 @@ def test_tensorflow_free_module_keeps_definitions_not_tests(tmp_path):
     names, spec = proc.stdout.splitlines()
     assert names == "['MODES', 'PATTERN', 'helper', 're']"
     assert spec == "None"
+
+
+@pytest.mark.slow
+def test_prebuilt_module_used_and_a_broken_one_built_instead(dry_run, tmp_path, monkeypatch):
+    _, _, build = dry_run
+    module = sorted(build.glob("_fastiou_kernels*.so"))[-1]
+    monkeypatch.setenv("FASTIOU_TEST_DEVICE", "cpu")
+    monkeypatch.setenv("FASTIOU_CUDA", "OFF")
+    monkeypatch.setenv("FASTIOU_CHECK_BUILD_DIR", str(tmp_path / "build"))
+    monkeypatch.setenv("FASTIOU_CHECK_PREBUILT", str(module))
+    check = gpu_check.Check(tmp_path)
+    status, _, note = check.build(120)
+    assert status == "pass" and note.startswith(f"prebuilt {module.name}; CUDA kernels: no"), note
+    assert check.built and check.module["file"].startswith(str(tmp_path / "build" / "pkg"))
+
+    # A file that does not import: the check says so and builds (here it runs
+    # out of its 1 s at once, which is enough to see that it tried).
+    broken = tmp_path / module.name
+    broken.write_text("not a module")
+    monkeypatch.setenv("FASTIOU_CHECK_PREBUILT", str(broken))
+    check = gpu_check.Check(tmp_path)
+    status, _, note = check.build(1)
+    assert status == "fail" and note.startswith("configure: stopped after"), note
+    log = (tmp_path / "build.log").read_text()
+    assert "prebuilt module not used (the built module does not import" in log
+    assert "$ cmake -S" in log.split("prebuilt module not used")[-1]
+
+
+def test_bench_summary_against_each_peer():
+    def row(case, impl, time_s, gpu_time_s, share=None):
+        return {"case": case, "inputs": "logits", "impl": impl, "time_s": time_s, "gpu_time_s": gpu_time_s,
+                "kernel_bandwidth_fraction": share}
+
+    rows = [row("a", "fused-cuda", 1.0, 0.1, 0.5), row("a", "torch-eager", 2.0, 0.3),
+            row("a", "torch-compile", 0.5, 0.05),
+            row("b", "fused-cuda", 2.0, 1.0, 0.9), row("b", "torch-eager", 3.0, 2.0),
+            row("b", "torch-compile", 1.0, 1.0)]
+    assert gpu_check.bench_summary(rows) == (
+        "vs torch-eager: step 1.5x to 2.0x, kernels 2.0x to 3.0x; "
+        "vs torch-compile: step 0.5x to 0.5x, kernels 0.5x to 1.0x; "
+        "fastiou's kernels at 50% to 90% of copy bandwidth")

@@ -1,4 +1,5 @@
-"""fastiou.jax: the fused kernels in plain JAX through XLA FFI, on the CPU.
+"""fastiou.jax: the fused kernels in plain JAX through XLA FFI, on JAX's default
+device (the CPU; the GPU under `make gpu-check`).
 
 Values against the float64 oracle, jax.grad against JAX autodiff of the plain
 formula (and numerically in float64), jit and vmap, the compiled HLO, errors,
@@ -23,8 +24,6 @@ if not fk.ffi_handlers():
 import fastiou.jax as fj  # noqa: E402
 from cases import LOSS_MODES, make_case, mask_sized_work, mode_case, mode_ids  # noqa: E402
 from overlap_oracle import sums as oracle_sums  # noqa: E402
-
-CPU = jax.devices("cpu")[0]
 
 
 def plain_loss(kind, t, z, *, from_logits, mode="auto", per_image=False, ignore_index=None, smooth=1.0,
@@ -87,8 +86,9 @@ def test_stats_dtypes_against_float64_oracle(rng, pred_dtype, true_dtype):
     for g, w in zip(got, want):
         assert g.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(g), w, rtol=tol, atol=tol)
-    # The same kernels as fastiou.kernels: bitwise the same sums.
-    for g, w in zip(got, fk.overlap_stats(t, jax.device_put(zj, CPU), from_logits=True)):
+    # The same kernels as fastiou.kernels on the same device: bitwise the same sums.
+    device = next(iter(zj.devices()))
+    for g, w in zip(got, fk.overlap_stats(jax.device_put(t, device), zj, from_logits=True)):
         assert np.asarray(g).tobytes() == np.asarray(w).tobytes()
 
 
@@ -153,8 +153,14 @@ def test_errors():
         fj.tversky_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), smooth=-1.0)
     labels = np.zeros((2, 4, 4), np.uint8)
     labels[1, 2, 3] = 9
-    with pytest.raises(Exception, match=r"label 9 at batch index 1, pixel 11 .* outside \[0, 3\)"):
-        jax.block_until_ready(jax.jit(lambda t, z: fj.jaccard_loss(t, z, from_logits=True))(labels, z))
+    step = jax.jit(lambda t, z: fj.jaccard_loss(t, z, from_logits=True))
+    if jax.default_backend() == "cpu":
+        with pytest.raises(Exception, match=r"label 9 at batch index 1, pixel 11 .* outside \[0, 3\)"):
+            jax.block_until_ready(step(labels, z))
+    else:
+        # A compiled GPU step cannot raise: the CUDA kernels make the sums, and so the loss, NaN.
+        assert np.isnan(np.asarray(step(labels, z))).all()
+        assert np.isfinite(np.asarray(step(np.minimum(labels, 2), z))).all()
 
 
 @pytest.mark.slow
@@ -190,6 +196,31 @@ def test_options_match_the_reference(rng, opts, loss):
     got = getattr(fj, f"{loss}_loss")(t, z, from_logits=True, **opts)
     want = getattr(fastiou.reference, f"{loss}_loss")(t, z, from_logits=True, **opts)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=1e-6)
+
+
+def test_gpu_handlers_registered_under_xla_platform_name(monkeypatch):
+    """On a GPU, the CUDA handlers must be filed under the name the CUDA
+    plugin registers its custom calls for: jaxlib files a platform under
+    xla_client.xla_platform_names.get(name, name), and the plugin's name
+    is "CUDA". A name filed otherwise is never handed to the GPU."""
+    from jax._src.lib import xla_client
+
+    from fastiou._backends import jax as backend
+
+    class Gpu:
+        platform = "gpu"
+
+    calls = []
+    monkeypatch.setattr(jax, "devices", lambda *a: [Gpu()])
+    monkeypatch.setattr(jax.ffi, "register_ffi_target",
+                        lambda target, capsule, platform: calls.append((target, platform)))
+    backend._register()
+    filed = {(t, xla_client.xla_platform_names.get(p, p)) for t, p in calls}
+    targets = set(fk.ffi_handlers())
+    assert {t for t, p in filed if p == "Host"} == targets
+    if any("cuda" in v for v in fk.ffi_handlers().values()):
+        assert {t for t, p in filed if p == "CUDA"} == targets
+    assert {p for _, p in filed} <= {"Host", "CUDA"}
 
 
 def test_raw_custom_call_rejects_float_sparse_labels():

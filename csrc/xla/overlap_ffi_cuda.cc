@@ -23,11 +23,27 @@ ffi::Error StatsCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::An
   fastiou::StatsArgs a;
   std::string err = PrepareStats(y_true, y_pred, weights, options, *intersection, *pred_sum, *true_sum, &a);
   if (!err.empty()) return Invalid(err);
-  const int64_t doubles = fastiou::stats_workspace_doubles_cuda(a);
-  const std::optional<void*> workspace = scratch.Allocate(static_cast<size_t>(doubles) * sizeof(double), 64);
-  if (!workspace) return ffi::Error::Internal("fastiou: could not allocate the stats scratch on the GPU");
-  a.workspace = static_cast<double*>(*workspace);
+  const size_t bytes = static_cast<size_t>(fastiou::stats_workspace_doubles_cuda(a)) * sizeof(double);
+  // XLA's scratch where the runtime offers it; JAX's GPU client does not, and
+  // then the workspace comes from the device's stream-ordered pool on XLA's
+  // stream, given back on that stream once the kernels are queued.
+  void* workspace = scratch.Allocate(bytes, 64).value_or(nullptr);
+  const bool own = workspace == nullptr;
+  if (own) {
+    const cudaError_t e = cudaMallocAsync(&workspace, bytes, stream);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                        std::string("fastiou: could not allocate the stats workspace on the GPU: ") +
+                            cudaGetErrorString(e));
+    }
+  }
+  a.workspace = static_cast<double*>(workspace);
   err = fastiou::overlap_stats_cuda(a, stream);
+  if (own) {
+    const cudaError_t e = cudaFreeAsync(workspace, stream);
+    if (e != cudaSuccess && err.empty()) err = std::string("cudaFreeAsync: ") + cudaGetErrorString(e);
+  }
   if (!err.empty()) return ffi::Error::Internal("fastiou: " + err);
   return ffi::Error::Success();
 }

@@ -107,7 +107,8 @@ def ffi_handlers():
     """fastiou's XLA FFI handlers as PyCapsules, {target: {platform: capsule}}:
     targets fastiou_overlap_stats and fastiou_overlap_grad, platforms "cpu"
     and (built with CUDA) "cuda". Register them with
-    jax.ffi.register_ffi_target(target, capsule, platform=platform)."""
+    jax.ffi.register_ffi_target(target, capsule, platform=...), platform "cpu"
+    or, for "cuda", XLA's name "CUDA" (fastiou.jax does this on import)."""
     return _ext.ffi_handlers()
 
 

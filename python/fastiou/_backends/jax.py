@@ -20,6 +20,12 @@ from fastiou._backends import jax_sharding
 xp = jnp  # the array namespace of the shared loss algebra
 
 
+# The module names its handlers' platforms "cpu" and "cuda"; jaxlib files a
+# platform under XLA's name, which it knows for "cpu" and "gpu" but not for
+# "cuda": a handler registered as "cuda" waits for a platform that never comes.
+XLA_PLATFORMS = {"cpu": "cpu", "cuda": "CUDA"}
+
+
 def _register():
     handlers = _kernels.ffi_handlers()
     if not handlers:
@@ -29,7 +35,7 @@ def _register():
     for target, by_platform in handlers.items():
         for platform, capsule in by_platform.items():
             if platform == "cpu" or (platform == "cuda" and "gpu" in platforms):
-                jax.ffi.register_ffi_target(target, capsule, platform=platform)
+                jax.ffi.register_ffi_target(target, capsule, platform=XLA_PLATFORMS[platform])
 
 
 _register()
