@@ -76,17 +76,36 @@ __global__ void __launch_bounds__(kThreads)
   write_partial(s, partials + int64_t(blockIdx.x) * 3);
 }
 
+// A warp's sums in lane 0, added in a fixed order (a shuffle tree).
+template <typename A>
+__device__ __forceinline__ Sum3<A> warp_sum(Sum3<A> s) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    s.i += __shfl_down_sync(0xffffffffu, s.i, offset);
+    s.p += __shfl_down_sync(0xffffffffu, s.p, offset);
+    s.t += __shfl_down_sync(0xffffffffu, s.t, offset);
+  }
+  return s;
+}
+
 // Several channels, a softmax or sparse labels: each thread holds a few
 // pixels (their label and softmax normalizer in registers) and the block walks
-// the channels, one block reduction per channel. bad_pixel gets the lowest
-// flat pixel index of an out-of-range label, bad_element that of a target or
+// the channels. Each warp adds its pixels' terms of a channel with shuffles
+// into shared memory, with no barrier between channels; after every
+// kChannelChunk channels the block adds the warps' sums, warp by warp in order,
+// so the partials are the same on every run. bad_pixel gets the lowest flat
+// pixel index of an out-of-range label, bad_element that of a target or
 // probability outside [0, 1] (range_problem, with check_range) of a pixel
 // that counts.
+constexpr int kWarps = kThreads / 32;
+constexpr int kChannelChunk = 64;
+
 template <typename TP, typename TT>
 __global__ void __launch_bounds__(kThreads) stats_pixels(Inputs<TP, TT> in, double* partials,
                                                          unsigned long long* bad_pixel,
                                                          unsigned long long* bad_element) {
   using A = typename AccOf<TP>::type;
+  __shared__ A warp_sums[kWarps][kChannelChunk][3];
   const Tile tile = block_tile(in.pixels, in.tiles_per_image, kTilePixels);
   PixelState<A> px[kPixelsPerThread];
   bool live[kPixelsPerThread];
@@ -100,20 +119,41 @@ __global__ void __launch_bounds__(kThreads) stats_pixels(Inputs<TP, TT> in, doub
     live[k] = px[k].in_tile && pixel_counts(px[k].label);
   }
   record_first(bad, bad_pixel);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t C = in.rule.channels;
   unsigned long long bad_value = kNoBadLabel;  // the thread's lowest bad element
-  for (int64_t c = 0; c < in.rule.channels; ++c) {
-    Sum3<A> s{A(0), A(0), A(0)};
+  for (int64_t c0 = 0; c0 < C; c0 += kChannelChunk) {
+    const int n = static_cast<int>(C - c0 < kChannelChunk ? C - c0 : kChannelChunk);
+    for (int j = 0; j < n; ++j) {
+      const int64_t c = c0 + j;
+      Sum3<A> s{A(0), A(0), A(0)};
 #pragma unroll
-    for (int k = 0; k < kPixelsPerThread; ++k) {
-      if (!live[k]) continue;
-      // Without from_logits the probability is the prediction as stored.
-      const A p = state_probability(in, px[k], c);
-      const A t = state_target(in, px[k], c);
-      if (in.rule.check_range && range_problem(in.rule.from_logits, t, p) != InputProblem::kNone)
-        bad_value = min(bad_value, static_cast<unsigned long long>(px[k].pixel * in.rule.channels + c));
-      accumulate_overlap(p, t, state_weight(in, px[k], c), s.i, s.p, s.t);
+      for (int k = 0; k < kPixelsPerThread; ++k) {
+        if (!live[k]) continue;
+        // Without from_logits the probability is the prediction as stored.
+        const A p = state_probability(in, px[k], c);
+        const A t = state_target(in, px[k], c);
+        if (in.rule.check_range && range_problem(in.rule.from_logits, t, p) != InputProblem::kNone)
+          bad_value = min(bad_value, static_cast<unsigned long long>(px[k].pixel * C + c));
+        accumulate_overlap(p, t, state_weight(in, px[k], c), s.i, s.p, s.t);
+      }
+      s = warp_sum(s);
+      if (lane == 0) {
+        warp_sums[warp][j][0] = s.i;
+        warp_sums[warp][j][1] = s.p;
+        warp_sums[warp][j][2] = s.t;
+      }
     }
-    write_partial(s, partials + (int64_t(blockIdx.x) * in.rule.channels + c) * 3);
+    __syncthreads();
+    for (int q = threadIdx.x; q < n * 3; q += kThreads) {
+      const int j = q / 3, part = q % 3;
+      double total = 0.0;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) total += static_cast<double>(warp_sums[w][j][part]);
+      partials[(int64_t(blockIdx.x) * C + c0 + j) * 3 + part] = total;
+    }
+    __syncthreads();  // warp_sums is written again for the next chunk
   }
   record_first(bad_value, bad_element);
 }

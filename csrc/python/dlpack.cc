@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <new>
 #include <stdexcept>
 
@@ -115,6 +117,27 @@ void free_device_memory(void* data, int device, cudaStream_t stream, cudaStream_
 }  // namespace
 #endif
 
+#if FASTIOU_WITH_CUDA
+cudaMemPool_t memory_pool(int device) {
+  static std::mutex mutex;
+  static std::map<int, cudaMemPool_t>* pools = new std::map<int, cudaMemPool_t>();  // never destroyed
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto found = pools->find(device);
+  if (found != pools->end()) return found->second;
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.handleTypes = cudaMemHandleTypeNone;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device;
+  cudaMemPool_t pool = nullptr;
+  check_cuda(cudaMemPoolCreate(&pool, &props), "cudaMemPoolCreate");
+  unsigned long long keep = ~0ull;
+  check_cuda(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  (*pools)[device] = pool;
+  return pool;
+}
+#endif
+
 Storage::Storage(int64_t bytes, DLDevice dev, uintptr_t s) : device(dev), stream(s), last_user(s) {
   const size_t n = static_cast<size_t>(std::max<int64_t>(bytes, 1));
   if (!is_cuda(device.device_type)) {
@@ -124,7 +147,8 @@ Storage::Storage(int64_t bytes, DLDevice dev, uintptr_t s) : device(dev), stream
   }
 #if FASTIOU_WITH_CUDA
   DeviceGuard guard(device.device_id);
-  check_cuda(cudaMallocAsync(&data, n, reinterpret_cast<cudaStream_t>(stream)), "cudaMallocAsync");
+  check_cuda(cudaMallocFromPoolAsync(&data, n, memory_pool(device.device_id), reinterpret_cast<cudaStream_t>(stream)),
+             "cudaMallocFromPoolAsync");
 #endif
 }
 

@@ -76,6 +76,13 @@ inline bool is_cuda(int32_t device_type) { return device_type == kDLCUDA || devi
 // Raises "fastiou: <what>: <CUDA's message>" on an error.
 void check_cuda(cudaError_t err, const char* what);
 
+// fastiou's stream-ordered memory pool on a device, made on first use: the
+// outputs and workspaces of fastiou.kernels come from it. It keeps the memory
+// it is given back for the next call (as PyTorch's caching allocator does)
+// rather than returning it to the driver at every synchronization, which
+// would map a gradient-sized block afresh on every call.
+cudaMemPool_t memory_pool(int device);
+
 // Clears the calling thread's last CUDA error after one of fastiou's own calls
 // failed, so that the framework's next error check does not report it as its
 // own. Sticky errors (a broken context) stay: CUDA cannot clear them.

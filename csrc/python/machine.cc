@@ -58,8 +58,7 @@ void require_cuda_kernels(int device) {
 
 int64_t cuda_pool_used(int device, bool reset_high) {
 #if FASTIOU_WITH_CUDA
-  cudaMemPool_t pool;
-  check_cuda(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+  cudaMemPool_t pool = memory_pool(device);
   unsigned long long used = 0;
   check_cuda(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used), "cudaMemPoolGetAttribute");
   if (reset_high) {
@@ -76,8 +75,7 @@ int64_t cuda_pool_used(int device, bool reset_high) {
 
 int64_t cuda_pool_used_high(int device) {
 #if FASTIOU_WITH_CUDA
-  cudaMemPool_t pool;
-  check_cuda(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+  cudaMemPool_t pool = memory_pool(device);
   unsigned long long high = 0;
   check_cuda(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high), "cudaMemPoolGetAttribute");
   return static_cast<int64_t>(high);

@@ -353,8 +353,8 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
   // Inputs still held at exit are released while Python is alive to take them.
   py::module_::import("atexit").attr("register")(py::cpp_function(&release_all));
   m.def("cuda_pool_used", &cuda_pool_used, py::arg("device"), py::arg("reset_high") = false,
-        "Bytes in use in the device's default stream-ordered memory pool (fastiou's outputs and scratch); "
+        "Bytes in use in fastiou's stream-ordered memory pool on the device (its outputs and scratch); "
         "reset_high restarts its high-water mark.");
   m.def("cuda_pool_used_high", &cuda_pool_used_high, py::arg("device"),
-        "High-water mark of the device's default stream-ordered memory pool, in bytes.");
+        "High-water mark of fastiou's stream-ordered memory pool on the device, in bytes.");
 }

@@ -93,8 +93,10 @@ def cuda_unavailable_reason():
 
 
 def cuda_pool_used(device=0, reset_high=False):
-    """Bytes in use in the GPU's default stream-ordered memory pool, where
-    fastiou's outputs and scratch live; reset_high restarts its high-water mark."""
+    """Bytes in use in fastiou's stream-ordered memory pool on the GPU, where
+    its outputs and scratch live; reset_high restarts its high-water mark.
+    The pool keeps memory given back to it for later calls (as PyTorch's
+    caching allocator does), until the process ends."""
     return _ext.cuda_pool_used(device, reset_high)
 
 
