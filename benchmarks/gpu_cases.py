@@ -130,23 +130,36 @@ def compiled_loss():
     return torch.compile(plain_loss)
 
 
-def back_to_back_time(y_true, y_pred, opts, device, calls=10):
-    """Seconds per stats + gradient pair, queued back to back with no wait
-    (check_labels=False) between two events: the GPU's time once it, not the
-    host, is the bound (the large cases); a cross-check of the profiler's."""
+def back_to_back(fn, calls, device):
+    """Seconds per call of fn, `calls` of them queued back to back between two
+    CUDA events after a warm-up: the GPU's time where it, not the host, is the
+    bound. None off the GPU."""
     if device != "cuda":
         return None
-    sums = fk.overlap_stats(y_true, y_pred, check_labels=False, **opts)
-    grads = [torch.full_like(x, 0.5) for x in sums]
+    fn()
     torch.cuda.synchronize()
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     begin.record()
     for _ in range(calls):
-        fk.overlap_stats(y_true, y_pred, check_labels=False, **opts)
-        fk.overlap_grad(y_true, y_pred, None, *grads, **opts)
+        fn()
     end.record()
     end.synchronize()
     return begin.elapsed_time(end) / 1e3 / calls
+
+
+def back_to_back_time(y_true, y_pred, opts, device, calls=10):
+    """Seconds per stats + gradient pair of fastiou's kernels, back to back with
+    no wait (check_labels=False): a cross-check of the profiler's kernel time
+    in the large cases."""
+    if device != "cuda":
+        return None
+    grads = [torch.full_like(x, 0.5) for x in fk.overlap_stats(y_true, y_pred, check_labels=False, **opts)]
+
+    def pair():
+        fk.overlap_stats(y_true, y_pred, check_labels=False, **opts)
+        fk.overlap_grad(y_true, y_pred, None, *grads, **opts)
+
+    return back_to_back(pair, calls, device)
 
 
 def profiled_times(step, device):
@@ -251,9 +264,10 @@ def run(cases, inputs, mask_dtype, repeats, device="cuda", compiled=True, large=
                 fused["kernels_back_to_back_s"] = back_to_back_time(y_true, y_pred, opts, device)
             elements = int(np.prod(shape))
             base = results[BASELINE]
+            in_unit_range = bool(((y_pred >= 0) & (y_pred <= 1)).all())
             for impl, r in results.items():
                 r.update(case=case, shape=list(shape), inputs=inp, from_logits=opts["from_logits"],
-                         in_unit_range=bool(((y_pred >= 0) & (y_pred <= 1)).all()), elements=elements,
+                         in_unit_range=in_unit_range, elements=elements,
                          device="gpu" if device == "cuda" else f"{device}-torch",
                          mask_dtype="uint8 sparse" if shape[-1] > 1 else mask_dtype, pred_dtype="float32")
                 r["speedup_vs_torch"] = ratio(base.get("time_s"), r.get("time_s"))

@@ -4,7 +4,7 @@ For a few cases, with PyTorch tensors on the GPU: the host time of the whole
 fused step (as benchmarks/gpu_cases.py runs it) and of each of its parts (the
 stats call with and without check_labels, the gradient call, PyTorch's
 autograd of the three sums), each also queued back to back between two CUDA
-events; PyTorch eager for comparison; the profiler's table of the step's
+events (on the GPU); PyTorch eager for comparison; the profiler's table of the step's
 kernels; and, with --compile, the formula under torch.compile.
 
     python benchmarks/gpu_step_parts.py [--compile] [--device cpu]
@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fastiou.kernels as fk  # noqa: E402
-from gpu_cases import (compiled_loss, copy_bandwidth, fused_step, jaccard_from_sums, make_inputs,  # noqa: E402
-                       torch_step)
+from gpu_cases import (back_to_back, compiled_loss, copy_bandwidth, fused_step, jaccard_from_sums,  # noqa: E402
+                       make_inputs, ms, torch_step)
 
 CASES = [("16x512x512x1", (16, 512, 512, 1), "probabilities"),
          ("4x512x512x21", (4, 512, 512, 21), "logits"),
@@ -49,19 +49,6 @@ def main():
         t1 = time.perf_counter()
         sync()
         return (t1 - t0) / n
-
-    def back_to_back(fn, n):
-        if dev != "cuda":
-            return host_time(fn, n)
-        fn()
-        sync()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(n):
-            fn()
-        b.record()
-        b.synchronize()
-        return a.elapsed_time(b) / 1e3 / n
 
     print(f"copy bandwidth {copy_bandwidth(dev) / 1e9:.0f} GB/s (read + write)", flush=True)
     for name, shape, inp in CASES:
@@ -92,7 +79,8 @@ def main():
             parts["torch.compile step"] = lambda: torch_step(y_true, y_pred, opts, loss_fn)
         print(f"\n{name} {inp} ({np.prod(shape):.3g} elements): host ms, back to back ms", flush=True)
         for part, fn in parts.items():
-            print(f"  {part:<28}{host_time(fn, 20) * 1e3:9.3f}{back_to_back(fn, 20) * 1e3:9.3f}", flush=True)
+            queued = back_to_back(fn, 20, dev)
+            print(f"  {part:<28}{host_time(fn, 20) * 1e3:9.3f}{ms(queued):>9}", flush=True)
         if dev == "cuda":
             from torch.profiler import ProfilerActivity, profile
 

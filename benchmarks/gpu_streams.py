@@ -14,13 +14,13 @@ The gradient's time includes allocating its output.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fastiou.kernels as fk  # noqa: E402
+import gpu_cases  # noqa: E402
 from gpu_cases import make_inputs  # noqa: E402
 
 
@@ -30,23 +30,8 @@ def main():
     dev = parser.parse_args().device
     gpu = dev == "cuda"
 
-    def median_time(fn, n=10):
-        fn()
-        fn()
-        times = []
-        for _ in range(n):
-            if gpu:
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-        return float(np.median(times))
+    def median_time(fn):
+        return gpu_cases.median_time(fn, 10, dev, min_seconds=0.0)
 
     n = 2**31 if gpu else 2**22
     x, y, out = (torch.ones(n, device=dev) for _ in range(3))
