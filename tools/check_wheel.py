@@ -37,10 +37,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The installed-package tests: the kernels module, the sparse and tile paths,
 # the module's property-based cases, the TF ops, the XLA custom calls and fastiou.jax.
 TESTS = ["tests/test_kernels_module.py", "tests/test_sparse_paths.py", "tests/test_properties.py",
-         "tests/test_forward.py", "tests/test_xla.py", "tests/test_jax.py"]
+         "tests/test_forward.py", "tests/test_xla.py", "tests/test_jax.py", "tests/test_metrics.py"]
 # At each forced lower level: the kernels against the float64 oracle.
 LEVEL_TESTS = ["tests/test_kernels_module.py", "tests/test_sparse_paths.py",
-               "tests/test_properties.py::test_module_against_the_oracle"]
+               "tests/test_properties.py::test_module_against_the_oracle",
+               "tests/test_metrics.py::test_counts_match_the_oracle_and_repeat_bitwise",
+               "tests/test_metrics.py::test_every_dtype_reaches_the_kernel"]
 SDIST_NEEDS = ["CMakeLists.txt", "pyproject.toml", "LICENSE", "README.md", "csrc/core/overlap_kernels.h",
                "csrc/cpu/overlap_cpu.cc", "cmake/check_level_symbols.cmake", "python/fastiou/__init__.py"]
 

@@ -33,16 +33,21 @@ struct LevelKernels {
   int level;  // the x86-64 level it needs; 0: the build machine's, unchecked
   std::string (*stats)(const StatsArgs&, const ParallelFor&);
   std::string (*grad)(const GradArgs&, const ParallelFor&);
+  std::string (*confusion)(const ConfusionArgs&, const ParallelFor&);
 };
 
 // Lowest first.
 constexpr LevelKernels kLevels[] = {
 #if FASTIOU_CPU_DISPATCH
-    {"x86-64-v2", 2, &cpu_v2::overlap_stats_level, &cpu_v2::overlap_grad_level},
-    {"x86-64-v3", 3, &cpu_v3::overlap_stats_level, &cpu_v3::overlap_grad_level},
-    {"x86-64-v4", 4, &cpu_v4::overlap_stats_level, &cpu_v4::overlap_grad_level},
+    {"x86-64-v2", 2, &cpu_v2::overlap_stats_level, &cpu_v2::overlap_grad_level,
+     &cpu_v2::confusion_counts_level},
+    {"x86-64-v3", 3, &cpu_v3::overlap_stats_level, &cpu_v3::overlap_grad_level,
+     &cpu_v3::confusion_counts_level},
+    {"x86-64-v4", 4, &cpu_v4::overlap_stats_level, &cpu_v4::overlap_grad_level,
+     &cpu_v4::confusion_counts_level},
 #else
-    {"-march=" FASTIOU_CPU_ARCH_NAME, 0, &cpu_native::overlap_stats_level, &cpu_native::overlap_grad_level},
+    {"-march=" FASTIOU_CPU_ARCH_NAME, 0, &cpu_native::overlap_stats_level, &cpu_native::overlap_grad_level,
+     &cpu_native::confusion_counts_level},
 #endif
 };
 constexpr int kLevelCount = sizeof(kLevels) / sizeof(kLevels[0]);
@@ -135,8 +140,6 @@ std::string run_flushed(std::string (*LevelKernels::*entry)(const Args&, const P
                         const ParallelFor& parallel_for) {
   const CpuTarget& target = cpu_target();
   if (!target.problem.empty()) return target.problem;
-  const std::string err = validate_label_dtype(args, args.true_dtype);
-  if (!err.empty()) return err;
   const ParallelFor flushed = [&parallel_for](int64_t units, int64_t cost,
                                               const std::function<void(int64_t, int64_t)>& fn) {
     parallel_for(units, cost, [&fn](int64_t begin, int64_t end) {
@@ -151,11 +154,21 @@ std::string run_flushed(std::string (*LevelKernels::*entry)(const Args&, const P
 }  // namespace
 
 std::string overlap_stats_cpu(const StatsArgs& args, const ParallelFor& parallel_for) {
+  const std::string err = validate_label_dtype(args, args.true_dtype);
+  if (!err.empty()) return err;
   return run_flushed(&LevelKernels::stats, args, parallel_for);
 }
 
 std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_for) {
+  const std::string err = validate_label_dtype(args, args.true_dtype);
+  if (!err.empty()) return err;
   return run_flushed(&LevelKernels::grad, args, parallel_for);
+}
+
+std::string confusion_counts_cpu(const ConfusionArgs& args, const ParallelFor& parallel_for) {
+  if (args.has_weights && args.weight_dtype != DType::kFloat32 && args.weight_dtype != DType::kFloat64)
+    return std::string("weights must be float32 or float64, got ") + dtype_name(args.weight_dtype);
+  return run_flushed(&LevelKernels::confusion, args, parallel_for);
 }
 
 }  // namespace fastiou

@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "core/confusion.h"
 #include "core/overlap_kernels.h"
 
 #define FASTIOU_CPU_LEVEL_ENTRY_POINTS(ns)                                                  \
@@ -14,6 +15,7 @@
   namespace ns {                                                                            \
   std::string overlap_stats_level(const StatsArgs& args, const ParallelFor& parallel_for); \
   std::string overlap_grad_level(const GradArgs& args, const ParallelFor& parallel_for);   \
+  std::string confusion_counts_level(const ConfusionArgs& args, const ParallelFor& parallel_for); \
   }                                                                                         \
   }
 

@@ -18,6 +18,7 @@ struct OverlapAttrs : fastiou::GradOptions {
 // The options as attributes of REGISTER_OP: .Attr("from_logits: bool = false").
 #define FASTIOU_TF_TYPE_bool "bool"
 #define FASTIOU_TF_TYPE_int64_t "int"
+#define FASTIOU_TF_TYPE_float "float"
 #define FASTIOU_TF_ATTR(type, name, init, kind) .Attr(#name ": " FASTIOU_TF_TYPE_##type " = " #init)
 
 inline fastiou::DType ToDType(tensorflow::DataType dt) {
@@ -78,6 +79,19 @@ inline absl::Status ValidateShapes(const OverlapAttrs& a, const tensorflow::Tens
 inline tensorflow::TensorShape StatsShape(const OverlapAttrs& a, const fastiou::OverlapGeometry& g) {
   return a.per_image ? tensorflow::TensorShape({g.batch, g.channels})
                      : tensorflow::TensorShape({g.channels});
+}
+
+// The C++ kernels' ParallelFor on TensorFlow's intra-op thread pool.
+inline fastiou::ParallelFor ThreadPoolFor(tensorflow::OpKernelContext* ctx) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  return [pool](int64_t units, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
+    if (units <= 0) return;
+    if (units == 1) {
+      fn(0, 1);
+      return;
+    }
+    pool->ParallelFor(units, cost, fn);
+  };
 }
 
 }  // namespace fastiou_tf

@@ -109,18 +109,6 @@ group, writes dL/dy_pred = w*(dL/dI*t + dL/dP) (times p*(1-p) with
 from_logits), or with wrt_true dL/dy_true = w*(dL/dI*p + dL/dT).
 )doc");
 
-fastiou::ParallelFor ThreadPoolFor(OpKernelContext* ctx) {
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  return [pool](int64_t units, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
-    if (units <= 0) return;
-    if (units == 1) {
-      fn(0, 1);
-      return;
-    }
-    pool->ParallelFor(units, cost, fn);
-  };
-}
-
 #if FASTIOU_WITH_CUDA
 // The cudaStream_t of the stream TensorFlow runs this op's GPU work on.
 void* GpuStream(OpKernelContext* ctx) {

@@ -1,7 +1,8 @@
 """fastiou: fused soft Jaccard/IoU, Dice and Tversky losses for Keras and TensorFlow.
 
     import fastiou
-    model.compile(optimizer="adam", loss=fastiou.losses.JaccardLoss(from_logits=True))
+    model.compile(optimizer="adam", loss=fastiou.losses.JaccardLoss(from_logits=True),
+                  metrics=[fastiou.metrics.BinaryIoU(target_class_ids=[1], from_logits=True)])
 
 `fastiou.kernels` runs the same kernels on NumPy, CuPy, PyTorch or JAX arrays
 without TensorFlow, and `fastiou.jax` gives the losses to JAX and Flax. Where
@@ -30,12 +31,13 @@ _HAVE_TF_OPS = (_keras_backend() == "tensorflow" and _util.find_spec("tensorflow
 _ON_JAX = _keras_backend() == "jax" and _util.find_spec("jax") is not None and bool(kernels.ffi_handlers())
 
 if _HAVE_TF_OPS:
-    from fastiou import losses, reference
+    from fastiou import losses, metrics, reference
     from fastiou._ops import in_xla_context, overlap_stats
     from fastiou.losses import dice_loss, jaccard_loss, tversky_loss
 
     __all__ += [
         "losses",
+        "metrics",
         "reference",
         "overlap_stats",
         "in_xla_context",
@@ -45,14 +47,14 @@ if _HAVE_TF_OPS:
     ]
 elif _ON_JAX:
     # Keras on JAX: the same loss classes and functions on the same kernels.
-    from fastiou import losses, reference
+    from fastiou import losses, metrics, reference
     from fastiou.jax import overlap_stats
     from fastiou.losses import dice_loss, jaccard_loss, tversky_loss
 
-    __all__ += ["losses", "reference", "overlap_stats", "jaccard_loss", "dice_loss", "tversky_loss"]
+    __all__ += ["losses", "metrics", "reference", "overlap_stats", "jaccard_loss", "dice_loss", "tversky_loss"]
 else:
     def __getattr__(name):
-        if name in ("losses", "reference", "overlap_stats", "in_xla_context", "jaccard_loss", "dice_loss",
+        if name in ("losses", "metrics", "reference", "overlap_stats", "in_xla_context", "jaccard_loss", "dice_loss",
                     "tversky_loss"):
             backend = _keras_backend()
             extra = "jax" if backend == "jax" else "tensorflow"

@@ -170,3 +170,17 @@ def _overlap_stats_grad(op, grad_i, grad_p, grad_t):
         if grad_true.dtype != y_true.dtype:
             grad_true = tf.cast(grad_true, y_true.dtype)
     return [grad_true, grad_pred, None]
+
+
+def confusion_counts_op(y_true, y_pred, weights, *, num_classes, true_rule, pred_rule, threshold, ignore_class,
+                        integer_weights):
+    """The fused confusion counts (csrc/core/confusion.h) of y_true and y_pred
+    viewed as [batch, pixels, channels] and weights as [rows, cols] (None:
+    every weight 1): a float64 tensor of shape (3, num_classes)."""
+    has_weights = weights is not None
+    if not has_weights:
+        weights = tf.zeros([0, 0], tf.float32)
+    return _lib.fastiou_confusion_counts(
+        y_true, y_pred, weights, num_classes=num_classes, true_rule=true_rule, pred_rule=pred_rule,
+        threshold=threshold, has_weights=has_weights, integer_weights=integer_weights,
+        has_ignore=ignore_class is not None, ignore_class=0 if ignore_class is None else int(ignore_class))

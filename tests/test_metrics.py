@@ -1,0 +1,425 @@
+"""fastiou.metrics against their keras.metrics namesakes and a float64 NumPy
+oracle: same result() on the same inputs, exact counts, the fused op and the
+plain (XLA) path, fit, serialization."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import fastiou
+from fastiou import metrics as fm
+
+
+def np_counts(t, p, num_classes, w=None, ignore_class=None):
+    """The oracle: tp, true, pred per class, in float64, from class arrays."""
+    shape = np.shape(t)
+    t = np.asarray(t, np.int64).ravel()
+    p = np.asarray(p, np.int64).ravel()
+    w = np.ones(t.shape) if w is None else np.broadcast_to(np.asarray(w, np.float64), shape).ravel()
+    keep = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
+    if ignore_class is not None:
+        keep &= t != ignore_class
+    t, p, w = t[keep], p[keep], w[keep]
+    out = np.zeros((3, num_classes))
+    np.add.at(out[0], t[t == p], w[t == p])
+    np.add.at(out[1], t, w)
+    np.add.at(out[2], p, w)
+    return out
+
+
+def run(metric, batches):
+    for batch in batches:
+        metric.update_state(*batch)
+    return float(metric.result())
+
+
+def same_result(keras_metric, fused_metric, batches):
+    expected = run(keras_metric, batches)
+    got = run(fused_metric, batches)
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    return got
+
+
+# --- BinaryIoU ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ids", [[0], [1], [0, 1]])
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("true_dtype", ["float32", "uint8", "bool"])
+@pytest.mark.parametrize("pred_dtype", ["float32", "float16", "float64"])
+def test_binary_iou_matches_keras(rng, ids, threshold, true_dtype, pred_dtype):
+    batches = []
+    for _ in range(3):
+        t = (rng.random((3, 9, 7, 1)) > 0.7).astype(true_dtype)
+        p = rng.random((3, 9, 7, 1)).astype(pred_dtype)
+        batches.append((t, p))
+    same_result(keras.metrics.BinaryIoU(target_class_ids=ids, threshold=threshold),
+                fm.BinaryIoU(target_class_ids=ids, threshold=threshold), batches)
+
+
+def test_binary_iou_threshold_ties_are_foreground():
+    # Keras compares with >=: a prediction equal to the threshold is class 1.
+    t = np.array([[0, 1, 1, 0]], np.float32)
+    p = np.array([[0.5, 0.5, 0.4, 0.6]], np.float32)
+    got = same_result(keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5),
+                      fm.BinaryIoU(target_class_ids=[1], threshold=0.5), [(t, p)])
+    assert got == pytest.approx(1 / 4)  # class 1: tp 1 (the tie), fp 2, fn 1
+    m = fm.BinaryIoU(target_class_ids=[1], threshold=0.5)
+    m.update_state(t, p)
+    np.testing.assert_array_equal(m.counts.numpy(), [[0, 1], [2, 2], [1, 3]])
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.3, 0.5, 0.8])
+def test_binary_iou_from_logits_matches_probabilities(rng, threshold):
+    logits = rng.normal(scale=3, size=(4, 16, 16, 1)).astype(np.float32)
+    probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    # keep clear of the threshold: a logit within rounding of logit(threshold)
+    # may fall on either side
+    far = np.abs(probs - threshold) > 1e-5
+    t = ((rng.random(logits.shape) > 0.6) & far).astype(np.uint8)
+    weights = far[..., 0].astype(np.float32)
+    k = keras.metrics.BinaryIoU(target_class_ids=[0, 1], threshold=threshold, dtype="float32")
+    k.update_state(t, probs.astype(np.float32), weights)
+    f = fm.BinaryIoU(target_class_ids=[0, 1], threshold=threshold, from_logits=True, dtype="float32")
+    f.update_state(t, logits, weights)
+    assert float(f.result()) == pytest.approx(float(k.result()), rel=1e-6)
+
+
+# --- IoU, MeanIoU, one-hot --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("label_dtype", ["uint8", "int32", "int64"])
+@pytest.mark.parametrize("channel_axis", [False, True])
+@pytest.mark.parametrize("ignore_class", [None, 0, 255])
+def test_mean_iou_from_scores_matches_keras(rng, label_dtype, channel_axis, ignore_class):
+    c = 5
+    batches = []
+    for _ in range(2):
+        labels = rng.integers(0, c, (2, 12, 10))
+        if ignore_class == 255:
+            labels[rng.random(labels.shape) < 0.2] = 255
+        labels = labels.astype(label_dtype)
+        if channel_axis:
+            labels = labels[..., None]
+        batches.append((labels, rng.random((2, 12, 10, c)).astype(np.float32)))
+    same_result(keras.metrics.MeanIoU(c, ignore_class=ignore_class, sparse_y_pred=False),
+                fm.MeanIoU(c, ignore_class=ignore_class, sparse_y_pred=False), batches)
+
+
+@pytest.mark.parametrize("ids", [[1], [0, 3], [2, 1, 4]])
+def test_iou_target_classes_and_integer_predictions(rng, ids):
+    c = 5
+    # out-of-range labels and predictions count nowhere, in Keras as here
+    labels = rng.integers(-1, c + 1, (3, 8, 8)).astype(np.int32)
+    preds = rng.integers(0, c + 1, (3, 8, 8)).astype(np.int64)
+    same_result(keras.metrics.IoU(c, ids), fm.IoU(c, ids), [(labels, preds)])
+
+
+def test_argmax_ties_take_the_first_channel():
+    c = 4
+    scores = np.zeros((1, 2, 3, c), np.float32)
+    scores[0, 0, :, 1:3] = 1.0  # channels 1 and 2 tie
+    scores[0, 1, :, :] = 0.25  # all four tie
+    labels = np.array([[[1, 2, 1], [0, 3, 0]]], np.int32)
+    same_result(keras.metrics.MeanIoU(c, sparse_y_pred=False), fm.MeanIoU(c, sparse_y_pred=False),
+                 [(labels, scores)])
+    counts = fm.confusion_counts(labels, scores, num_classes=c, pred_rule=fm.ARGMAX).numpy()
+    np.testing.assert_array_equal(counts, np_counts(labels, [[[1, 1, 1], [0, 0, 0]]], c))
+
+
+@pytest.mark.parametrize("ignore_class", [None, 2])
+def test_one_hot_metrics_match_keras(rng, ignore_class):
+    c = 4
+    labels = rng.integers(0, c, (2, 6, 6))
+    onehot = np.eye(c, dtype=np.float32)[labels]
+    scores = rng.random((2, 6, 6, c)).astype(np.float32)
+    same_result(keras.metrics.OneHotMeanIoU(c, ignore_class=ignore_class),
+                fm.OneHotMeanIoU(c, ignore_class=ignore_class), [(onehot, scores)])
+    same_result(keras.metrics.OneHotIoU(c, [0, 2], ignore_class=ignore_class),
+                fm.OneHotIoU(c, [0, 2], ignore_class=ignore_class), [(onehot, scores)])
+
+
+@pytest.mark.parametrize("dtype", [None, "float32"])
+def test_sample_weight_per_pixel_matches_keras(rng, dtype):
+    # Keras' default integer dtype truncates float weights: so does fastiou
+    c = 3
+    labels = rng.integers(0, c, (2, 8, 8))
+    scores = rng.random((2, 8, 8, c)).astype(np.float32)
+    w = (rng.random((2, 8, 8)) * 3).astype(np.float32)
+    k = keras.metrics.MeanIoU(c, sparse_y_pred=False, dtype=dtype)
+    f = fm.MeanIoU(c, sparse_y_pred=False, dtype=dtype)
+    with pytest.warns(UserWarning) if dtype is None else _nothing():
+        k.update_state(labels, scores, w)
+    f.update_state(labels, scores, w)
+    assert float(f.result()) == pytest.approx(float(k.result()), rel=1e-6)
+    expected_w = np.trunc(w) if dtype is None else w
+    np.testing.assert_allclose(f.counts.numpy(), np_counts(labels, scores.argmax(-1), c, expected_w),
+                               rtol=1e-12)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_sample_weight_per_image_and_scalar(rng):
+    c = 3
+    labels = rng.integers(0, c, (4, 5, 5))
+    scores = rng.random((4, 5, 5, c)).astype(np.float64)
+    per_image = rng.random(4)
+    got = fm.confusion_counts(labels, scores, per_image, num_classes=c, pred_rule=fm.ARGMAX).numpy()
+    expected = np_counts(labels, scores.argmax(-1), c, np.broadcast_to(per_image[:, None, None], labels.shape))
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    got = fm.confusion_counts(labels, scores, 2.5, num_classes=c, pred_rule=fm.ARGMAX).numpy()
+    np.testing.assert_allclose(got, 2.5 * np_counts(labels, scores.argmax(-1), c), rtol=1e-12)
+    # (batch, 1, 1) is per image too
+    got = fm.confusion_counts(labels, scores, per_image[:, None, None], num_classes=c, pred_rule=fm.ARGMAX)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+def test_bad_sample_weight_shape_is_refused(rng):
+    labels = rng.integers(0, 3, (4, 5, 5))
+    with pytest.raises(ValueError, match="sample_weight of shape"):
+        fm.confusion_counts(labels, labels, np.ones((4, 5)), num_classes=3)
+
+
+# --- what fastiou refuses --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric,match", [
+    (lambda: fm.MeanIoU(2), "use BinaryIoU"),
+    (lambda: fm.IoU(5, [1]), "sparse_y_pred=False"),
+])
+def test_float_predictions_read_as_indices_are_refused(rng, metric, match):
+    # Keras truncates them to class 0: the metric would stay flat
+    t = rng.integers(0, 2, (2, 4, 4, 1))
+    p = rng.random((2, 4, 4, 1 if "Binary" in match else 5)).astype(np.float32)
+    with pytest.raises(ValueError, match=match):
+        metric().update_state(t, p)
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="target_class_ids"):
+        fm.IoU(3, [3])
+    with pytest.raises(ValueError, match="axis"):
+        fm.MeanIoU(3, axis=1)
+
+
+# --- counts: exact, deterministic, on every path ----------------------------------------------
+
+
+def test_counts_exact_past_float32_integers():
+    # 2**25 pixels: Keras' float32 counts would stop at 2**24
+    n = 1 << 25
+    t = np.zeros((2, n // 2), np.uint8)
+    t[:, ::3] = 1
+    p = np.zeros((2, n // 2), np.float32)
+    p[:, ::2] = 0.9
+    got = fm.confusion_counts(t, p, num_classes=2, pred_rule=fm.THRESHOLD).numpy()
+    t1 = 2 * len(range(0, n // 2, 3))
+    p1 = 2 * len(range(0, n // 2, 2))
+    tp1 = 2 * len(range(0, n // 2, 6))
+    expected = [[n - t1 - p1 + tp1, tp1], [n - t1, t1], [n - p1, p1]]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_counts_match_the_oracle_and_repeat_bitwise(rng):
+    c = 21
+    labels = rng.integers(0, c, (3, 64, 48)).astype(np.uint8)
+    scores = rng.normal(size=(3, 64, 48, c)).astype(np.float32)
+    w = rng.random((3, 64, 48)).astype(np.float32)
+    first = fm.confusion_counts(labels, scores, w, num_classes=c, pred_rule=fm.ARGMAX).numpy()
+    np.testing.assert_allclose(first, np_counts(labels, scores.argmax(-1), c, w), rtol=1e-12)
+    for _ in range(3):
+        again = fm.confusion_counts(labels, scores, w, num_classes=c, pred_rule=fm.ARGMAX).numpy()
+        np.testing.assert_array_equal(again, first)
+
+
+@pytest.mark.parametrize("case", ["binary", "argmax", "onehot", "weighted"])
+def test_xla_path_matches_the_fused_op(rng, case):
+    c = 2 if case == "binary" else 4
+    if case == "binary":
+        t = (rng.random((2, 8, 8, 1)) > 0.5).astype(np.float32)
+        p = rng.random((2, 8, 8, 1)).astype(np.float32)
+        kw = dict(pred_rule=fm.THRESHOLD, threshold=0.4)
+    else:
+        t = rng.integers(0, c + 1, (2, 8, 8)).astype(np.int32)
+        p = rng.random((2, 8, 8, c)).astype(np.float32)
+        kw = dict(pred_rule=fm.ARGMAX, ignore_class=1)
+        if case == "onehot":
+            t = np.eye(c + 1, dtype=np.float32)[t][..., :c]
+            kw["true_rule"] = fm.ARGMAX
+    w = rng.random((2, 8, 8)).astype(np.float32) if case == "weighted" else None
+    eager = fm.confusion_counts(t, p, w, num_classes=c, **kw).numpy()
+    compiled = tf.function(lambda t, p: fm.confusion_counts(t, p, w, num_classes=c, **kw), jit_compile=True)
+    np.testing.assert_allclose(compiled(t, p).numpy(), eager, rtol=1e-12)
+
+
+# --- Dice -------------------------------------------------------------------------------------
+
+
+def test_dice_metrics_against_the_oracle(rng):
+    c = 4
+    labels = rng.integers(0, c, (2, 10, 10))
+    scores = rng.random((2, 10, 10, c)).astype(np.float32)
+    tp, tc, pc = np_counts(labels, scores.argmax(-1), c)
+    m = fm.MeanDice(c, sparse_y_pred=False)
+    m.update_state(labels, scores)
+    np.testing.assert_allclose(m.result_per_class().numpy(), 2 * tp / (tc + pc), rtol=1e-6)
+    assert float(m.result()) == pytest.approx(np.mean(2 * tp / (tc + pc)), rel=1e-6)
+    t = (rng.random((2, 10, 10, 1)) > 0.5).astype(np.uint8)
+    p = rng.random((2, 10, 10, 1)).astype(np.float32)
+    tp, tc, pc = np_counts(t, p >= 0.5, 2)
+    b = fm.BinaryDice(target_class_ids=[1])
+    b.update_state(t, p)
+    assert float(b.result()) == pytest.approx(2 * tp[1] / (tc[1] + pc[1]), rel=1e-6)
+
+
+def test_absent_classes(rng):
+    # a class in neither the targets nor the predictions: NaN per class,
+    # left out of the mean, as Keras leaves it out
+    labels = np.array([[0, 0, 1, 1]], np.int32)
+    scores = np.eye(3, dtype=np.float32)[[0, 1, 1, 1]][None]
+    got = same_result(keras.metrics.MeanIoU(3, sparse_y_pred=False), fm.MeanIoU(3, sparse_y_pred=False),
+                      [(labels, scores)])
+    assert got == pytest.approx((0.5 + 2 / 3) / 2, rel=1e-6)
+    m = fm.MeanIoU(3, sparse_y_pred=False)
+    m.update_state(labels, scores)
+    per_class = m.result_per_class().numpy()
+    np.testing.assert_allclose(per_class[:2], [0.5, 2 / 3], rtol=1e-6)
+    assert np.isnan(per_class[2])
+    assert float(fm.MeanIoU(3).result()) == 0.0  # nothing seen yet: 0, as Keras gives
+
+
+# --- state, config, fit --------------------------------------------------------------------
+
+
+def test_reset_and_config_round_trip(rng):
+    m = fm.BinaryIoU(target_class_ids=[1], threshold=0.3, from_logits=True, name="fg_iou")
+    m.update_state(np.ones((1, 4, 4, 1)), np.zeros((1, 4, 4, 1), np.float32))
+    assert float(m.result()) > 0
+    m.reset_state()
+    assert float(m.result()) == 0.0
+    np.testing.assert_array_equal(m.counts.numpy(), 0)
+    for metric in (m, fm.MeanIoU(5, ignore_class=255, sparse_y_pred=False), fm.OneHotIoU(4, [1, 2]),
+                   fm.OneHotMeanIoU(3), fm.IoU(4, [0, 1], sparse_y_true=False), fm.MeanDice(3),
+                   fm.BinaryDice(threshold=0.7)):
+        again = keras.metrics.deserialize(keras.metrics.serialize(metric))
+        assert type(again) is type(metric)
+        assert again.get_config() == metric.get_config()
+
+
+def test_keras_config_keys_are_accepted():
+    # a Keras metric's config builds the fastiou namesake
+    for keras_metric, fused in [
+        (keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.4), fm.BinaryIoU),
+        (keras.metrics.MeanIoU(4, ignore_class=0, sparse_y_pred=False), fm.MeanIoU),
+        (keras.metrics.IoU(4, [1, 2], sparse_y_true=False), fm.IoU),
+        (keras.metrics.OneHotIoU(4, [1]), fm.OneHotIoU),
+        (keras.metrics.OneHotMeanIoU(4), fm.OneHotMeanIoU),
+    ]:
+        config = keras_metric.get_config()
+        assert fused.from_config(config).get_config() == {**config, **fused.from_config(config).get_config()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_reports_the_keras_numbers(rng, jit_compile):
+    x = rng.normal(size=(16, 12, 12, 1)).astype(np.float32)
+    y = (x > 0.8).astype(np.uint8)
+    inputs = keras.Input((12, 12, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    out = keras.layers.Conv2D(1, 1, activation="sigmoid")(h)
+    model = keras.Model(inputs, out)
+    model.compile(optimizer="adam", loss=fastiou.losses.JaccardLoss(), jit_compile=jit_compile,
+                  metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], name="keras_iou"),
+                           fm.BinaryIoU(target_class_ids=[1], name="fused_iou")])
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, validation_data=(x, y))
+    for key in ("fused_iou", "val_fused_iou"):
+        np.testing.assert_allclose(history.history[key], history.history[key.replace("fused", "keras")],
+                                   rtol=1e-6)
+
+
+_ALL_DTYPES = ["bool", "uint8", "int8", "int16", "uint16", "int32", "int64", "float16", "bfloat16", "float32",
+               "float64"]
+
+
+# Float class indices in y_pred are refused before any kernel runs
+# (test_float_predictions_read_as_indices_are_refused).
+@pytest.mark.parametrize("side,rule,dtype", [
+    (side, rule, dtype) for side, rule in sorted(fm._KERNEL_DTYPES) for dtype in _ALL_DTYPES
+    if not (side == "y_pred" and rule == fm.INDEX and dtype in fm._FLOAT_DTYPES)])
+def test_every_dtype_reaches_the_kernel(rng, side, rule, dtype):
+    # the dtypes fastiou.metrics hands the kernel (as stored, or cast) are
+    # the ones it reads: counts against the oracle for each
+    c = 3
+    labels = rng.integers(0, 2 if dtype == "bool" else c, (2, 5, 4))
+    onehot = np.eye(c)[labels]
+    scores = rng.random((2, 5, 4, c))
+    if side == "y_true":
+        t = (labels if rule == fm.INDEX else onehot).astype(dtype)
+        p, pred_rule = scores.astype(np.float32), fm.ARGMAX
+        t_cls, p_cls = labels, scores.astype(np.float32).argmax(-1)
+        true_rule = rule
+    else:
+        true_rule = fm.INDEX
+        t, t_cls = labels, labels
+        if rule == fm.INDEX:
+            p_cls = rng.integers(0, 2 if dtype == "bool" else c, (2, 5, 4))
+            p = p_cls.astype(dtype)
+        elif rule == fm.ARGMAX:
+            p = (scores * 100).astype(dtype)
+            p_cls = np.asarray(tf.cast(p, tf.float64)).argmax(-1)
+        else:
+            p = scores[..., :1].astype(dtype)
+            p_cls = (np.asarray(tf.cast(p, tf.float32)) >= 0.5)[..., 0]
+    kw = dict(threshold=0.5) if rule == fm.THRESHOLD and side == "y_pred" else {}
+    got = fm.confusion_counts(tf.constant(t) if dtype != "bfloat16" else tf.cast(t.astype(np.float32), tf.bfloat16),
+                              tf.constant(p) if dtype != "bfloat16" or side == "y_true"
+                              else tf.cast(p.astype(np.float32), tf.bfloat16),
+                              num_classes=c, true_rule=true_rule, pred_rule=rule if side == "y_pred" else pred_rule,
+                              **kw)
+    np.testing.assert_array_equal(got.numpy(), np_counts(t_cls, p_cls, c))
+
+
+_JAX_SCRIPT = """
+import json
+import numpy as np, keras
+from fastiou import metrics as fm
+rng = np.random.default_rng(0)
+out = {"backend": keras.backend.backend()}
+labels = rng.integers(0, 5, (2, 8, 8)); scores = rng.random((2, 8, 8, 5)).astype("float32")
+t = (rng.random((2, 8, 8, 1)) > 0.7).astype("float32"); p = rng.random((2, 8, 8, 1)).astype("float32")
+w = (rng.random((2, 8, 8, 1)) * 3).astype("float32")
+pairs = [(keras.metrics.MeanIoU(5, sparse_y_pred=False), fm.MeanIoU(5, sparse_y_pred=False), (labels, scores)),
+         (keras.metrics.BinaryIoU(target_class_ids=[1], dtype="float32"),
+          fm.BinaryIoU(target_class_ids=[1], dtype="float32"), (t, p, w))]
+out["results"] = []
+for k, f, args in pairs:
+    k.update_state(*args); f.update_state(*args)
+    out["results"].append([float(k.result()), float(f.result())])
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_keras_on_jax_gives_the_keras_numbers():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _JAX_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, proc.stderr[-3000:]
+    out = json.loads(lines[0][len("RESULT "):])
+    assert out["backend"] == "jax"
+    for expected, got in out["results"]:
+        assert got == pytest.approx(expected, rel=1e-6)
+        assert expected > 0
