@@ -170,18 +170,19 @@ def plain_confusion_counts(y_true, y_pred, weights, *, num_classes, true_rule, p
     if ignore_class is not None:
         keep = ops.logical_and(keep, ops.not_equal(t, ignore_class))
     if weights is None:
-        w = ops.cast(keep, count_dtype)
+        # integers: exact up to 2**31 pixels a batch
+        w = ops.cast(keep, "int32")
     else:
         w = ops.cast(weights, count_dtype)
         if integer_weights:
             w = ops.cast(ops.cast(w, "int64"), count_dtype)
         w = ops.where(keep, ops.reshape(ops.broadcast_to(w, ops.shape(y_true)[:2]), [-1]), 0)
-    t = ops.where(keep, t, 0)
-    p = ops.where(keep, p, 0)
-    tp = ops.segment_sum(ops.where(ops.equal(t, p), w, 0), t, num_segments=num_classes)
-    tc = ops.segment_sum(w, t, num_segments=num_classes)
-    pc = ops.segment_sum(w, p, num_segments=num_classes)
-    return ops.stack([tp, tc, pc])
+    # one pass: the confusion matrix, then its diagonal and its sums
+    cell = ops.where(keep, t * num_classes + p, 0)
+    matrix = ops.reshape(ops.segment_sum(w, cell, num_segments=num_classes * num_classes),
+                         (num_classes, num_classes))
+    matrix = ops.cast(matrix, count_dtype)
+    return ops.stack([ops.diagonal(matrix), ops.sum(matrix, axis=1), ops.sum(matrix, axis=0)])
 
 
 def confusion_counts(y_true, y_pred, sample_weight=None, *, num_classes, true_rule=INDEX, pred_rule=INDEX,
