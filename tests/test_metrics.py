@@ -423,3 +423,72 @@ def test_keras_on_jax_gives_the_keras_numbers():
     for expected, got in out["results"]:
         assert got == pytest.approx(expected, rel=1e-6)
         assert expected > 0
+
+
+def test_binary_positional_arguments_are_keras_order():
+    # Keras: BinaryIoU(target_class_ids, threshold, name, dtype)
+    m = fm.BinaryIoU([1], 0.3, "fg_iou", "float32")
+    k = keras.metrics.BinaryIoU([1], 0.3, "fg_iou", "float32")
+    assert (m.name, m.threshold, m.from_logits, m.target_class_ids) == ("fg_iou", 0.3, False, [1])
+    assert m.get_config().items() >= k.get_config().items()
+
+
+def test_argmax_reads_floats_as_keras_does():
+    # -0.0 below +0.0, and NaN never the argmax (TensorFlow's argmax, Keras' reading)
+    scores = np.array([[[-0.0, 0.0, -1.0], [np.nan, 1.0, 0.5], [np.nan, np.nan, np.nan], [2.0, np.nan, 3.0]]],
+                      np.float32)
+    labels = np.array([[1, 1, 0, 2]], np.int32)
+    expected = np.asarray(keras.ops.argmax(scores, axis=-1))
+    counts = fm.confusion_counts(labels, scores, num_classes=3, pred_rule=fm.ARGMAX).numpy()
+    np.testing.assert_array_equal(counts, np_counts(labels, expected, 3))
+    assert list(expected[0]) == [1, 1, 0, 2]
+    same_result(keras.metrics.MeanIoU(3, sparse_y_pred=False), fm.MeanIoU(3, sparse_y_pred=False),
+                [(labels, scores)])
+
+
+def test_negative_target_class_ids_count_from_the_last(rng):
+    labels = rng.integers(0, 4, (2, 6, 6))
+    scores = rng.random((2, 6, 6, 4)).astype(np.float32)
+    same_result(keras.metrics.IoU(4, [-1, 1], sparse_y_pred=False), fm.IoU(4, [-1, 1], sparse_y_pred=False),
+                [(labels, scores)])
+
+
+@pytest.mark.parametrize("metric", ["onehot", "binary", "weighted"])
+def test_unknown_sizes_while_tracing(rng, metric):
+    # as in fit with variable-size images: every size but the rank unknown
+    c = 4
+    labels = rng.integers(0, c, (2, 6, 5))
+    if metric == "onehot":
+        k, f = keras.metrics.OneHotMeanIoU(c), fm.OneHotMeanIoU(c)
+        t, p, w = np.eye(c, dtype=np.float32)[labels], rng.random((2, 6, 5, c)).astype(np.float32), None
+    else:
+        k, f = keras.metrics.BinaryIoU([1], dtype="float32"), fm.BinaryIoU([1], dtype="float32")
+        t, p = (labels[..., None] > 1).astype(np.float32), rng.random((2, 6, 5, 1)).astype(np.float32)
+        w = rng.random((2, 6, 5, 1)).astype(np.float32) if metric == "weighted" else None
+    spec = [tf.TensorSpec([None] * 4, tf.float32)] * (2 if w is None else 3)
+
+    @tf.function(input_signature=spec)
+    def update(*args):
+        f.update_state(*args)
+        return f.result()
+
+    args = (t, p) if w is None else (t, p, w)
+    k.update_state(*args)
+    assert float(update(*args)) == pytest.approx(float(k.result()), rel=1e-6)
+
+
+def test_wide_one_hot_targets_keep_their_precision():
+    # int32 targets 2**24 and 2**24 + 1 tie in float32, not as stored
+    t = np.array([[[16777216, 16777217]]], np.int32)
+    p = np.array([[[0.0, 1.0]]], np.float32)
+    counts = fm.confusion_counts(t, p, num_classes=2, true_rule=fm.ARGMAX, pred_rule=fm.ARGMAX).numpy()
+    np.testing.assert_array_equal(counts, np_counts([[1]], [[1]], 2))
+
+
+def test_many_classes_chunk_by_the_classes(rng):
+    # 1000 classes: chunks of 8 pixels per class at least, counts still exact
+    c = 1000
+    labels = rng.integers(0, c, (2, 64, 64)).astype(np.int32)
+    scores = rng.random((2, 64, 64, c)).astype(np.float32)
+    got = fm.confusion_counts(labels, scores, num_classes=c, pred_rule=fm.ARGMAX).numpy()
+    np.testing.assert_array_equal(got, np_counts(labels, scores.argmax(-1), c))

@@ -77,7 +77,8 @@ struct ConfusionArgs : ConfusionOptions {
   // Caller-provided scratch of confusion_workspace_doubles() doubles.
   double* workspace = nullptr;
 
-  // The chunking of the pixels (OverlapGeometry's, over the wider input).
+  // The chunking of the pixels: OverlapGeometry's over the wider input, with
+  // chunks of 8 * num_classes pixels at least (confusion_common.cc).
   OverlapGeometry geometry() const;
 };
 

@@ -12,7 +12,12 @@ OverlapGeometry ConfusionArgs::geometry() const {
   OverlapGeometry g;
   g.batch = batch;
   g.pixels = pixels;
-  g.channels = std::max<int64_t>(1, std::max(true_channels, pred_channels));
+  // Chunks of kChunkElements values of the wider input, but of 8 pixels per
+  // counter at least, so that zeroing and adding a chunk's 3 * num_classes
+  // counts stays small next to its pixels (and the workspace, 3 * num_classes
+  // doubles a chunk, smaller than the inputs).
+  const int64_t widest = std::max<int64_t>(1, std::max(true_channels, pred_channels));
+  g.channels = std::max<int64_t>(1, std::min(widest, kChunkElements / std::max<int64_t>(1, 8 * num_classes)));
   return g;
 }
 

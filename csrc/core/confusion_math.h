@@ -5,6 +5,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "core/confusion.h"
@@ -45,13 +46,26 @@ FASTIOU_HD void argmax_step(A v, int32_t c, A& best, int32_t& at) {
 template <typename T>
 using ArgmaxValue = std::conditional_t<std::is_integral_v<T>, int64_t, std::conditional_t<sizeof(T) == 8, double, float>>;
 
-// The channel of the largest of n values at x, the first one on ties.
+// A value as the argmax compares it: as stored, but -0.0 below +0.0 (it
+// becomes minus the smallest normal number), as Keras' argmax reads floats.
+template <typename A>
+FASTIOU_HD A argmax_key(A v) {
+  if constexpr (std::is_integral_v<A>) {
+    return v;
+  } else {
+    return (v == A(0) && std::signbit(v)) ? -std::numeric_limits<A>::min() : v;
+  }
+}
+
+// The channel of the largest of n values at x, the first one on ties; 0 when
+// every value is NaN or the lowest finite value (TensorFlow's argmax starts
+// from the lowest value at channel 0, and so does Keras').
 template <typename T>
 FASTIOU_HD int32_t argmax_class(const T* x, int64_t n) {
   using A = ArgmaxValue<T>;
-  A best = load_as<A>(x[0]);
+  A best = std::numeric_limits<A>::lowest();
   int32_t at = 0;
-  for (int32_t c = 1; c < static_cast<int32_t>(n); ++c) argmax_step(load_as<A>(x[c]), c, best, at);
+  for (int32_t c = 0; c < static_cast<int32_t>(n); ++c) argmax_step(argmax_key(load_as<A>(x[c])), c, best, at);
   return at;
 }
 
@@ -64,7 +78,7 @@ FASTIOU_HD int32_t threshold_class(T v, float threshold) {
 // The stored types the kernels read by each rule; fastiou.metrics casts any
 // other first (its _KERNEL_DTYPES lists the same):
 //   y_true by kIndex: bool, uint8, int32, int64, float32, float64;
-//   y_true by kArgmax: uint8, float32;
+//   y_true by kArgmax: uint8, float32, float64;
 //   y_pred by kIndex: bool, uint8, int32, int64;
 //   y_pred by kArgmax or kThreshold: float16, bfloat16, float32, float64.
 // (bool is read as uint8.)
@@ -78,7 +92,7 @@ constexpr bool confusion_reads() {
   } else if constexpr (kRule == ClassRule::kIndex) {
     return kInteger || std::is_same_v<T, float> || std::is_same_v<T, double>;
   } else if constexpr (kRule == ClassRule::kArgmax) {
-    return std::is_same_v<T, uint8_t> || std::is_same_v<T, float>;
+    return std::is_same_v<T, uint8_t> || std::is_same_v<T, float> || std::is_same_v<T, double>;
   } else {
     return false;  // kThreshold is for y_pred only
   }

@@ -203,7 +203,7 @@ std::string confusion_counts_level(const ConfusionArgs& a, const ParallelFor& pa
           using TP = decltype(pt);
           if constexpr (confusion_reads<kTrue, TT, false>() && confusion_reads<kPred, TP, true>()) {
             ran = true;
-            parallel_for(chunks, g.chunk_pixels() * g.channels * 3, [&](int64_t begin, int64_t end) {
+            parallel_for(chunks, g.chunk_pixels() * std::max<int64_t>(1, std::max(a.true_channels, a.pred_channels)) * 3, [&](int64_t begin, int64_t end) {
               for (int64_t chunk = begin; chunk < end; ++chunk)
                 count_chunk<kTrue, kPred, TT, TP>(a, chunk, a.workspace + chunk * 3 * K);
             });

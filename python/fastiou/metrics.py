@@ -12,7 +12,8 @@ argmaxes the masks, casts and flattens them and scatters a confusion matrix,
 several passes with temporaries the size of the predictions; fastiou's kernel
 reads each mask once and keeps, per class, the weight of the pixels whose
 target and prediction are that class (tp), whose target is (true) and whose
-prediction is (pred), exactly (float64, no saturation past 2**24 pixels).
+prediction is (pred): on TensorFlow in float64 whatever the metric's dtype,
+exact to 2**53 pixels (float32 on Keras' JAX backend for now).
 
 Added to Keras' arguments:
   from_logits (BinaryIoU, BinaryDice): y_pred holds logits. `threshold` keeps
@@ -46,7 +47,7 @@ _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 # csrc/core/confusion.h lists the same); others are cast first.
 _KERNEL_DTYPES = {
     ("y_true", INDEX): ("bool", "uint8", "int32", "int64", "float32", "float64"),
-    ("y_true", ARGMAX): ("uint8", "float32"),
+    ("y_true", ARGMAX): ("uint8", "float32", "float64"),
     ("y_pred", INDEX): ("bool", "uint8", "int32", "int64"),
     ("y_pred", ARGMAX): _FLOAT_DTYPES,
     ("y_pred", THRESHOLD): _FLOAT_DTYPES,
@@ -128,7 +129,7 @@ def _kernel_dtype(dtype, side, rule):
     wide = dtype in ("int32", "int64", "uint32", "uint64", "float64")
     if rule == INDEX:
         return "float32" if _is_float(dtype) else ("int64" if wide else "int32")
-    return "float64" if wide and side == "y_pred" else "float32"
+    return "float64" if wide else "float32"
 
 
 def _check_inputs(true_dtype, pred_dtype, pred_shape, pred_rule, num_classes):
@@ -231,15 +232,21 @@ def confusion_counts(y_true, y_pred, sample_weight=None, *, num_classes, true_ru
 
 
 def _reshape(x, view):
+    """x reshaped to a view of _views, whose sizes unknown while tracing
+    (-1) come from x: the batch from its leading axis, the channels from its
+    last, the pixels from the rest."""
     if keras_backend() == "tensorflow":
         import tensorflow as tf
 
-        shape = tf.shape(x)
-        dims = [d if d is not None and d >= 0 else -1 for d in view]
-        if dims.count(-1) > 1:  # batch unknown while tracing: the leading size of x
-            dims[0] = shape[0] if len(x.shape) > 0 else 1
+        dims = list(view)
+        if min(dims) < 0:
+            shape = tf.shape(x)
+            if dims[0] < 0:
+                dims[0] = shape[0]
+            if len(dims) == 3 and dims[2] < 0:
+                dims[2] = shape[-1]
         return tf.reshape(x, dims)
-    return ops.reshape(x, [d if d is not None else -1 for d in view])
+    return ops.reshape(x, view)
 
 
 def _logit(threshold):
@@ -267,8 +274,9 @@ class _ConfusionMetric(keras.metrics.Metric):
         ids = [int(c) for c in target_class_ids]
         if not ids:
             raise ValueError("target_class_ids must name at least one class")
-        if max(ids) >= self.num_classes or min(ids) < 0:
-            raise ValueError(f"target_class_ids {ids} must lie in [0, num_classes={self.num_classes})")
+        if max(ids) >= self.num_classes or min(ids) < -self.num_classes:
+            raise ValueError(f"target_class_ids {ids} must lie in [-num_classes, num_classes) with "
+                             f"num_classes={self.num_classes} (a negative id counts from the last class)")
         self.target_class_ids = ids
         self.ignore_class = None if ignore_class is None else int(ignore_class)
         self.axis = axis
@@ -307,7 +315,7 @@ class _ConfusionMetric(keras.metrics.Metric):
         """The mean score over target_class_ids of the classes present in the
         targets or the predictions, as Keras computes it (float32)."""
         num, den = self._scores(*self._score_terms)
-        ids = ops.convert_to_tensor(self.target_class_ids, dtype="int32")
+        ids = ops.convert_to_tensor([c % self.num_classes for c in self.target_class_ids], dtype="int32")
         num = ops.take(num, ids)
         den = ops.take(den, ids)
         valid = ops.cast(ops.greater(den, 1e-9), "float32")
@@ -404,7 +412,9 @@ class OneHotMeanIoU(MeanIoU):
 
 
 class _Binary(_ConfusionMetric):
-    def __init__(self, target_class_ids=(0, 1), threshold=0.5, from_logits=False, name=None, dtype=None):
+    # Keras' positional order (target_class_ids, threshold, name, dtype);
+    # from_logits, fastiou's own, is keyword-only.
+    def __init__(self, target_class_ids=(0, 1), threshold=0.5, name=None, dtype=None, *, from_logits=False):
         super().__init__(2, target_class_ids, name=name, dtype=dtype, ignore_class=None, true_rule=INDEX,
                          pred_rule=THRESHOLD, threshold=threshold, from_logits=from_logits)
 
