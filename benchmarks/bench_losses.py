@@ -161,18 +161,26 @@ def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
         del out
         return {"peak_extra_bytes": None if peak is None else (peak - base) * 1024,
                 "elements": elements, "config": config}
-    # Short steps are noisy: repeat them for at least about a second.
+    median, times = median_time(lambda: finish(step(y_true, y_pred)), repeats)
+    return {"time_s": median, "times_s": times, "elements": elements, "config": config}
+
+
+def median_time(call, repeats):
+    """(median seconds, every time) of `repeats` calls of `call()`, warmed up
+    by the caller. Short calls are noisy: they are repeated for at least about
+    a second (at most 200 times)."""
+    import numpy as np
+
     start = time.perf_counter()
-    finish(step(y_true, y_pred))
+    call()
     once = time.perf_counter() - start
     repeats = int(min(200, max(repeats, 1.0 / max(once, 1e-6))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        out = finish(step(y_true, y_pred))
+        call()
         times.append(time.perf_counter() - start)
-        del out
-    return {"time_s": float(np.median(times)), "times_s": times, "elements": elements, "config": config}
+    return float(np.median(times)), times
 
 
 def copy_bandwidth(nbytes=512 * 2**20, threads=None, repeats=9):

@@ -20,10 +20,10 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_losses import _reset_peak_rss, _rss_kib, copy_bandwidth, fastiou_cpu_target  # noqa: E402
+from bench_losses import (_reset_peak_rss, _rss_kib, copy_bandwidth, fastiou_cpu_target,  # noqa: E402
+                          median_time)
 
 # name: (metric, shape of y_pred, inputs)
 CASES = {
@@ -81,20 +81,12 @@ def run_one(metric, shape, impl, inputs, repeats):
 
     for _ in range(2):
         float(update(y_true, y_pred))
-    start = time.perf_counter()
-    float(update(y_true, y_pred))
-    once = time.perf_counter() - start
-    repeats = int(min(200, max(repeats, 1.0 / max(once, 1e-6))))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        float(update(y_true, y_pred))
-        times.append(time.perf_counter() - start)
+    median, _ = median_time(lambda: float(update(y_true, y_pred)), repeats)
     base = _rss_kib("VmRSS")
     peak_ok = _reset_peak_rss()
     float(update(y_true, y_pred))
     peak = _rss_kib("VmHWM") if peak_ok else None
-    return {"time_s": float(np.median(times)), "input_bytes": nbytes,
+    return {"time_s": median, "input_bytes": nbytes,
             "peak_extra_bytes": None if peak is None else (peak - base) * 1024, "result": float(m.result()),
             "config": config}
 

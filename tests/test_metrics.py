@@ -239,10 +239,18 @@ def test_counts_match_the_oracle_and_repeat_bitwise(rng):
         np.testing.assert_array_equal(again, first)
 
 
-@pytest.mark.parametrize("case", ["binary", "argmax", "onehot", "weighted"])
+@pytest.mark.parametrize("case", ["binary", "argmax", "onehot", "weighted", "float32_indices",
+                                  "float64_indices"])
 def test_xla_path_matches_the_fused_op(rng, case):
     c = 2 if case == "binary" else 4
-    if case == "binary":
+    if case.endswith("_indices"):
+        # float class indices truncated; outside int32's range, NaN or negative: no class
+        values = np.array([-3e9, -2.0**31, -0.5, 0.0, 0.7, 1.5, 2.9, 3.99, 2.0**31, 3e9, 5e18, np.nan], np.float32)
+        t = rng.choice(values, (2, 8, 8))
+        t = t.astype(np.float64) if case == "float64_indices" else t
+        p = rng.integers(-1, c + 1, (2, 8, 8)).astype(np.int64)
+        kw = dict(pred_rule=fm.INDEX)
+    elif case == "binary":
         t = (rng.random((2, 8, 8, 1)) > 0.5).astype(np.float32)
         p = rng.random((2, 8, 8, 1)).astype(np.float32)
         kw = dict(pred_rule=fm.THRESHOLD, threshold=0.4)
@@ -255,6 +263,13 @@ def test_xla_path_matches_the_fused_op(rng, case):
             kw["true_rule"] = fm.ARGMAX
     w = rng.random((2, 8, 8)).astype(np.float32) if case == "weighted" else None
     eager = fm.confusion_counts(t, p, w, num_classes=c, **kw).numpy()
+    if case.endswith("_indices"):
+        def classes(v):
+            v = np.asarray(v, np.float64)
+            inside = (v >= -2.0**31) & (v < 2.0**31)  # NaN compares false
+            return np.where(inside, np.trunc(np.where(inside, v, -1)), -1)
+
+        np.testing.assert_array_equal(eager, np_counts(classes(t), classes(p), c))
     compiled = tf.function(lambda t, p: fm.confusion_counts(t, p, w, num_classes=c, **kw), jit_compile=True)
     np.testing.assert_allclose(compiled(t, p).numpy(), eager, rtol=1e-12)
 

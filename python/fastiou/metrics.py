@@ -161,8 +161,9 @@ def plain_confusion_counts(y_true, y_pred, weights, *, num_classes, true_rule, p
         if rule == THRESHOLD:
             return ops.cast(ops.greater_equal(ops.cast(x, "float32"), threshold), "int64")
         if _is_float(_dtype_name(x)):
-            x = ops.where(ops.abs(ops.cast(x, "float64" if count_dtype == "float64" else "float32")) < 4e18,
-                          x, -1)
+            # index_class (csrc/core/confusion_math.h): floats outside int32's range are no class
+            wide = ops.cast(x, count_dtype)
+            x = ops.where(ops.logical_and(wide >= -2.0**31, wide < 2.0**31), x, -1)
         return ops.cast(x, "int64")
 
     t = ops.reshape(classes(y_true, true_rule), [-1])
