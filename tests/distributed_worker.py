@@ -4,6 +4,7 @@ set before TensorFlow starts).
 
     python distributed_worker.py mirrored      # 2 logical CPUs: model.fit, single device vs MirroredStrategy
     python distributed_worker.py multiworker   # one worker of a 2-worker cluster (TF_CONFIG set by the caller)
+    python distributed_worker.py metrics       # 2 logical CPUs: fastiou.metrics in evaluate, single vs mirrored
 """
 
 import json
@@ -92,6 +93,50 @@ def mirrored():
     print("RESULT " + json.dumps(result))
 
 
+def metrics():
+    """model.evaluate with fastiou.metrics and their Keras namesakes, on one
+    device and under MirroredStrategy (each replica counts its half of every
+    batch into its own copy of the state; the result reads their sum)."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+
+    import fastiou
+
+    x, y = data(steps=5)
+    keras.utils.set_random_seed(0)
+    initial = tiny_unet().get_weights()
+    # sample weights per pixel: the replicas must also split them right
+    w = np.random.default_rng(3).random(y.shape[:3]).astype(np.float32)
+
+    def evaluate(strategy):
+        with strategy.scope():
+            model = tiny_unet()
+            model.set_weights(initial)
+            # float metric dtype: Keras' default integer one would truncate the weights to 0
+            metrics = [fastiou.metrics.BinaryIoU(target_class_ids=[0, 1], from_logits=True, dtype="float32",
+                                                 name="fastiou_iou"),
+                       keras.metrics.BinaryIoU(target_class_ids=[0, 1], threshold=0.0, dtype="float32",
+                                               name="keras_iou"),
+                       fastiou.metrics.BinaryDice(target_class_ids=[1], from_logits=True, dtype="float32",
+                                                  name="fastiou_dice")]
+            model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True), weighted_metrics=metrics)
+        out = model.evaluate(x, y, sample_weight=w, batch_size=GLOBAL_BATCH, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in out.items()}
+
+    single = evaluate(tf.distribute.get_strategy())
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    logits = tiny_unet()
+    logits.set_weights(initial)
+    z = np.asarray(logits.predict(x, verbose=0))
+    print("RESULT " + json.dumps({"single": single, "mirrored": evaluate(strategy),
+                                  "logits": z.ravel().tolist(), "truth": y.ravel().tolist(),
+                                  "weights": w.ravel().tolist()}))
+
+
 def multiworker():
     import tensorflow as tf
 
@@ -118,4 +163,4 @@ def multiworker():
 
 
 if __name__ == "__main__":
-    {"mirrored": mirrored, "multiworker": multiworker}[sys.argv[1]]()
+    {"mirrored": mirrored, "multiworker": multiworker, "metrics": metrics}[sys.argv[1]]()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -24,12 +25,16 @@ def _result(stdout, stderr):
     raise AssertionError(f"no result; stderr:\n{stderr[-4000:]}")
 
 
+def _run_worker(mode):
+    """One experiment of distributed_worker.py in a fresh process: its result."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, WORKER, mode], capture_output=True, text=True, env=env, timeout=600)
+    return _result(proc.stdout, proc.stderr)
+
+
 @pytest.mark.slow
 def test_mirrored_fit_matches_single_device_only_with_sync():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, WORKER, "mirrored"], capture_output=True, text=True, env=env,
-                          timeout=600)
-    r = _result(proc.stdout, proc.stderr)
+    r = _run_worker("mirrored")
     update = r["update"]
     assert update > 1e-3  # the steps moved the weights
     # With sync_replicas the two replicas train exactly like one device on the
@@ -43,6 +48,27 @@ def test_mirrored_fit_matches_single_device_only_with_sync():
     # One step's loss, reduced over the replicas.
     assert r["step_sync_True"] == pytest.approx(r["step_whole"], rel=1e-6)
     assert abs(r["step_sync_False"] - r["step_whole"]) > 1e-3
+
+
+@pytest.mark.slow
+def test_metrics_under_mirrored_strategy_count_the_whole_batch():
+    r = _run_worker("metrics")
+    z, t, w = (np.array(r[k], np.float64) for k in ("logits", "truth", "weights"))
+    p = z >= 0.0
+    t = t.astype(bool)
+    # the float64 oracle: weighted IoU of both classes, Dice of the foreground
+    ious = []
+    for cls in (False, True):
+        tp = w[(t == cls) & (p == cls)].sum()
+        ious.append(tp / (w[t == cls].sum() + w[p == cls].sum() - tp))
+    dice = 2 * w[t & p].sum() / (w[t].sum() + w[p].sum())
+    for where in ("single", "mirrored"):
+        got = r[where]
+        assert got["fastiou_iou"] == pytest.approx(np.mean(ious), rel=1e-5), (where, got)
+        assert got["fastiou_dice"] == pytest.approx(dice, rel=1e-5), (where, got)
+        assert got["keras_iou"] == pytest.approx(np.mean(ious), rel=1e-4), (where, got)  # float32 counts
+    assert r["mirrored"]["fastiou_iou"] == pytest.approx(r["single"]["fastiou_iou"], rel=1e-6)
+    assert r["mirrored"]["keras_iou"] == pytest.approx(r["single"]["keras_iou"], rel=1e-6)
 
 
 def _free_ports(n):

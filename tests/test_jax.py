@@ -218,8 +218,8 @@ def test_gpu_handlers_registered_under_xla_platform_name(monkeypatch):
     filed = {(t, xla_client.xla_platform_names.get(p, p)) for t, p in calls}
     targets = set(fk.ffi_handlers())
     assert {t for t, p in filed if p == "Host"} == targets
-    if any("cuda" in v for v in fk.ffi_handlers().values()):
-        assert {t for t, p in filed if p == "CUDA"} == targets
+    # every target on the host; on the GPU those with a CUDA handler (the confusion counts have none)
+    assert {t for t, p in filed if p == "CUDA"} == {t for t, v in fk.ffi_handlers().items() if "cuda" in v}
     assert {p for _, p in filed} <= {"Host", "CUDA"}
 
 

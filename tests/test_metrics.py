@@ -240,9 +240,9 @@ def test_counts_match_the_oracle_and_repeat_bitwise(rng):
 
 
 @pytest.mark.parametrize("case", ["binary", "argmax", "onehot", "weighted", "float32_indices",
-                                  "float64_indices"])
-def test_xla_path_matches_the_fused_op(rng, case):
-    c = 2 if case == "binary" else 4
+                                  "float64_indices", "logits_threshold_0", "logits_threshold_1"])
+def test_xla_lowering_and_plain_path_match_the_fused_op(rng, case, monkeypatch):
+    c = 2 if case == "binary" or case.startswith("logits") else 4
     if case.endswith("_indices"):
         # float class indices truncated; outside int32's range, NaN or negative: no class
         values = np.array([-3e9, -2.0**31, -0.5, 0.0, 0.7, 1.5, 2.9, 3.99, 2.0**31, 3e9, 5e18, np.nan], np.float32)
@@ -250,6 +250,11 @@ def test_xla_path_matches_the_fused_op(rng, case):
         t = t.astype(np.float64) if case == "float64_indices" else t
         p = rng.integers(-1, c + 1, (2, 8, 8)).astype(np.int64)
         kw = dict(pred_rule=fm.INDEX)
+    elif case.startswith("logits_threshold"):
+        # logit(0) = -inf and logit(1) = +inf reach the kernel (and the XLA config) as infinities
+        t = (rng.random((2, 8, 8, 1)) > 0.5).astype(np.float32)
+        p = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
+        kw = dict(pred_rule=fm.THRESHOLD, threshold=float(case[-1]), from_logits=True)
     elif case == "binary":
         t = (rng.random((2, 8, 8, 1)) > 0.5).astype(np.float32)
         p = rng.random((2, 8, 8, 1)).astype(np.float32)
@@ -261,8 +266,18 @@ def test_xla_path_matches_the_fused_op(rng, case):
         if case == "onehot":
             t = np.eye(c + 1, dtype=np.float32)[t][..., :c]
             kw["true_rule"] = fm.ARGMAX
+    if case == "weighted":  # class indices, so that XLA runs the kernel
+        p = rng.integers(-1, c + 1, (2, 8, 8)).astype(np.int32)
+        kw = dict(pred_rule=fm.INDEX, ignore_class=1)
     w = rng.random((2, 8, 8)).astype(np.float32) if case == "weighted" else None
     eager = fm.confusion_counts(t, p, w, num_classes=c, **kw).numpy()
+    if case.startswith("logits_threshold"):
+        everything = case.endswith("0")  # every logit >= -inf, none >= +inf
+        n = t.size
+        fg = int(t.sum())
+        tp = [0, fg] if everything else [n - fg, 0]
+        expected = [tp, [n - fg, fg], [0, n] if everything else [n, 0]]
+        np.testing.assert_array_equal(eager, expected)
     if case.endswith("_indices"):
         def classes(v):
             v = np.asarray(v, np.float64)
@@ -270,8 +285,38 @@ def test_xla_path_matches_the_fused_op(rng, case):
             return np.where(inside, np.trunc(np.where(inside, v, -1)), -1)
 
         np.testing.assert_array_equal(eager, np_counts(classes(t), classes(p), c))
-    compiled = tf.function(lambda t, p: fm.confusion_counts(t, p, w, num_classes=c, **kw), jit_compile=True)
-    np.testing.assert_allclose(compiled(t, p).numpy(), eager, rtol=1e-12)
+    def counts(t, p):
+        return fm.confusion_counts(t, p, w, num_classes=c, **kw)
+
+    # under jit_compile the op lowers to a custom call of the same kernel (the
+    # same bits), but for an argmax, which XLA's own ops do faster
+    argmax = fm.ARGMAX in (kw["pred_rule"], kw.get("true_rule", fm.INDEX))
+    fused = tf.function(counts, jit_compile=True)
+    assert ("fastiou_confusion_counts" in fused.experimental_get_compiler_ir(t, p)(stage="hlo")) != argmax
+    (np.testing.assert_allclose if argmax else np.testing.assert_array_equal)(fused(t, p).numpy(), eager)
+    # where it cannot (an XLA cluster on a GPU), the plain keras.ops path
+    from fastiou import _ops
+
+    monkeypatch.setattr(_ops, "confusion_lowers_to_xla", lambda: False)
+    plain = tf.function(counts, jit_compile=True)
+    assert "fastiou_confusion_counts" not in plain.experimental_get_compiler_ir(t, p)(stage="hlo")
+    np.testing.assert_allclose(plain(t, p).numpy(), eager, rtol=1e-12)
+
+
+def test_lowered_kernel_argmax_matches_the_op(rng):
+    # the custom call itself on argmax views (confusion_counts keeps XLA's argmax)
+    from fastiou import _ops
+
+    t = rng.integers(0, 6, (2, 40, 1)).astype(np.uint8)
+    p = rng.normal(size=(2, 40, 5)).astype(np.float32)
+    w = rng.random((2, 40)).astype(np.float32)
+    kw = dict(num_classes=5, true_rule=fm.INDEX, pred_rule=fm.ARGMAX, threshold=0.5, ignore_class=None,
+              integer_weights=False)
+    eager = _ops.confusion_counts_op(t, p, w, **kw).numpy()
+    np.testing.assert_allclose(eager, np_counts(t[..., 0], p.argmax(-1), 5, w), rtol=1e-12)
+    lowered = tf.function(lambda t, p: _ops.confusion_counts_op(t, p, w, **kw), jit_compile=True)
+    assert "fastiou_confusion_counts" in lowered.experimental_get_compiler_ir(t, p)(stage="hlo")
+    np.testing.assert_array_equal(lowered(t, p).numpy(), eager)
 
 
 # --- Dice -------------------------------------------------------------------------------------
@@ -417,6 +462,20 @@ out["results"] = []
 for k, f, args in pairs:
     k.update_state(*args); f.update_state(*args)
     out["results"].append([float(k.result()), float(f.result())])
+# the fused counts through XLA FFI, eagerly and under jax.jit, against NumPy
+import jax
+def counts(a, b):  # class indices: the kernel (an argmax would take XLA's own)
+    return fm.confusion_counts(a, b, num_classes=5)
+def argmax_counts(a, b):
+    return fm.confusion_counts(a, b, num_classes=5, pred_rule=fm.ARGMAX)
+p_idx = scores.argmax(-1).astype("int32")
+out["lowered"] = ["fastiou_confusion_counts" in jax.jit(f).lower(labels, x).as_text()
+                  for f, x in ((counts, p_idx), (argmax_counts, scores))]
+p_cls = p_idx.ravel(); t_cls = labels.ravel()
+oracle = [np.bincount(t_cls[t_cls == p_cls], minlength=5), np.bincount(t_cls, minlength=5),
+          np.bincount(p_cls, minlength=5)]
+out["counts"] = [np.asarray(counts(labels, p_idx)).tolist(), np.asarray(jax.jit(counts)(labels, p_idx)).tolist(),
+                 np.asarray(jax.jit(argmax_counts)(labels, scores)).tolist(), np.asarray(oracle, np.float64).tolist()]
 print("RESULT " + json.dumps(out))
 """
 
@@ -438,6 +497,9 @@ def test_keras_on_jax_gives_the_keras_numbers():
     for expected, got in out["results"]:
         assert got == pytest.approx(expected, rel=1e-6)
         assert expected > 0
+    assert out["lowered"] == [True, False]
+    eager, jitted, plain, oracle = out["counts"]
+    assert eager == oracle and jitted == oracle and plain == oracle
 
 
 def test_binary_positional_arguments_are_keras_order():

@@ -98,6 +98,9 @@ py::dict ffi_handlers() {
 #endif
   targets["fastiou_overlap_stats"] = stats;
   targets["fastiou_overlap_grad"] = grad;
+  py::dict confusion;  // host only
+  confusion["cpu"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouConfusionCountsHost));
+  targets["fastiou_confusion_counts"] = confusion;
 #endif
   return targets;
 }

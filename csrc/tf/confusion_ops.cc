@@ -49,9 +49,7 @@ counts[2] of those whose prediction is. weights [1 or batch, 1 or pixels].
 class ConfusionCountsOp : public OpKernel {
  public:
   explicit ConfusionCountsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-#define FASTIOU_TF_READ(type, name, init, kind) OP_REQUIRES_OK(ctx, ctx->GetAttr(#name, &options_.name));
-    FASTIOU_CONFUSION_OPTIONS(FASTIOU_TF_READ)
-#undef FASTIOU_TF_READ
+    OP_REQUIRES_OK(ctx, ReadConfusionAttrs(ctx, &options_));
   }
 
   void Compute(OpKernelContext* ctx) override {

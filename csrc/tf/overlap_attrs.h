@@ -2,6 +2,7 @@
 // (CPU, GPU) and their XLA op kernels.
 #pragma once
 
+#include "core/confusion.h"
 #include "core/overlap_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -56,6 +57,14 @@ inline absl::Status ReadOverlapAttrs(tensorflow::OpKernelConstruction* ctx, bool
     return InvalidArgument("Tacc must be ", DataTypeString(expected), " for y_pred of type ",
                            DataTypeString(a->pred), ", got ", DataTypeString(a->acc));
   }
+  return absl::OkStatus();
+}
+
+// The confusion-count op's options (core/confusion.h).
+inline absl::Status ReadConfusionAttrs(tensorflow::OpKernelConstruction* ctx, fastiou::ConfusionOptions* o) {
+#define FASTIOU_TF_READ(type, name, init, kind) TF_RETURN_IF_ERROR(ctx->GetAttr(#name, &o->name));
+  FASTIOU_CONFUSION_OPTIONS(FASTIOU_TF_READ)
+#undef FASTIOU_TF_READ
   return absl::OkStatus();
 }
 

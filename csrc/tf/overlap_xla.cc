@@ -2,6 +2,9 @@
 // a typed-FFI custom call to the fastiou XLA FFI handlers (csrc/xla), which
 // run the same kernels as the OpKernels. Shapes and dtypes are checked here,
 // at compile time; a bad label is reported at run time by the Host handler.
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "tensorflow/compiler/tf2xla/shape_util.h"
@@ -27,6 +30,14 @@ using tensorflow::XlaOpKernelContext;
 // as i64.
 std::string MlirValue(bool v) { return v ? "true" : "false"; }
 std::string MlirValue(int64_t v) { return std::to_string(v) + " : i64"; }
+// A float as its bit pattern, which MLIR reads for f32 too, infinities included.
+std::string MlirValue(float v) {
+  uint32_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(bits));
+  char text[32];
+  std::snprintf(text, sizeof(text), "0x%08X : f32", static_cast<unsigned>(bits));
+  return text;
+}
 
 // The op's options as the handlers' backend config, an MLIR dictionary.
 std::string BackendConfig(const OverlapAttrs& a, bool gradient) {
@@ -98,7 +109,36 @@ class OverlapGradXlaOp : public XlaOpKernel {
   OverlapAttrs attrs_;
 };
 
+// The confusion counts (core/confusion.h): one host custom call; the shapes
+// are checked here as the OpKernel checks them.
+class ConfusionCountsXlaOp : public XlaOpKernel {
+ public:
+  explicit ConfusionCountsXlaOp(tensorflow::OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadConfusionAttrs(ctx, &options_));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    fastiou::ConfusionArgs a;
+    static_cast<fastiou::ConfusionOptions&>(a) = options_;
+    const std::string err = fastiou::validate_confusion(ToShape(ctx->InputShape(0)), ToShape(ctx->InputShape(1)),
+                                                        ToShape(ctx->InputShape(2)), &a);
+    OP_REQUIRES(ctx, err.empty(), tensorflow::errors::InvalidArgument("fastiou: ", err));
+    std::string config;
+#define FASTIOU_XLA_ATTR(type, name, init, kind) \
+  config += std::string(config.empty() ? "{" : ", ") + #name " = " + MlirValue(static_cast<type>(options_.name));
+    FASTIOU_CONFUSION_OPTIONS(FASTIOU_XLA_ATTR)
+#undef FASTIOU_XLA_ATTR
+    const xla::Shape counts = xla::ShapeUtil::MakeShape(xla::F64, {3, options_.num_classes});
+    ctx->SetOutput(0, Call(ctx, "fastiou_confusion_counts", {ctx->Input(0), ctx->Input(1), ctx->Input(2)}, counts,
+                           config + "}"));
+  }
+
+ private:
+  fastiou::ConfusionOptions options_;
+};
+
 REGISTER_XLA_OP(Name("FastiouOverlapStats"), OverlapStatsXlaOp);
+REGISTER_XLA_OP(Name("FastiouConfusionCounts"), ConfusionCountsXlaOp);
 REGISTER_XLA_OP(Name("FastiouOverlapGrad"), OverlapGradXlaOp);
 
 }  // namespace
@@ -108,6 +148,8 @@ XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_overlap_stats", "Hos
                          fastiou_xla::FastiouOverlapStatsHost);
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_overlap_grad", "Host",
                          fastiou_xla::FastiouOverlapGradHost);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_confusion_counts", "Host",
+                         fastiou_xla::FastiouConfusionCountsHost);
 #if FASTIOU_WITH_CUDA
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_overlap_stats", "CUDA",
                          fastiou_xla::FastiouOverlapStatsCuda);

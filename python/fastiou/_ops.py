@@ -172,6 +172,13 @@ def _overlap_stats_grad(op, grad_i, grad_p, grad_t):
     return [grad_true, grad_pred, None]
 
 
+def confusion_lowers_to_xla():
+    """Whether confusion_counts_op compiles under XLA here: this library has
+    its XLA lowering, whose custom call runs on the host, and no GPU is
+    visible (an XLA cluster on a GPU would find no handler for it)."""
+    return HAS_XLA_KERNELS and not tf.config.list_logical_devices("GPU")
+
+
 def confusion_counts_op(y_true, y_pred, weights, *, num_classes, true_rule, pred_rule, threshold, ignore_class,
                         integer_weights):
     """The fused confusion counts (csrc/core/confusion.h) of y_true and y_pred
