@@ -138,7 +138,9 @@ class ConfusionCountsXlaOp : public XlaOpKernel {
 };
 
 REGISTER_XLA_OP(Name("FastiouOverlapStats"), OverlapStatsXlaOp);
-REGISTER_XLA_OP(Name("FastiouConfusionCounts"), ConfusionCountsXlaOp);
+// Host only: the kernel has no CUDA handler, so an XLA cluster on a GPU finds
+// no lowering for the op rather than a custom call it cannot run.
+REGISTER_XLA_OP(Name("FastiouConfusionCounts").Device(tensorflow::DEVICE_CPU_XLA_JIT), ConfusionCountsXlaOp);
 REGISTER_XLA_OP(Name("FastiouOverlapGrad"), OverlapGradXlaOp);
 
 }  // namespace

@@ -195,7 +195,8 @@ def plain_confusion_counts(y_true, y_pred, weights, *, num_classes, true_rule, p
 
 def confusion_counts(y_true, y_pred, sample_weight=None, *, num_classes, true_rule=INDEX, pred_rule=INDEX,
                      threshold=0.5, from_logits=False, ignore_class=None, integer_weights=False):
-    """The confusion counts of one batch, shape (3, num_classes), float64:
+    """The confusion counts of one batch, shape (3, num_classes), float64
+    (float32 on JAX without x64):
     per class the weight of the pixels whose target and predicted class are
     that class, whose target is, and whose prediction is.
 

@@ -156,7 +156,7 @@ def confusion_counts_call(y_true, y_pred, weights, *, num_classes, true_rule, pr
     has_weights = weights is not None
     if not has_weights:
         weights = jnp.zeros((0, 0), jnp.float32)
-    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 where x64 is off
     call = jax.ffi.ffi_call("fastiou_confusion_counts", jax.ShapeDtypeStruct((3, num_classes), dtype),
                             vmap_method="sequential")
     return call(y_true, y_pred, weights, num_classes=np.int64(num_classes), pred_rule=np.int64(pred_rule),
