@@ -315,11 +315,33 @@ def test_lowered_kernel_argmax_matches_the_op(rng):
     w = rng.random((2, 40)).astype(np.float32)
     kw = dict(num_classes=5, true_rule=fm.INDEX, pred_rule=fm.ARGMAX, threshold=0.5, ignore_class=None,
               integer_weights=False)
-    eager = _ops.confusion_counts_op(t, p, w, **kw).numpy()
+    weights, attributes = fm._kernel_arguments(w, kw)
+    eager = _ops.confusion_counts_op(t, p, weights, **attributes).numpy()
     np.testing.assert_allclose(eager, np_counts(t[..., 0], p.argmax(-1), 5, w), rtol=1e-12)
-    lowered = tf.function(lambda t, p: _ops.confusion_counts_op(t, p, w, **kw), jit_compile=True)
+    lowered = tf.function(lambda t, p: _ops.confusion_counts_op(t, p, weights, **attributes), jit_compile=True)
     assert "fastiou_confusion_counts" in lowered.experimental_get_compiler_ir(t, p)(stage="hlo")
     np.testing.assert_array_equal(lowered(t, p).numpy(), eager)
+
+
+def test_kernel_arguments_are_the_ops_attributes():
+    # one builder of the kernel's attributes for every door: its names are the
+    # op's (FASTIOU_CONFUSION_OPTIONS of csrc/core/confusion.h), every one given
+    from tensorflow.python.framework import op_def_registry
+
+    from fastiou import _ops  # noqa: F401  (registers the op)
+
+    op = op_def_registry.get("FastiouConfusionCounts")
+    declared = [a.name for a in op.attr if a.type != "type"]
+    options = dict(num_classes=4, true_rule=fm.INDEX, pred_rule=fm.THRESHOLD, threshold=0.25, ignore_class=None,
+                   integer_weights=True)
+    weights, attributes = fm._kernel_arguments(None, options)
+    assert list(attributes) == declared
+    assert tuple(weights.shape) == (0, 0) and attributes["has_weights"] is False
+    assert attributes["has_ignore"] is False and attributes["integer_weights"] is True
+    w = np.ones((2, 3), np.float32)
+    weights, attributes = fm._kernel_arguments(w, dict(options, ignore_class=255))
+    assert weights is w and attributes["has_weights"] is True
+    assert attributes["has_ignore"] is True and attributes["ignore_class"] == 255
 
 
 # --- Dice -------------------------------------------------------------------------------------

@@ -39,18 +39,34 @@ std::string MlirValue(float v) {
   return text;
 }
 
+// Adds option `name` = v to an MLIR dictionary under construction (an empty
+// string before the first); ConfigEnd closes it.
+template <typename T>
+void AddConfig(std::string* s, const char* name, T v) {
+  *s += std::string(s->empty() ? "{" : ", ") + name + " = " + MlirValue(v);
+}
+std::string ConfigEnd(const std::string& s) { return (s.empty() ? "{" : s) + "}"; }
+
+// Every option of an X-macro list (core/overlap_options.h, core/confusion.h)
+// of struct `from`, as backend config entries.
+#define FASTIOU_XLA_ATTR(type, name, init, kind) AddConfig(&config, #name, static_cast<type>(from.name));
+
 // The op's options as the handlers' backend config, an MLIR dictionary.
-std::string BackendConfig(const OverlapAttrs& a, bool gradient) {
-  std::string s;
-#define FASTIOU_XLA_ATTR(type, name, init, kind) \
-  s += std::string(s.empty() ? "{" : ", ") + #name " = " + MlirValue(static_cast<type>(a.name));
+std::string BackendConfig(const OverlapAttrs& from, bool gradient) {
+  std::string config;
   FASTIOU_OVERLAP_OPTIONS(FASTIOU_XLA_ATTR)
   if (gradient) {
     FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_XLA_ATTR)
   }
-#undef FASTIOU_XLA_ATTR
-  return s + "}";
+  return ConfigEnd(config);
 }
+
+std::string BackendConfig(const fastiou::ConfusionOptions& from) {
+  std::string config;
+  FASTIOU_CONFUSION_OPTIONS(FASTIOU_XLA_ATTR)
+  return ConfigEnd(config);
+}
+#undef FASTIOU_XLA_ATTR
 
 xla::PrimitiveType AccType(const OverlapAttrs& a) { return a.pred == tensorflow::DT_DOUBLE ? xla::F64 : xla::F32; }
 
@@ -123,14 +139,9 @@ class ConfusionCountsXlaOp : public XlaOpKernel {
     const std::string err = fastiou::validate_confusion(ToShape(ctx->InputShape(0)), ToShape(ctx->InputShape(1)),
                                                         ToShape(ctx->InputShape(2)), &a);
     OP_REQUIRES(ctx, err.empty(), tensorflow::errors::InvalidArgument("fastiou: ", err));
-    std::string config;
-#define FASTIOU_XLA_ATTR(type, name, init, kind) \
-  config += std::string(config.empty() ? "{" : ", ") + #name " = " + MlirValue(static_cast<type>(options_.name));
-    FASTIOU_CONFUSION_OPTIONS(FASTIOU_XLA_ATTR)
-#undef FASTIOU_XLA_ATTR
     const xla::Shape counts = xla::ShapeUtil::MakeShape(xla::F64, {3, options_.num_classes});
     ctx->SetOutput(0, Call(ctx, "fastiou_confusion_counts", {ctx->Input(0), ctx->Input(1), ctx->Input(2)}, counts,
-                           config + "}"));
+                           BackendConfig(options_)));
   }
 
  private:

@@ -179,15 +179,9 @@ def confusion_lowers_to_xla():
     return HAS_XLA_KERNELS and not tf.config.list_logical_devices("GPU")
 
 
-def confusion_counts_op(y_true, y_pred, weights, *, num_classes, true_rule, pred_rule, threshold, ignore_class,
-                        integer_weights):
+def confusion_counts_op(y_true, y_pred, weights, **attributes):
     """The fused confusion counts (csrc/core/confusion.h) of y_true and y_pred
-    viewed as [batch, pixels, channels] and weights as [rows, cols] (None:
-    every weight 1): a float64 tensor of shape (3, num_classes)."""
-    has_weights = weights is not None
-    if not has_weights:
-        weights = tf.zeros([0, 0], tf.float32)
-    return _lib.fastiou_confusion_counts(
-        y_true, y_pred, weights, num_classes=num_classes, true_rule=true_rule, pred_rule=pred_rule,
-        threshold=threshold, has_weights=has_weights, integer_weights=integer_weights,
-        has_ignore=ignore_class is not None, ignore_class=0 if ignore_class is None else int(ignore_class))
+    viewed as [batch, pixels, channels] and weights as [rows, cols]: a
+    float64 tensor of shape (3, num_classes). attributes: the kernel's
+    options, from fastiou.metrics._kernel_arguments."""
+    return _lib.fastiou_confusion_counts(y_true, y_pred, weights, **attributes)

@@ -230,19 +230,19 @@ def _as_array(im, size, is_mask):
     return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a))[..., None]
 
 
-def load_image_mask_pairs(images, masks, size=None):
-    """Images and masks from two folders of PNG/TIFF files (paired by sorted
-    file name) or two multi-page TIFF stacks.
-
-    With `size`: arrays, images (N, size, size, C) float32 in [0, 1] (C = 1,
-    or 3 if any image is in colour) and masks (N, size, size, 1) uint8, 1
-    where the mask is non-zero, resized. Without: lists of such arrays at
-    native resolution, (H, W, C) and (H, W, 1), each mask the size of its image.
-    """
+def read_pairs(images, masks):
+    """The (name, image) frames of the images and of the masks, read once:
+    two folders of PNG/TIFF files (paired by sorted file name) or two
+    multi-page TIFF stacks, as many of each."""
     image_frames = list(_frames(images))
     mask_frames = list(_frames(masks))
     if len(image_frames) != len(mask_frames):
         raise ValueError(f"fastiou.demo: {len(image_frames)} images but {len(mask_frames)} masks")
+    return image_frames, mask_frames
+
+
+def pairs_as_arrays(image_frames, mask_frames, size=None):
+    """Frames of read_pairs as arrays: see load_image_mask_pairs."""
     xs = [_as_array(im, size, False) for _, im in image_frames]
     channels = max(a.shape[-1] for a in xs)
     xs = [np.repeat(a, channels, -1) if a.shape[-1] != channels else a for a in xs]
@@ -254,6 +254,18 @@ def load_image_mask_pairs(images, masks, size=None):
     if size is not None:
         return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.uint8)
     return xs, ys
+
+
+def load_image_mask_pairs(images, masks, size=None):
+    """Images and masks from two folders of PNG/TIFF files (paired by sorted
+    file name) or two multi-page TIFF stacks.
+
+    With `size`: arrays, images (N, size, size, C) float32 in [0, 1] (C = 1,
+    or 3 if any image is in colour) and masks (N, size, size, 1) uint8, 1
+    where the mask is non-zero, resized. Without: lists of such arrays at
+    native resolution, (H, W, C) and (H, W, 1), each mask the size of its image.
+    """
+    return pairs_as_arrays(*read_pairs(images, masks), size)
 
 
 def _take(a, indices):
@@ -372,14 +384,16 @@ def predict_tiled(model, image, tile=256, margin=TILE_MARGIN, batch_size=8):
     return out[:h, :w]
 
 
-def predict_logits(model, images, tile, batch_size):
-    """Logits for an array of equal images (whole, in batches) or a list of
-    images at native resolution (each in tiles)."""
+def predict_probabilities(model, images, tile, batch_size):
+    """Foreground probabilities (the sigmoid of the model's logits) for an
+    array of equal images (whole, in batches; an array back) or a list of
+    images at native resolution (each in tiles; a list back)."""
     if isinstance(images, np.ndarray) and max(images.shape[1:3]) <= tile and not images.shape[1] % ALIGN \
             and not images.shape[2] % ALIGN:
-        return np.concatenate([np.asarray(model.predict_on_batch(images[k:k + batch_size]))
-                               for k in range(0, len(images), batch_size)])
-    return [predict_tiled(model, x, tile, batch_size=batch_size) for x in images]
+        logits = np.concatenate([np.asarray(model.predict_on_batch(images[k:k + batch_size]))
+                                 for k in range(0, len(images), batch_size)])
+        return 1.0 / (1.0 + np.exp(-logits))
+    return [1.0 / (1.0 + np.exp(-predict_tiled(model, x, tile, batch_size=batch_size))) for x in images]
 
 
 # --- Model and losses -----------------------------------------------------------
@@ -443,11 +457,20 @@ def _flat(a):
     return a.ravel() if isinstance(a, np.ndarray) else np.concatenate([m.ravel() for m in a])
 
 
+def _foreground_overlap(masks, probabilities):
+    """The foreground of the masks and the predictions at probability 0.5,
+    flattened, and their intersection and union in pixels."""
+    t, p = _flat(masks).astype(bool), _flat(probabilities) >= 0.5
+    return t, p, np.logical_and(t, p).sum(), np.logical_or(t, p).sum()
+
+
+def _iou(inter, union):
+    return float(inter / union) if union else 1.0
+
+
 def foreground_iou(masks, probabilities):
     """IoU of the foreground at probability 0.5 over all pixels of all images."""
-    t, p = _flat(masks).astype(bool), _flat(probabilities) >= 0.5
-    union = np.logical_or(t, p).sum()
-    return float(np.logical_and(t, p).sum() / union) if union else 1.0
+    return _iou(*_foreground_overlap(masks, probabilities)[2:])
 
 
 def evaluate(masks, probabilities):
@@ -456,11 +479,8 @@ def evaluate(masks, probabilities):
     predictions. masks and probabilities: arrays, or lists of per-image arrays."""
     import keras
 
-    t = _flat(masks).astype(bool)
+    t, p, inter, union = _foreground_overlap(masks, probabilities)
     probabilities = _flat(probabilities)
-    p = probabilities >= 0.5
-    inter = np.logical_and(t, p).sum()
-    union = np.logical_or(t, p).sum()
     total = t.sum() + p.sum()
     raw = keras.metrics.MeanIoU(num_classes=2)
     raw.update_state(t.astype(np.int32), probabilities)  # the common misuse
@@ -468,7 +488,7 @@ def evaluate(masks, probabilities):
     thresholded.update_state(t.astype(np.int32), p.astype(np.int32))
     return {
         "pixel_accuracy": float((t == p).mean()),
-        "val_iou": float(inter / union) if union else 1.0,
+        "val_iou": _iou(inter, union),
         "val_dice": float(2 * inter / total) if total else 1.0,
         "keras_meaniou_sigmoid": float(raw.result()),
         "meaniou_thresholded": float(thresholded.result()),
@@ -555,9 +575,7 @@ def train(name, data, *, size, steps, epochs, batch_size, seed, augment=True, ti
         x, y = stream.take(n * batch_size)
         model.fit(x, y, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
                   verbose=verbose, callbacks=[progress])
-        logits = predict_logits(model, x_val, tile, batch_size)
-        probabilities = ([1.0 / (1.0 + np.exp(-z)) for z in logits] if isinstance(logits, list)
-                         else 1.0 / (1.0 + np.exp(-logits)))
+        probabilities = predict_probabilities(model, x_val, tile, batch_size)
         val_iou.append(foreground_iou(y_val, probabilities))
         improved = best is None or val_iou[-1] > best["val_iou"]
         if improved:
@@ -635,12 +653,13 @@ def load_data(args):
     if not args.images:
         x, y = synthetic_dataset(args.samples, args.size, seed=args.seed)
         return x, y, {"source": f"{len(x)} synthetic images (seed {args.seed})", "mode": "synthetic"}
-    x, y = load_image_mask_pairs(args.images, args.masks)
+    frames = read_pairs(args.images, args.masks)
+    x, y = pairs_as_arrays(*frames)
     source = f"{len(x)} images from {args.images}"
     smallest = min(min(a.shape[:2]) for a in x)
     info = {"source": source, "native_sizes": _describe_sizes(x)}
     if args.resize or smallest < args.size:
-        x, y = load_image_mask_pairs(args.images, args.masks, args.size)
+        x, y = pairs_as_arrays(*frames, args.size)
         why = "--resize" if args.resize else f"an image is smaller than --size {args.size}"
         return x, y, dict(info, mode="resized", why=why)
     if all(a.shape[:2] == (args.size, args.size) for a in x):

@@ -241,10 +241,27 @@ def confusion_counts(y_true, y_pred, sample_weight=None, *, num_classes, true_ru
         from fastiou import _ops
 
         if not _ops.in_xla_context() or (xla_fused and _ops.confusion_lowers_to_xla()):
-            return _ops.confusion_counts_op(y_true, y_pred, weights, **options)
+            weights, attributes = _kernel_arguments(weights, options)
+            return _ops.confusion_counts_op(y_true, y_pred, weights, **attributes)
     elif backend == "jax" and xla_fused and _jax_confusion_counts() is not None:
-        return _jax_confusion_counts()(y_true, y_pred, weights, **options)
+        weights, attributes = _kernel_arguments(weights, options)
+        return _jax_confusion_counts()(y_true, y_pred, weights, **attributes)
     return plain_confusion_counts(y_true, y_pred, weights, **options)
+
+
+def _kernel_arguments(weights, options):
+    """The weights input and the attributes (FASTIOU_CONFUSION_OPTIONS of
+    csrc/core/confusion.h, in its order) of the fused kernel, for every door: without
+    weights an empty float32 stand-in and has_weights False; ignore_class
+    None as has_ignore False."""
+    attributes = dict(num_classes=options["num_classes"], pred_rule=options["pred_rule"],
+                      true_rule=options["true_rule"], threshold=options["threshold"],
+                      has_weights=weights is not None, integer_weights=options["integer_weights"],
+                      has_ignore=options["ignore_class"] is not None,
+                      ignore_class=0 if options["ignore_class"] is None else int(options["ignore_class"]))
+    if weights is None:
+        weights = ops.zeros((0, 0), "float32")
+    return weights, attributes
 
 
 def _jax_confusion_counts():

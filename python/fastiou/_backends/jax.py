@@ -147,19 +147,16 @@ def true_shape(y_true):
     return tuple(y_true.shape)
 
 
-def confusion_counts_call(y_true, y_pred, weights, *, num_classes, true_rule, pred_rule, threshold, ignore_class,
-                          integer_weights):
+def confusion_counts_call(y_true, y_pred, weights, **attributes):
     """The fused confusion counts (csrc/core/confusion.h) as a host custom
     call: y_true and y_pred viewed as [batch, pixels, channels], weights as
-    [rows, cols] or None. Shape (3, num_classes), float64 with jax_enable_x64,
-    else float32 (the float64 counts rounded once)."""
-    has_weights = weights is not None
-    if not has_weights:
-        weights = jnp.zeros((0, 0), jnp.float32)
+    [rows, cols]; attributes: the kernel's options, from
+    fastiou.metrics._kernel_arguments. Shape (3, num_classes), float64 with
+    jax_enable_x64, else float32 (the float64 counts rounded once)."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 where x64 is off
-    call = jax.ffi.ffi_call("fastiou_confusion_counts", jax.ShapeDtypeStruct((3, num_classes), dtype),
+    call = jax.ffi.ffi_call("fastiou_confusion_counts", jax.ShapeDtypeStruct((3, attributes["num_classes"]), dtype),
                             vmap_method="sequential")
-    return call(y_true, y_pred, weights, num_classes=np.int64(num_classes), pred_rule=np.int64(pred_rule),
-                true_rule=np.int64(true_rule), threshold=np.float32(threshold), has_weights=np.bool_(has_weights),
-                integer_weights=np.bool_(integer_weights), has_ignore=np.bool_(ignore_class is not None),
-                ignore_class=np.int64(0 if ignore_class is None else ignore_class))
+    # The handler decodes bools, 64-bit integers and float32 (the threshold).
+    typed = {name: np.bool_(v) if isinstance(v, bool) else np.int64(v) if isinstance(v, int) else np.float32(v)
+             for name, v in attributes.items()}
+    return call(y_true, y_pred, weights, **typed)
