@@ -582,6 +582,34 @@ def test_unknown_sizes_while_tracing(rng, metric):
     assert float(update(*args)) == pytest.approx(float(k.result()), rel=1e-6)
 
 
+@pytest.mark.parametrize("weights", ["flat-known", "flat-unknown", "per-image", "per-image-unknown", "one-image"])
+def test_weights_with_an_unknown_batch(rng, weights):
+    # the batch unknown while tracing (fit's last, short batch): one weight
+    # per image or per pixel, flattened as Keras flattens them, or one image
+    # of weights for every image; against Keras' metric on the same values
+    t = (rng.random((3, 6, 5, 1)) > 0.6).astype(np.float32)
+    p = rng.random((3, 6, 5, 1)).astype(np.float32)
+    w, w_spec = {
+        "flat-known": (rng.random(90), [90]),
+        "flat-unknown": (rng.random(90), [None]),
+        "per-image": (rng.random(3), [3]),
+        "per-image-unknown": (rng.random(3), [None]),
+        "one-image": (rng.random((1, 6, 5, 1)), [1, 6, 5, 1]),
+    }[weights]
+    w = w.astype(np.float32)
+    k, f = keras.metrics.BinaryIoU([0, 1], dtype="float32"), fm.BinaryIoU([0, 1], dtype="float32")
+    spec = [tf.TensorSpec([None, 6, 5, 1], tf.float32)] * 2 + [tf.TensorSpec(w_spec, tf.float32)]
+
+    @tf.function(input_signature=spec)
+    def update(*args):
+        f.update_state(*args)
+        return f.result()
+
+    k.update_state(t, p, np.broadcast_to(w.reshape(-1, 1, 1, 1) if w.ndim == 1 and w.size == 3 else w.reshape(
+        (1, 6, 5, 1) if w.ndim == 4 else (3, 6, 5, 1)), t.shape))
+    assert float(update(t, p, w)) == pytest.approx(float(k.result()), rel=1e-6)
+
+
 def test_wide_one_hot_targets_keep_their_precision():
     # int32 targets 2**24 and 2**24 + 1 tie in float32, not as stored
     t = np.array([[[16777216, 16777217]]], np.int32)

@@ -94,6 +94,50 @@ def test_ignored_pixels_count_nowhere_whatever_their_prediction(rng, from_logits
                                                                     **opts)[~ignored])
 
 
+@pytest.mark.parametrize("channels", [2, 3, 21, 150])
+def test_probabilities_whole_tiles_and_mixed_tiles(rng, channels):
+    # From probabilities without weights, tiles whose pixels all count are
+    # read as stored (the periodic read) and the rest across the lanes; the
+    # gradient writes whole tiles. Here: no ignored pixel at all, ignored
+    # pixels in runs that cover whole tiles, and single ones that mix a tile,
+    # in one image; every one against the oracle.
+    pixels = 1601 if channels <= 21 else 230
+    t, z = sparse_case(rng, (2, pixels, channels), False, ignored=0.0)
+    t[0, 32:96] = IGNORE   # whole tiles at any vector width
+    t[0, 200] = IGNORE     # one in a tile
+    t[1, pixels - 3:] = IGNORE  # the short last tile
+    opts = dict(from_logits=False, softmax=True, sparse=True, ignore_index=IGNORE)
+    for per_image in (True, False):
+        check_against_oracle(t, z, None, opts, per_image)
+    # a label out of range matches no channel in the gradient (the stats
+    # refuse it): its row is the gradient of target 0 everywhere
+    bad = t.copy()
+    bad[1, 5] = channels
+    gs = [g.astype(np.float32) for g in jaccard_group_grads(*fk.overlap_stats(t, z, per_image=False, **opts))]
+    dz = fk.overlap_grad(bad, z, None, *gs, per_image=False, **opts)
+    np.testing.assert_allclose(dz[1, 5], gs[1], rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(dz.reshape(-1, channels), pixels + 5, 0),
+                                  np.delete(fk.overlap_grad(t, z, None, *gs, per_image=False, **opts)
+                                            .reshape(-1, channels), pixels + 5, 0))
+
+
+@pytest.mark.parametrize("true_at_value", [True, False])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_probabilities_not_finite_in_whole_tiles(rng, value, true_at_value):
+    # with the range guards off, a value that is not finite adds to I as the
+    # oracle's w*t*p does (inf*1, or NaN from inf*0 and NaN*t), on the
+    # periodic read too
+    t, z = sparse_case(rng, (1, 64, 5), False, ignored=0.0)
+    z[0, 10] = 0.1
+    z[0, 10, 3] = value
+    t[0, 10] = 3 if true_at_value else 1
+    opts = dict(from_logits=False, softmax=True, sparse=True, per_image=False)
+    got = fk.overlap_stats(t, z, check_range=False, **opts)
+    want = oracle_sums(t, z, None, **opts)
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=2e-5)  # NaN and inf where the oracle has them
+
+
 def test_out_of_range_label_found_in_a_short_tile(rng):
     t, z = sparse_case(rng, (2, 1601, 21), True, ignored=0.0)
     t[1, 1600] = 21  # the last pixel of the last, short tile of the last chunk
@@ -101,9 +145,10 @@ def test_out_of_range_label_found_in_a_short_tile(rng):
         fk.overlap_stats(t, z, from_logits=True, softmax=True, sparse=True)
 
 
-def test_repeated_runs_are_bitwise_equal(rng):
-    t, z = sparse_case(rng, (2, 3001, 21), True)
-    opts = dict(from_logits=True, softmax=True, sparse=True, ignore_index=IGNORE, per_image=False)
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_repeated_runs_are_bitwise_equal(rng, from_logits):
+    t, z = sparse_case(rng, (2, 3001, 21), from_logits)
+    opts = dict(from_logits=from_logits, softmax=True, sparse=True, ignore_index=IGNORE, per_image=False)
     first = fk.overlap_stats(t, z, **opts)
     gs = [g.astype(np.float32) for g in jaccard_group_grads(*first)]
     dz = fk.overlap_grad(t, z, None, *gs, **opts)

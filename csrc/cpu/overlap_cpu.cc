@@ -294,12 +294,17 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
     for (int64_t i = 0; i < r.pixels; ++i) out[i] = element(i, i, g_i, g_p, g_t);
     return;
   }
-  // From probabilities the gradient needs no prediction: the channel path,
-  // which writes each pixel's channels in place, is then the faster one.
-  if constexpr (kNeedsPred && cpu::kLabelType<TT>) {
+  if constexpr (cpu::kLabelType<TT>) {
     if (cpu::tile_path(rule, kWeights)) {
-      cpu::tile_grad_chunk<kLogits, kWeights, kWrtTrue>(rule, pred, labels, w, r.pixels, gi, gp, gt, out);
-      return;
+      if constexpr (kNeedsPred) {
+        cpu::tile_grad_chunk<kLogits, kWeights, kWrtTrue>(rule, pred, labels, w, r.pixels, gi, gp, gt, out);
+        return;
+      } else if constexpr (!kWeights) {
+        // From probabilities the gradient needs no prediction: whole tiles
+        // of two values per channel.
+        cpu::periodic_grad_chunk<TP>(rule, labels, r.pixels, gi, gp, gt, out);
+        return;
+      }
     }
   }
   A* p = thread_scratch<A>(C);

@@ -9,6 +9,13 @@
 // kept per lane and added across the lanes, in a fixed order, at the end of a
 // chunk, so results depend on the build's vector width only.
 //
+// From probabilities without weights no transposition is needed: a tile's
+// kLanes * C values, as stored, are C whole vectors whose element e always
+// belongs to channel e % C. The stats add such tiles up per element (when
+// every pixel of the tile counts; other tiles take the lane path), and the
+// gradient, which then needs no prediction, writes whole tiles of two values
+// per channel (periodic_tile, periodic_grad_chunk).
+//
 // Per-pixel decisions (read_pixel_label, pixel_counts, pixel_has_gradient)
 // and per-element formulas (accumulate_overlap, channel_gradient,
 // softmax_dot_term, exp_) are the shared ones of core/pixel_math.h and
@@ -188,6 +195,16 @@ void read_tile(const PixelRule& rule, const TT* labels, const TP* w, int64_t fir
   }
 }
 
+// Asks for the tile kPrefetchTiles ahead of the one at x (span values), so
+// that its cache lines arrive in time (a hint: reading past the end of the
+// input faults nothing).
+template <typename TP>
+void prefetch_tiles_ahead(const TP* x, int64_t span) {
+  constexpr int kPrefetchTiles = 4;
+  const char* ahead = reinterpret_cast<const char*>(x + kPrefetchTiles * span);
+  for (int64_t b = 0; b < int64_t(span * sizeof(TP)); b += 64) __builtin_prefetch(ahead + b);
+}
+
 // The predictions of a tile: kLanes whole pixels, one after the other. The
 // chunk's last tile, when short, is copied to a scratch buffer with its first
 // pixel repeated, so that every tile is read with the same fixed stride
@@ -196,11 +213,8 @@ template <typename TP, typename A>
 const TP* tile_predictions(const PixelRule& rule, const TP* pred, const PixelTile<A>& t) {
   const int64_t C = rule.channels;
   if (t.valid == kLanes) {
-    // The transposed read asks for kLanes cache lines at once; the tile
-    // kPrefetchTiles ahead is asked for now, so that its lines arrive in time.
-    constexpr int kPrefetchTiles = 4;
-    const char* ahead = reinterpret_cast<const char*>(pred + kPrefetchTiles * kLanes * C);
-    for (int64_t b = 0; b < int64_t(kLanes * C * sizeof(TP)); b += 64) __builtin_prefetch(ahead + b);
+    // The transposed read asks for kLanes cache lines at once.
+    prefetch_tiles_ahead(pred, kLanes * C);
     return pred;
   }
   TP* stage = thread_scratch<TP, 1>(kLanes * C);
@@ -272,28 +286,73 @@ double add_lanes(const A* v) {
   return s[0];
 }
 
+// Whether a tile takes the periodic read (probabilities, no weights, every
+// one of its kLanes pixels counted): its kLanes * C values, as stored, are
+// then C whole vectors whose element e is always channel e % C.
+template <bool kLogits, bool kWeights, typename A>
+bool periodic_tile(const PixelTile<A>& t) {
+  if (kLogits || kWeights || t.valid != kLanes) return false;
+  Channel all = 1;
+  for (int l = 0; l < kLanes; ++l) all &= t.counted[l];
+  return all != 0;
+}
+
 // The sums of one chunk (3 per channel in partial, as the workspace holds
 // them) over its pixels, kLanes at a time; bad gets the chunk's first label
 // out of range and, with kGuard (probabilities only), the first probability
 // the range guards refuse.
+//
+// From probabilities, without weights, a tile whose pixels all count
+// (periodic_tile) is read as stored: P is added up per element of the tile
+// (span sums, each always of one channel, folded onto the channels at the
+// end) and I and T take the one value of each pixel's class; no transposed
+// read. Other tiles take the lane path. Which path a tile takes depends on
+// the labels alone, so results stay bitwise the same from run to run.
 template <bool kLogits, bool kWeights, bool kGuard, typename TP, typename TT>
 void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, const TP* w, int64_t pixels,
                       int64_t chunk_first, double* partial, ChunkBad* bad) {
   using A = typename AccOf<TP>::type;
   const Channel C = static_cast<Channel>(rule.channels);
   const int64_t span = int64_t(C) * kLanes;
-  A* p = thread_scratch<A>(4 * span);
+  A* p = thread_scratch<A>(7 * span);
   A* si = p + span;
   A* sp = si + span;
   A* st = sp + span;
-  std::fill(si, si + 3 * span, A(0));
+  // The periodic tiles' I and P per element of a tile, and a tile's targets
+  // as stored (1 at each pixel's class, else 0).
+  A* si_periodic = st + span;
+  A* sp_periodic = si_periodic + span;
+  A* targets = sp_periodic + span;
+  std::fill(si, si + 6 * span, A(0));
   // The range guards' register of the probabilities as stored, per lane
-  // (unused without kGuard).
+  // (unused without kGuard), and of the periodic tiles' values.
   typename RangeBits<A>::type seen[kLanes];
   std::fill(seen, seen + kLanes, 0);
+  typename RangeBits<A>::type seen_periodic = 0;
   PixelTile<A> t;
   for (int64_t first = 0; first < pixels; first += kLanes) {
     read_tile<kWeights>(rule, labels, w, first, pixels, chunk_first, &t, bad);
+    if (periodic_tile<kLogits, kWeights>(t)) {
+      const TP* x = pred + first * C;
+      prefetch_tiles_ahead(x, span);
+      // The targets: one-hot of each pixel's class (ClassTargets), so T adds
+      // 1 in the class only (the weight is 1).
+      for (int l = 0; l < kLanes; ++l) {
+        targets[int64_t(l) * C + t.cls[l]] = A(1);
+        st[int64_t(t.cls[l]) * kLanes + l] += A(1);
+      }
+      typename RangeBits<A>::type s = seen_periodic;  // a reduction on a local
+      A t_again = 0;  // T once more, already counted above
+#pragma omp simd reduction(max : s) reduction(+ : t_again)
+      for (int64_t e = 0; e < span; ++e) {
+        const A v = load_as<A>(x[e]);
+        if constexpr (kGuard) widen_range(v, s);
+        accumulate_overlap(v, targets[e], A(1), si_periodic[e], sp_periodic[e], t_again);
+      }
+      seen_periodic = s;
+      for (int l = 0; l < kLanes; ++l) targets[int64_t(l) * C + t.cls[l]] = A(0);
+      continue;
+    }
     tile_probabilities<kLogits>(rule, tile_predictions(rule, pred + first * C, t), p);
     for (Channel c = 0; c < C; ++c) {
       const int64_t k = int64_t(c) * kLanes;
@@ -310,14 +369,20 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
   }
   if constexpr (kGuard) {
     static_assert(!kLogits, "the tile path guards probabilities only");
-    bool alarm = false;
+    bool alarm = range_alarm<A>(seen_periodic);
     for (int l = 0; l < kLanes; ++l) alarm = alarm || range_alarm<A>(seen[l]);
     if (alarm && !bad->found())
       *bad = first_bad_value<kLogits>(rule, pred, static_cast<const TT*>(nullptr), labels, pixels, chunk_first);
   }
+  A folded_i[kLanes], folded_p[kLanes];
   for (Channel c = 0; c < C; ++c) {
-    partial[3 * c] = add_lanes(si + int64_t(c) * kLanes);
-    partial[3 * c + 1] = add_lanes(sp + int64_t(c) * kLanes);
+    // The periodic sums of channel c: elements c, c + C, ... of a tile.
+    for (int l = 0; l < kLanes; ++l) {
+      folded_i[l] = si_periodic[int64_t(l) * C + c];
+      folded_p[l] = sp_periodic[int64_t(l) * C + c];
+    }
+    partial[3 * c] = add_lanes(si + int64_t(c) * kLanes) + add_lanes(folded_i);
+    partial[3 * c + 1] = add_lanes(sp + int64_t(c) * kLanes) + add_lanes(folded_p);
     partial[3 * c + 2] = add_lanes(st + int64_t(c) * kLanes);
   }
 }
@@ -367,6 +432,56 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
         for (Channel c = 0; c < C; ++c) o[int64_t(l) * C + c] = store_as<TP>(d[int64_t(c) * kLanes + l]);
     }
   });
+}
+
+// The gradient of one chunk from probabilities, without weights, with
+// respect to the prediction: it needs no prediction, and each element's
+// value is one of two per channel, channel_gradient's with target 0 (v0) and
+// with target 1 (v1). A tile of kLanes pixels is written as stored: the tile
+// of v0 values (span values, made once per chunk) copied whole, then each
+// pixel's class set to v1; ignored pixels get zeros, as pixel_gradient gives
+// them. gi, gp, gt: the chunk's group row of dL/dI, dL/dP, dL/dT.
+template <typename TP, typename TT>
+void periodic_grad_chunk(const PixelRule& rule, const TT* labels, int64_t pixels,
+                         const typename AccOf<TP>::type* gi, const typename AccOf<TP>::type* gp,
+                         const typename AccOf<TP>::type* gt, TP* out) {
+  using A = typename AccOf<TP>::type;
+  constexpr GradKind K = GradKind::kProbabilities;
+  const Channel C = static_cast<Channel>(rule.channels);
+  const int64_t span = int64_t(C) * kLanes;
+  TP* pattern = thread_scratch<TP, 5>(span + C);
+  TP* v1 = pattern + span;
+  for (Channel c = 0; c < C; ++c) {
+    const TP v0 = store_as<TP>(channel_gradient<K>(A(0), A(0), A(1), gi[c], gp[c], gt[c], A(0)));
+    v1[c] = store_as<TP>(channel_gradient<K>(A(0), A(1), A(1), gi[c], gp[c], gt[c], A(0)));
+    for (int l = 0; l < kLanes; ++l) pattern[int64_t(l) * C + c] = v0;
+  }
+  const TP zero = store_as<TP>(A(0));
+  PixelTile<A> t;
+  for (int64_t first = 0; first < pixels; first += kLanes) {
+    read_tile<false>(rule, labels, static_cast<const TP*>(nullptr), first, pixels, 0, &t,
+                     static_cast<ChunkBad*>(nullptr));
+    TP* o = out + first * C;
+    Channel all = t.valid == kLanes;
+    for (int l = 0; l < kLanes; ++l) all &= t.live[l];
+    if (all) {
+      FASTIOU_SIMD
+      for (int64_t e = 0; e < span; ++e) o[e] = pattern[e];
+    } else {
+      for (int l = 0; l < t.valid; ++l) {
+        TP* row = o + int64_t(l) * C;
+        if (t.live[l]) {
+          std::copy(pattern, pattern + C, row);
+        } else {
+          std::fill(row, row + C, zero);
+        }
+      }
+    }
+    // The class of each pixel that has one and a gradient (not an ignored
+    // one, nor a label out of range, which matches no channel).
+    for (int l = 0; l < t.valid; ++l)
+      if (t.live[l] && t.cls[l] >= 0) o[int64_t(l) * C + t.cls[l]] = v1[t.cls[l]];
+  }
 }
 
 }  // namespace cpu

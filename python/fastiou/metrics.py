@@ -228,7 +228,13 @@ def confusion_counts(y_true, y_pred, sample_weight=None, *, num_classes, true_ru
     y_pred = _reshape(y_pred, pred_view)
     if weights is not None:
         w_dtype = "float64" if _dtype_name(weights) in ("float64", "int32", "int64", "uint32") else "float32"
-        weights = _reshape(ops.cast(weights, w_dtype), weight_view)
+        weights = ops.cast(weights, w_dtype)
+        if weight_view[0] < 0 and len(weights.shape) == 1:
+            # one weight per image or per pixel, flattened, while the batch is
+            # unknown: y_true's batch, once known, tells which
+            weights = ops.reshape(weights, (ops.shape(y_true)[0], -1))
+        else:
+            weights = _reshape(weights, weight_view)
     options = dict(num_classes=int(num_classes), true_rule=int(true_rule), pred_rule=int(pred_rule),
                    threshold=float(threshold), ignore_class=ignore_class, integer_weights=bool(integer_weights))
     backend = keras_backend()
