@@ -139,6 +139,35 @@ def test_bad_inputs_raise_clear_errors(rng):
         fk.overlap_grad(labels, z, None, g, g.astype(np.float64), g, sparse=True)
 
 
+OUT_OF_MEMORY_CHILD = """
+import resource, sys
+import numpy as np
+import fastiou.kernels as fk
+# this process's address space now, plus 2 GiB: the stats' per-thread scratch
+# for 2**23 channels (several GiB) cannot be had, the inputs (128 MiB) can
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + 2**31, resource.RLIM_INFINITY))
+z = np.full((4, 2**23), 2.0**-23, np.float32)  # 4 pixels: 4 chunks, on several threads
+try:
+    fk.overlap_stats(np.zeros((4,), np.uint8), z, sparse=True, softmax=True)
+except Exception as e:
+    print("RAISED", type(e).__name__, e)
+    sys.exit(0)
+print("NO ERROR")
+"""
+
+
+def test_scratch_out_of_memory_is_an_error_not_a_crash():
+    # a worker thread that cannot allocate its scratch ends the call with an
+    # error; an exception leaving a pool thread would end the process
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_CHILD], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "RAISED" in r.stdout and "out of memory for the kernel's scratch" in r.stdout, r.stdout
+
+
 def test_check_labels_false_on_cpu_still_raises_at_once(rng):
     # On CPU arrays the C++ kernels check each label as they read it: no
     # deferred path, whatever check_labels says (as documented).

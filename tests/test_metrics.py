@@ -610,6 +610,20 @@ def test_weights_with_an_unknown_batch(rng, weights):
     assert float(update(t, p, w)) == pytest.approx(float(k.result()), rel=1e-6)
 
 
+def test_unknown_rank_is_refused_clearly(rng):
+    # Keras' own metric fails here too ("Cannot take the length of shape with
+    # unknown rank"); fastiou says which input and what to do
+    f = fm.BinaryIoU([0, 1])
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32), tf.TensorSpec([None, 4, 1], tf.float32)])
+    def update(t, p):
+        f.update_state(t, p)
+        return f.result()
+
+    with pytest.raises(ValueError, match="y_true has an unknown rank"):
+        update(np.zeros((2, 4, 1), np.float32), np.zeros((2, 4, 1), np.float32))
+
+
 def test_wide_one_hot_targets_keep_their_precision():
     # int32 targets 2**24 and 2**24 + 1 tie in float32, not as stored
     t = np.array([[[16777216, 16777217]]], np.int32)

@@ -6,8 +6,10 @@
 // x86-64 level) or FASTIOU_CPU_ARCH_NAME (one copy for that -march).
 #include <xmmintrin.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <functional>
+#include <new>
 #include <string>
 
 #include "core/overlap_kernels.h"
@@ -134,21 +136,37 @@ class FlushSubnormals {
   unsigned saved_;
 };
 
-// Runs the `entry` kernel of this process's level on args.
+// Runs the `entry` kernel of this process's level on args. A thread whose
+// scratch (a few values per channel or class, per thread) cannot be
+// allocated turns into an error of the call: no exception leaves a worker
+// thread of TensorFlow's or XLA's pool, which would end the process.
 template <typename Args>
 std::string run_flushed(std::string (*LevelKernels::*entry)(const Args&, const ParallelFor&), const Args& args,
                         const ParallelFor& parallel_for) {
   const CpuTarget& target = cpu_target();
   if (!target.problem.empty()) return target.problem;
-  const ParallelFor flushed = [&parallel_for](int64_t units, int64_t cost,
-                                              const std::function<void(int64_t, int64_t)>& fn) {
-    parallel_for(units, cost, [&fn](int64_t begin, int64_t end) {
+  std::atomic<bool> out_of_memory{false};
+  const ParallelFor flushed = [&parallel_for, &out_of_memory](int64_t units, int64_t cost,
+                                                              const std::function<void(int64_t, int64_t)>& fn) {
+    parallel_for(units, cost, [&fn, &out_of_memory](int64_t begin, int64_t end) {
       FlushSubnormals flush;
-      fn(begin, end);
+      try {
+        fn(begin, end);
+      } catch (const std::bad_alloc&) {
+        out_of_memory = true;
+      }
     });
   };
   FlushSubnormals flush;  // the calling thread: the final sums and their conversion
-  return (kLevels[target.index].*entry)(args, flushed);
+  std::string err;
+  try {
+    err = (kLevels[target.index].*entry)(args, flushed);
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
+  if (out_of_memory)
+    return "out of memory for the kernel's scratch (a few values per channel or class on each thread)";
+  return err;
 }
 
 }  // namespace

@@ -303,10 +303,10 @@ bool periodic_tile(const PixelTile<A>& t) {
 // the range guards refuse.
 //
 // From probabilities, without weights, a tile whose pixels all count
-// (periodic_tile) is read as stored: P is added up per element of the tile
-// (span sums, each always of one channel, folded onto the channels at the
-// end) and I and T take the one value of each pixel's class; no transposed
-// read. Other tiles take the lane path. Which path a tile takes depends on
+// (periodic_tile) is read as stored: I and P are added up per element of the
+// tile (span sums, each always of one channel, folded onto the channels at
+// the end; I against the tile's one-hot targets laid out as the values are),
+// and T takes 1 in each pixel's class; no transposed read. Other tiles take the lane path. Which path a tile takes depends on
 // the labels alone, so results stay bitwise the same from run to run.
 template <bool kLogits, bool kWeights, bool kGuard, typename TP, typename TT>
 void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, const TP* w, int64_t pixels,

@@ -210,11 +210,15 @@ def confusion_counts(y_true, y_pred, sample_weight=None, *, num_classes, true_ru
     """
     y_true = ops.convert_to_tensor(y_true)
     y_pred = ops.convert_to_tensor(y_pred)
+    weights = None if sample_weight is None else ops.convert_to_tensor(sample_weight)
+    for name, x in (("y_true", y_true), ("y_pred", y_pred), ("sample_weight", weights)):
+        if x is not None and getattr(x.shape, "rank", 0) is None:
+            raise ValueError(f"fastiou.metrics: {name} has an unknown rank while tracing; give it a shape of known "
+                             "rank, such as (None, None, None, 1) in an input_signature (the sizes may stay unknown)")
     true_dtype, pred_dtype = _dtype_name(y_true), _dtype_name(y_pred)
     _check_inputs(true_dtype, pred_dtype, tuple(y_pred.shape), pred_rule, num_classes)
     if pred_rule == THRESHOLD and from_logits:
         threshold = _logit(threshold)
-    weights = None if sample_weight is None else ops.convert_to_tensor(sample_weight)
     true_view, pred_view, weight_view = _views(tuple(y_true.shape), tuple(y_pred.shape),
                                                None if weights is None else tuple(weights.shape),
                                                true_rule, pred_rule)
