@@ -306,24 +306,26 @@ bool periodic_tile(const PixelTile<A>& t) {
 // (periodic_tile) is read as stored: I and P are added up per element of the
 // tile (span sums, each always of one channel, folded onto the channels at
 // the end; I against the tile's one-hot targets laid out as the values are),
-// and T takes 1 in each pixel's class; no transposed read. Other tiles take the lane path. Which path a tile takes depends on
-// the labels alone, so results stay bitwise the same from run to run.
+// and T gets the targets; no transposed read. Other tiles take the lane
+// path. Which path a tile takes depends on the labels alone, so results stay
+// bitwise the same from run to run.
 template <bool kLogits, bool kWeights, bool kGuard, typename TP, typename TT>
 void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, const TP* w, int64_t pixels,
                       int64_t chunk_first, double* partial, ChunkBad* bad) {
   using A = typename AccOf<TP>::type;
   const Channel C = static_cast<Channel>(rule.channels);
   const int64_t span = int64_t(C) * kLanes;
-  A* p = thread_scratch<A>(7 * span);
+  A* p = thread_scratch<A>(8 * span);
   A* si = p + span;
   A* sp = si + span;
   A* st = sp + span;
-  // The periodic tiles' I and P per element of a tile, and a tile's targets
-  // as stored (1 at each pixel's class, else 0).
+  // The periodic tiles' I, P and T per element of a tile, and a tile's
+  // targets as stored (1 at each pixel's class, else 0).
   A* si_periodic = st + span;
   A* sp_periodic = si_periodic + span;
-  A* targets = sp_periodic + span;
-  std::fill(si, si + 6 * span, A(0));
+  A* st_periodic = sp_periodic + span;
+  A* targets = st_periodic + span;
+  std::fill(si, si + 7 * span, A(0));
   // The range guards' register of the probabilities as stored, per lane
   // (unused without kGuard), and of the periodic tiles' values.
   typename RangeBits<A>::type seen[kLanes];
@@ -335,19 +337,14 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
     if (periodic_tile<kLogits, kWeights>(t)) {
       const TP* x = pred + first * C;
       prefetch_tiles_ahead(x, span);
-      // The targets: one-hot of each pixel's class (ClassTargets), so T adds
-      // 1 in the class only (the weight is 1).
-      for (int l = 0; l < kLanes; ++l) {
-        targets[int64_t(l) * C + t.cls[l]] = A(1);
-        st[int64_t(t.cls[l]) * kLanes + l] += A(1);
-      }
+      // The targets: one-hot of each pixel's class (ClassTargets).
+      for (int l = 0; l < kLanes; ++l) targets[int64_t(l) * C + t.cls[l]] = A(1);
       typename RangeBits<A>::type s = seen_periodic;  // a reduction on a local
-      A t_again = 0;  // T once more, already counted above
-#pragma omp simd reduction(max : s) reduction(+ : t_again)
+#pragma omp simd reduction(max : s)
       for (int64_t e = 0; e < span; ++e) {
         const A v = load_as<A>(x[e]);
         if constexpr (kGuard) widen_range(v, s);
-        accumulate_overlap(v, targets[e], A(1), si_periodic[e], sp_periodic[e], t_again);
+        accumulate_overlap(v, targets[e], A(1), si_periodic[e], sp_periodic[e], st_periodic[e]);
       }
       seen_periodic = s;
       for (int l = 0; l < kLanes; ++l) targets[int64_t(l) * C + t.cls[l]] = A(0);
@@ -374,16 +371,17 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
     if (alarm && !bad->found())
       *bad = first_bad_value<kLogits>(rule, pred, static_cast<const TT*>(nullptr), labels, pixels, chunk_first);
   }
-  A folded_i[kLanes], folded_p[kLanes];
+  A folded_i[kLanes], folded_p[kLanes], folded_t[kLanes];
   for (Channel c = 0; c < C; ++c) {
     // The periodic sums of channel c: elements c, c + C, ... of a tile.
     for (int l = 0; l < kLanes; ++l) {
       folded_i[l] = si_periodic[int64_t(l) * C + c];
       folded_p[l] = sp_periodic[int64_t(l) * C + c];
+      folded_t[l] = st_periodic[int64_t(l) * C + c];
     }
     partial[3 * c] = add_lanes(si + int64_t(c) * kLanes) + add_lanes(folded_i);
     partial[3 * c + 1] = add_lanes(sp + int64_t(c) * kLanes) + add_lanes(folded_p);
-    partial[3 * c + 2] = add_lanes(st + int64_t(c) * kLanes);
+    partial[3 * c + 2] = add_lanes(st + int64_t(c) * kLanes) + add_lanes(folded_t);
   }
 }
 

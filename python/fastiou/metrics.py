@@ -115,6 +115,10 @@ def _views(true_shape, pred_shape, weight_shape, true_rule, pred_rule):
         return views + ((1, 1),)
     if size is not None and batch > 0 and pixels > 0 and size == batch * pixels and pixels > 1:
         return views + ((batch, pixels),)
+    if batch < 0 and len(weight_shape) == 1:
+        # one weight per image or per pixel, flattened (as Keras gives them),
+        # while the batch is unknown: y_true's batch, once known, tells which
+        return views + ((-1, -1),)
     per_image = len(weight_shape) >= 1 and all(d == 1 for d in weight_shape[1:]) and \
         (weight_shape[0] is None or batch < 0 or weight_shape[0] == batch)
     if per_image:
@@ -233,12 +237,7 @@ def confusion_counts(y_true, y_pred, sample_weight=None, *, num_classes, true_ru
     if weights is not None:
         w_dtype = "float64" if _dtype_name(weights) in ("float64", "int32", "int64", "uint32") else "float32"
         weights = ops.cast(weights, w_dtype)
-        if weight_view[0] < 0 and len(weights.shape) == 1:
-            # one weight per image or per pixel, flattened, while the batch is
-            # unknown: y_true's batch, once known, tells which
-            weights = ops.reshape(weights, (ops.shape(y_true)[0], -1))
-        else:
-            weights = _reshape(weights, weight_view)
+        weights = _reshape(weights, weight_view, batch_from=y_true)
     options = dict(num_classes=int(num_classes), true_rule=int(true_rule), pred_rule=int(pred_rule),
                    threshold=float(threshold), ignore_class=ignore_class, integer_weights=bool(integer_weights))
     backend = keras_backend()
@@ -289,10 +288,12 @@ def _jax_confusion_counts():
     return jax_backend.confusion_counts_call
 
 
-def _reshape(x, view):
+def _reshape(x, view, batch_from=None):
     """x reshaped to a view of _views, whose sizes unknown while tracing
     (-1) come from x: the batch from its leading axis, the channels from its
-    last, the pixels from the rest."""
+    last, the pixels from the rest. A weights view [-1, -1] (batch and pixels
+    unknown: x may be flattened, so its leading axis need not be the batch)
+    takes the batch from batch_from's leading axis (y_true's)."""
     if keras_backend() == "tensorflow":
         import tensorflow as tf
 
@@ -300,7 +301,8 @@ def _reshape(x, view):
         if min(dims) < 0:
             shape = tf.shape(x)
             if dims[0] < 0:
-                dims[0] = shape[0]
+                both_unknown = len(dims) == 2 and dims[1] < 0
+                dims[0] = (tf.shape(batch_from) if both_unknown and batch_from is not None else shape)[0]
             if len(dims) == 3 and dims[2] < 0:
                 dims[2] = shape[-1]
         return tf.reshape(x, dims)
