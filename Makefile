@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastiou-installed
 SOURCES := $(shell find csrc python -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test bench wheel test-wheel test-kernels test-sanitize gpu-check check-levels clean
+.PHONY: setup demo test bench wheel test-wheel test-kernels test-sanitize gpu-check check-levels compare-native clean
 
 setup: $(STAMP)
 
@@ -102,6 +102,11 @@ gpu-check:
 # (x86-64-v3): qemu-user runs the kernel tests there (apt install qemu-user).
 check-levels: setup
 	$(PY) tools/check_cpu_levels.py
+
+# Whether the default build runs this CPU's -march=native machine code
+# (function by function), the cross-check of bench_cpu_levels' timings.
+compare-native: setup
+	$(PY) tools/compare_native_code.py
 
 clean:
 	rm -rf build $(VENV)

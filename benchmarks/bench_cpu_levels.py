@@ -13,6 +13,14 @@ configurations take turns for several rounds, so a slow spell of a shared
 machine hits them alike; each figure is the median over rounds of each
 round's median. A build made for one -march (FASTIOU_CPU_ARCH=native) reports
 "-march=native" and runs as it is.
+
+The ratios pair each configuration with the first other build (or the best
+level) round by round, with a 90% bootstrap interval of their median. A
+second table splits the CPU time of a step into user time (the kernels'
+work) and system time: on a virtual machine the first touch of a fresh
+gradient output can cost more than the kernels, and its cost varies from
+process to process and with the frameworks a process has loaded (so the
+children report theirs and the builds must load the same ones).
 """
 
 import argparse
@@ -53,8 +61,11 @@ def child(case, repeats, kernels, check_range=True):
             z = 1 / (1 + np.exp(-z))
         opts = dict(from_logits=from_logits, per_image=False, check_range=check_range)
     g = [np.full(shape[-1], v, np.float32) for v in (-0.5, 0.25, 0.1)]
-    times = []
+    import resource
+
+    times, user, system = [], [], []
     for i in range(repeats + 2):
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         if kernels in ("both", "stats"):
             fk.overlap_stats(y, z, None, **opts)
@@ -62,8 +73,32 @@ def child(case, repeats, kernels, check_range=True):
             fk.overlap_grad(y, z, None, *g, **opts)
         if i >= 2:
             times.append(time.perf_counter() - start)
-    return {"ms": 1e3 * float(np.median(times)), "cpu_target": fk.cpu_target(),
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            user.append(after.ru_utime - before.ru_utime)
+            system.append(after.ru_stime - before.ru_stime)
+    # CPU time of all threads: user time is the kernels' own work; system time
+    # is mostly the operating system's first touch of the fresh gradient
+    # output, which varies from process to process on a virtual machine
+    return {"ms": 1e3 * float(np.median(times)), "user_ms": 1e3 * float(np.mean(user)),
+            "system_ms": 1e3 * float(np.mean(system)), "cpu_target": fk.cpu_target(),
+            # frameworks in the process change what the first touch of fresh
+            # memory costs: builds compare alike only with the same ones
+            "frameworks": sorted(m for m in ("tensorflow", "jax", "torch") if m in sys.modules),
             "fastiou": os.path.dirname(os.path.dirname(fk.__file__)), "check_range": opts["check_range"]}
+
+
+def paired_ratios(times, base_times, resamples=2000):
+    """Each round's time over the base configuration's in the same round:
+    their median, and a 90% bootstrap interval of that median (the rounds
+    resampled with replacement). Pairing by round cancels the slow swings of
+    a shared machine that hit both configurations of a round alike."""
+    import numpy as np
+
+    r = np.asarray(times, float) / np.asarray(base_times, float)
+    rng = np.random.default_rng(0)
+    medians = np.median(r[rng.integers(0, len(r), size=(resamples, len(r)))], axis=1)
+    return {"median": float(np.median(r)), "low": float(np.quantile(medians, 0.05)),
+            "high": float(np.quantile(medians, 0.95)), "per_round": [float(x) for x in r]}
 
 
 def main():
@@ -103,7 +138,9 @@ def main():
     results = {}
     for r in range(args.rounds):
         for case in args.cases:
-            for name, path, level, check in configs:
+            # Every other round runs the configurations in reverse order, so
+            # that a drift of the machine's speed within a round favours none.
+            for name, path, level, check in (configs if r % 2 == 0 else configs[::-1]):
                 env = dict(os.environ, PYTHONPATH=path)
                 env.pop("FASTIOU_CPU_TARGET", None)
                 if level:
@@ -119,6 +156,12 @@ def main():
                     raise RuntimeError(f"child for {name} ran {got['cpu_target']} from {got['fastiou']}, "
                                        f"check_range={got['check_range']}")
                 results.setdefault((case, name), []).append(got)
+        loaded = {name: tuple(results[(args.cases[0], name)][-1]["frameworks"]) for name, *_ in configs}
+        if len(set(loaded.values())) > 1:
+            raise RuntimeError(f"the builds' processes loaded different frameworks {loaded}: a build "
+                               "without TensorFlow's op library imports none, and pays less for fresh "
+                               "memory, so its times would not compare; give every build the same files "
+                               "(e.g. copy _fastiou_ops.so beside a kernels-only build's module)")
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     import numpy as np
@@ -133,11 +176,29 @@ def main():
     installed_levels = (0 if args.no_installed else len(fk.cpu_targets())) * (2 if args.unchecked else 1)
     base = installed_levels if args.build else installed_levels - (2 if args.unchecked else 1)
     for case in args.cases:
-        ms = [float(np.median([g["ms"] for g in results[(case, n)]])) for n in names]
-        print(f"| {case} | " + " | ".join(f"{m:.1f} ({m / ms[base]:.2f}x)" for m in ms) + " |")
-        rows.append({"case": case, "ms": dict(zip(names, ms)),
-                     "rounds": {n: [g["ms"] for g in results[(case, n)]] for n in names}})
-    print(f"(in brackets: time over {names[base]}'s)")
+        rounds = {n: [g["ms"] for g in results[(case, n)]] for n in names}
+        ms = [float(np.median(rounds[n])) for n in names]
+        ratios = {n: paired_ratios(rounds[n], rounds[names[base]]) for n in names}
+        print(f"| {case} | " + " | ".join(
+            f"{m:.1f} ({ratios[n]['median']:.2f}x, {ratios[n]['low']:.2f}-{ratios[n]['high']:.2f})"
+            for n, m in zip(names, ms)) + " |")
+        rows.append({"case": case, "ms": dict(zip(names, ms)), "rounds": rounds, "ratio_over_base": ratios})
+    print(f"(in brackets: time over {names[base]}'s in the same round, median over rounds, "
+          "then the middle 90% of the medians of rounds resampled with replacement)")
+    print(f"\nCPU time of all threads per step, ms: user (the kernels' work) / system (mostly the first touch "
+          "of the fresh gradient output), median of rounds")
+    print("| case | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    for case, row in zip(args.cases, rows):
+        cpu = {n: {k: float(np.median([g[k] for g in results[(case, n)]])) for k in ("user_ms", "system_ms")}
+               for n in names}
+        user_ratio = {n: paired_ratios([g["user_ms"] for g in results[(case, n)]],
+                                       [g["user_ms"] for g in results[(case, names[base])]]) for n in names}
+        print(f"| {case} | " + " | ".join(
+            f"{cpu[n]['user_ms']:.1f} / {cpu[n]['system_ms']:.1f} (user {user_ratio[n]['median']:.2f}x)"
+            for n in names) + " |")
+        row["cpu_ms"] = cpu
+        row["user_ratio_over_base"] = user_ratio
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"kernels": args.kernels,

@@ -4,6 +4,7 @@ test_jax_sharding.py, which checks it.
 
     python sharding_worker.py partition N OUT   # sharded jax.jit vs one device: arrays, HLO, shardings
     python sharding_worker.py keras N OUT       # Keras on JAX: DataParallel model.fit vs one device
+    python sharding_worker.py confusion N OUT   # fastiou.metrics' counts, sharded vs one device
 
 OUT receives result.json, arrays.npz and (partition) one HLO text per case.
 """
@@ -135,6 +136,50 @@ def uneven(rng, arrays):
             arrays[f"uneven/{per_image}/{'split' if constrain else 'single'}/grad"] = np.asarray(grad)
 
 
+# --- fastiou.metrics' fused confusion counts over several devices.
+
+COUNTS_CASES = {
+    # name: (num_classes, pred_rule, weighted)
+    "threshold": (2, "threshold", False),
+    "threshold-weighted": (2, "threshold", True),
+    "class-index-weighted": (5, "index", True),
+}
+
+
+def confusion(out_dir):
+    """Counts of sharded batches inside jax.jit against one device's."""
+    from fastiou import metrics as fm
+
+    rng = np.random.default_rng(5)
+    arrays, result = {}, {"devices": jax.device_count(), "cases": {}}
+    for name, (k, rule, weighted) in COUNTS_CASES.items():
+        t = rng.integers(0, k, BATCH_SHAPE + (1,)).astype(np.int32)
+        if rule == "threshold":
+            z = rng.random(BATCH_SHAPE + (1,)).astype(np.float32)
+        else:
+            z = rng.integers(-1, k + 1, BATCH_SHAPE + (1,)).astype(np.int32)  # some out of range
+        w = rng.integers(0, 4, BATCH_SHAPE + (1,)).astype(np.float32)  # exact sums in float32
+
+        def count(t, z, w, rule=rule, k=k, weighted=weighted):
+            return fm.confusion_counts(t, z, w if weighted else None, num_classes=k, ignore_class=0,
+                                       pred_rule=fm.THRESHOLD if rule == "threshold" else fm.INDEX)
+
+        arrays[f"{name}/single"] = np.asarray(jax.jit(count)(t, z, w))
+        for layout, (mesh, spec) in layouts().items():
+            if layout == "channels":
+                continue
+            put = [jax.device_put(a, NamedSharding(mesh, spec)) for a in (t, z, w)]
+            compiled = jax.jit(count).lower(*put).compile()
+            arrays[f"{name}/{layout}"] = np.asarray(compiled(*put))
+            hlo_file = f"counts-{name}-{layout}.hlo.txt"
+            with open(os.path.join(out_dir, hlo_file), "w") as f:
+                f.write(compiled.as_text())
+            result["cases"][f"{name}/{layout}"] = {
+                "hlo": hlo_file, "classes": k, "local_pixels": int(np.prod(put[1].addressable_shards[0].data.shape))}
+    np.savez(os.path.join(out_dir, "arrays.npz"), **arrays)
+    return result
+
+
 # --- Keras on JAX: model.fit under DataParallel against one device.
 
 GLOBAL_BATCH = 8
@@ -224,7 +269,7 @@ if __name__ == "__main__":
     import fastiou.jax as fj
 
     what, out = sys.argv[1], sys.argv[3]
-    result = {"partition": partition, "keras": keras_fit}[what](out)
+    result = {"partition": partition, "keras": keras_fit, "confusion": confusion}[what](out)
     result["fastiou_file"] = fastiou.__file__
     with open(os.path.join(out, "result.json"), "w") as f:
         json.dump(result, f)

@@ -80,3 +80,16 @@ def test_a_child_that_ran_something_else_is_refused():
     # A child whose kernels ran at another SIMD level than the parent's.
     with pytest.raises(RuntimeError, match="ran"):
         bench_losses.check_config(dict(ok, cpu_target="x86-64-v1"), (2, 3, 1), "fused", "logits")
+
+
+def test_paired_ratios_hand_computed():
+    import bench_cpu_levels
+
+    # rounds 2/1, 4/2, 6/2: the slow second and third rounds hit both builds
+    got = bench_cpu_levels.paired_ratios([2.0, 4.0, 6.0], [1.0, 2.0, 2.0])
+    assert got["per_round"] == [2.0, 2.0, 3.0]
+    assert got["median"] == 2.0
+    # a median of three of {2, 2, 3} drawn with replacement lies in [2, 3]
+    assert 2.0 <= got["low"] <= got["median"] <= got["high"] <= 3.0
+    same = bench_cpu_levels.paired_ratios([5.0, 7.0], [5.0, 7.0])
+    assert (same["low"], same["median"], same["high"]) == (1.0, 1.0, 1.0)

@@ -203,3 +203,41 @@ def test_keras_data_parallel_fit_matches_one_device(keras_run):
         # each device's share only would not have matched.
         r = keras_run[name]
         assert min(abs(h - r["whole_first_batch"]) for h in r["halves_first_batch"]) > 1e-2, (name, r)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [2, 4])
+def test_confusion_counts_split_over_devices(tmp_path, devices):
+    # fastiou.metrics' fused counts on a batch split over the batch, the rows
+    # or both: each device counts its block, one all-reduce of 3 x K adds
+    # them; the counts equal one device's and a NumPy count exactly
+    result = _run("confusion", devices, tmp_path)
+    arrays = dict(np.load(os.path.join(tmp_path, "arrays.npz")))
+    layouts = {key.split("/")[1] for key in result["cases"]}
+    assert layouts == ({"batch", "rows", "batch-rows"} if devices == 4 else {"batch", "rows"})
+    rng = np.random.default_rng(5)  # the worker's inputs, drawn again in its order
+    for name, facts in {key.split("/")[0]: f for key, f in result["cases"].items()}.items():
+        k = facts["classes"]
+        t = rng.integers(0, k, (8, 16, 12, 1))
+        z = rng.random((8, 16, 12, 1)).astype(np.float32) if name.startswith("threshold") else \
+            rng.integers(-1, k + 1, (8, 16, 12, 1))
+        w = rng.integers(0, 4, (8, 16, 12, 1)).astype(np.float64)
+        pred = (z >= 0.5).astype(int) if name.startswith("threshold") else z
+        keep = (t != 0) & (pred >= 0) & (pred < k)  # ignore_class=0, predictions out of range
+        weight = np.where(keep, w if name.endswith("weighted") else 1.0, 0.0)
+        want = np.zeros((3, k))
+        for c in range(k):
+            want[0, c] = (weight * ((t == c) & (pred == c))).sum()
+            want[1, c] = (weight * (t == c)).sum()
+            want[2, c] = (weight * (pred == c)).sum()
+        np.testing.assert_array_equal(arrays[f"{name}/single"], want, err_msg=name)
+        for layout in layouts:
+            key = f"{name}/{layout}"
+            np.testing.assert_array_equal(arrays[key], want, err_msg=key)
+            with open(os.path.join(tmp_path, result["cases"][key]["hlo"])) as f:
+                hlo = f.read()
+            assert 'custom_call_target="fastiou_confusion_counts"' in hlo, key
+            collectives = _collectives(hlo)
+            assert collectives and all(op.startswith("all-reduce") and n <= 3 * k for op, n in collectives), \
+                (key, collectives)
+            assert mask_sized_work(hlo, result["cases"][key]["local_pixels"]) == [], key

@@ -7,7 +7,9 @@
 // every channel loop, the softmax's maximum and sum included, is plain vector
 // arithmetic with no horizontal step and no per-pixel loop overhead. Sums are
 // kept per lane and added across the lanes, in a fixed order, at the end of a
-// chunk, so results depend on the build's vector width only.
+// chunk, so results depend on the build's vector width only. With AVX2 and
+// AVX-512, float tiles are transposed in registers, kLanes channels at a time
+// (load_tile, store_tile); elsewhere one value at a time.
 //
 // From probabilities without weights no transposition is needed: a tile's
 // kLanes * C values, as stored, are C whole vectors whose element e always
@@ -28,6 +30,15 @@
 #include <cstring>
 #include <new>
 #include <type_traits>
+
+#if defined(__AVX2__)
+// GCC 12's AVX-512 header trips its own -Wmaybe-uninitialized once inlined
+// (_mm512_undefined_ps, fixed in GCC 13): silenced for the header's lines.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#endif
 
 #include "core/overlap_math.h"
 #include "core/pixel_math.h"
@@ -225,6 +236,90 @@ const TP* tile_predictions(const PixelRule& rule, const TP* pred, const PixelTil
   return stage;
 }
 
+// Transposes the square block of vectors r in registers: afterwards r[i]
+// holds element i of every vector that was in r, in order.
+#if defined(__AVX512F__)
+inline void transpose_block(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+  }
+}
+#elif defined(__AVX2__)
+inline void transpose_block(__m256 r[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+  }
+  for (int i = 0; i < 8; ++i) r[i] = t[i];
+}
+#endif
+
+// Reads a whole tile of predictions x (tile_predictions) transposed:
+// p[c * kLanes + l] = x[l * C + c]. Float tiles go kLanes channels at a time
+// through an in-register transpose (AVX2, AVX-512), reading each pixel's
+// channels as stored, none past the tile; the values are copied, not
+// computed, so every way reads the same bits.
+template <typename TP, typename A>
+void load_tile(const TP* x, Channel C, A* p) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if constexpr (std::is_same_v<TP, float> && std::is_same_v<A, float>) {
+    for (Channel c0 = 0; c0 < C; c0 += kLanes) {
+      const int n = static_cast<int>(std::min<Channel>(kLanes, C - c0));
+#if defined(__AVX512F__)
+      const __mmask16 keep = static_cast<__mmask16>((1u << n) - 1);
+      __m512 r[kLanes];
+      for (int l = 0; l < kLanes; ++l) r[l] = _mm512_maskz_loadu_ps(keep, x + int64_t(l) * C + c0);
+      transpose_block(r);
+      for (int j = 0; j < n; ++j) _mm512_storeu_ps(p + int64_t(c0 + j) * kLanes, r[j]);
+#else
+      const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      __m256 r[kLanes];
+      for (int l = 0; l < kLanes; ++l) r[l] = _mm256_maskload_ps(x + int64_t(l) * C + c0, keep);
+      transpose_block(r);
+      for (int j = 0; j < n; ++j) _mm256_storeu_ps(p + int64_t(c0 + j) * kLanes, r[j]);
+#endif
+    }
+    return;
+  }
+#endif
+  for (Channel c = 0; c < C; ++c) {
+    A* pc = p + c * kLanes;
+    FASTIOU_SIMD
+    for (int l = 0; l < kLanes; ++l) pc[l] = load_as<A>(x[l * C + c]);
+  }
+}
+
 // The tile's probabilities, transposed: p[c * kLanes + l] for channel c of
 // lane l, from the tile's predictions x (tile_predictions): as stored, the
 // sigmoid of each logit, or the softmax, per lane, from the steps of
@@ -233,11 +328,7 @@ const TP* tile_predictions(const PixelRule& rule, const TP* pred, const PixelTil
 template <bool kLogits, typename TP, typename A>
 void tile_probabilities(const PixelRule& rule, const TP* x, A* p) {
   const Channel C = static_cast<Channel>(rule.channels);
-  for (Channel c = 0; c < C; ++c) {
-    A* pc = p + c * kLanes;
-    FASTIOU_SIMD
-    for (int l = 0; l < kLanes; ++l) pc[l] = load_as<A>(x[l * C + c]);
-  }
+  load_tile(x, C, p);
   if constexpr (kLogits) {
     if (rule.softmax) {
       A m[kLanes], inv[kLanes];
@@ -274,6 +365,40 @@ void tile_probabilities(const PixelRule& rule, const TP* x, A* p) {
       }
     }
   }
+}
+
+// Writes a tile's values d, transposed (d[c * kLanes + l] for channel c of
+// lane l), as stored: o[l * C + c] for the tile's first `valid` pixels.
+// Whole float tiles go kLanes channels at a time through an in-register
+// transpose (AVX2, AVX-512); the values are copied, not computed, so every
+// way writes the same bits.
+template <typename TP, typename A>
+void store_tile(const A* d, Channel C, int valid, TP* o) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if constexpr (std::is_same_v<TP, float> && std::is_same_v<A, float>) {
+    if (valid == kLanes) {
+      for (Channel c0 = 0; c0 < C; c0 += kLanes) {
+        const int n = static_cast<int>(std::min<Channel>(kLanes, C - c0));
+#if defined(__AVX512F__)
+        __m512 r[kLanes];
+        for (int j = 0; j < kLanes; ++j) r[j] = j < n ? _mm512_loadu_ps(d + int64_t(c0 + j) * kLanes) : _mm512_setzero_ps();
+        transpose_block(r);
+        const __mmask16 keep = static_cast<__mmask16>((1u << n) - 1);
+        for (int l = 0; l < kLanes; ++l) _mm512_mask_storeu_ps(o + int64_t(l) * C + c0, keep, r[l]);
+#else
+        __m256 r[kLanes];
+        for (int j = 0; j < kLanes; ++j) r[j] = j < n ? _mm256_loadu_ps(d + int64_t(c0 + j) * kLanes) : _mm256_setzero_ps();
+        transpose_block(r);
+        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int l = 0; l < kLanes; ++l) _mm256_maskstore_ps(o + int64_t(l) * C + c0, keep, r[l]);
+#endif
+      }
+      return;
+    }
+  }
+#endif
+  for (int l = 0; l < valid; ++l)
+    for (Channel c = 0; c < C; ++c) o[int64_t(l) * C + c] = store_as<TP>(d[int64_t(c) * kLanes + l]);
 }
 
 // Adds the kLanes values of v in a fixed tree order.
@@ -425,9 +550,7 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
           d[k + l] = select(t.live[l] != 0, v, A(0));
         }
       }
-      TP* o = out + first * C;
-      for (int l = 0; l < t.valid; ++l)
-        for (Channel c = 0; c < C; ++c) o[int64_t(l) * C + c] = store_as<TP>(d[int64_t(c) * kLanes + l]);
+      store_tile(d, C, t.valid, out + first * C);
     }
   });
 }

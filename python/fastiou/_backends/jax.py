@@ -147,7 +147,7 @@ def true_shape(y_true):
     return tuple(y_true.shape)
 
 
-def confusion_counts_call(y_true, y_pred, weights, **attributes):
+def _confusion_call(y_true, y_pred, weights, **attributes):
     """The fused confusion counts (csrc/core/confusion.h) as a host custom
     call: y_true and y_pred viewed as [batch, pixels, channels], weights as
     [rows, cols]; attributes: the kernel's options, from
@@ -160,3 +160,7 @@ def confusion_counts_call(y_true, y_pred, weights, **attributes):
     typed = {name: np.bool_(v) if isinstance(v, bool) else np.int64(v) if isinstance(v, int) else np.float32(v)
              for name, v in attributes.items()}
     return call(y_true, y_pred, weights, **typed)
+
+
+# The call as it splits over the devices of sharded inputs (jax_sharding).
+confusion_counts_call = jax_sharding.partitioned_counts(_confusion_call)

@@ -13,7 +13,9 @@ otherwise gather every operand of an opaque custom call onto every device.
 - The gradient kernel is elementwise given the sums' cotangents: each device
   runs it on its block, and the gradient has y_pred's sharding.
 
-So no mask-sized array crosses devices. The channel axis is taken whole (a
+So no mask-sized array crosses devices. fastiou.metrics' confusion counts
+split like the stats: a sum over the batch and pixels, one all-reduce of
+the [3, K] counts (partitioned_counts). The channel axis is taken whole (a
 softmax and sparse labels need every channel of a pixel): a split channel
 axis is gathered first. So is an axis that does not split evenly over its
 devices, since the padding of an uneven block would enter the sums. Nothing
@@ -204,3 +206,71 @@ def partitioned(stats_fn, grad_fn):
         return call(y_true, y_pred, weights, g_i, g_p, g_t)
 
     return stats, grad
+
+
+# --- The fused confusion counts of fastiou.metrics: a sum over every pixel.
+
+class CountsLayout(NamedTuple):
+    """What partitioning the counts needs besides the shardings (hashable):
+    the kernel's attributes, and whether the weights' rows and columns are
+    the batch's and the pixels' (or one, shared by all)."""
+
+    attributes: tuple  # (name, value) pairs, in fastiou.metrics._kernel_arguments' order
+    weights_by_batch: bool
+    weights_by_pixel: bool
+
+    @property
+    def rank(self):
+        return 3  # y_true and y_pred viewed as [batch, pixels, channels]
+
+
+def _counts_rule(lay):
+    # y_true [b, p, t], y_pred [b, p, c], weights [rows, cols] -> counts [3, k]
+    rows = "b" if lay.weights_by_batch else "r"
+    cols = "p" if lay.weights_by_pixel else "q"
+    rule = f"b p t, b p c, {rows} {cols} -> e k"
+    order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
+    whole = tuple(f for f in order if f not in ("b", "p"))
+    return rule, dict(reduction_factors=("b", "p"), need_replication_factors=whole)
+
+
+def partitioned_counts(counts_fn):
+    """counts_fn(y_true, y_pred, weights, **attributes) (the plain jax.ffi
+    call) as a function that splits over a mesh: each device counts its block
+    of the batch and pixels (the channel axis whole, uneven splits undone)
+    and one all-reduce adds the [3, K] counts."""
+
+    def impl(y_true, y_pred, weights, lay):
+        return counts_fn(y_true, y_pred, weights, **dict(lay.attributes))
+
+    cp = custom_partitioning(impl, static_argnums=(3,))
+
+    def partition(lay, mesh, arg_shapes, result_shape):
+        split = _split(mesh, lay, arg_shapes[1])
+        summed = tuple(a for axes in split for a in axes)
+        mask = _named(mesh, split[0], split[1], ())
+        weights = _named(mesh, split[0] if lay.weights_by_batch else (),
+                         split[1] if lay.weights_by_pixel else ())
+
+        def per_device(y_true, y_pred, w):
+            counts = counts_fn(y_true, y_pred, w, **dict(lay.attributes))
+            return jax.lax.psum(counts, summed) if summed else counts  # one all-reduce of 3 x K
+
+        return mesh, per_device, _named(mesh, (), ()), (mask, mask, weights)
+
+    def infer(lay, mesh, arg_shapes, result_shape):
+        return _named(mesh, (), ())
+
+    cp.def_partition(partition, infer_sharding_from_operands=infer,
+                     sharding_rule=lambda lay, mesh, *types: _counts_rule(lay))
+
+    def counts(y_true, y_pred, weights, **attributes):
+        if _on_one_device(y_true, y_pred, weights):
+            return counts_fn(y_true, y_pred, weights, **attributes)
+        b, p = y_pred.shape[0], y_pred.shape[1]
+        rows, cols = weights.shape
+        lay = CountsLayout(tuple(attributes.items()), rows == b and b > 1, cols == p and p > 1)
+        call = jax.custom_batching.sequential_vmap(lambda t, q, w: cp(t, q, w, lay))
+        return call(y_true, y_pred, weights)
+
+    return counts
