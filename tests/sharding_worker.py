@@ -211,6 +211,16 @@ def keras_fit(out_dir):
         "dice-sparse": (3, lambda: fastiou.losses.DiceLoss(from_logits=True, ignore_index=255)),
         "jaccard-per-image": (1, lambda: fastiou.losses.JaccardLoss(from_logits=True, per_image=True)),
     }
+    # fastiou.metrics compiled with the model, and how Keras' namesake reads
+    # the same logits (its BinaryIoU takes probabilities).
+    metrics = {
+        "jaccard-binary": (lambda: fastiou.metrics.BinaryIoU(target_class_ids=[1], from_logits=True, name="iou"),
+                           lambda: keras.metrics.BinaryIoU(target_class_ids=[1], name="iou"),
+                           lambda z: 1 / (1 + np.exp(-z))),
+        "dice-sparse": (lambda: fastiou.metrics.MeanIoU(3, ignore_class=255, sparse_y_pred=False, name="iou"),
+                        lambda: keras.metrics.MeanIoU(3, ignore_class=255, sparse_y_pred=False, name="iou"),
+                        lambda z: z),
+    }
 
     def model(channels):
         inputs = keras.Input((SIZE, SIZE, 2))
@@ -221,8 +231,14 @@ def keras_fit(out_dir):
     # axis, for each custom call XLA partitioned.
     from fastiou._backends import jax_sharding
 
-    seen, split = [], jax_sharding._split
-    jax_sharding._split = lambda *args: seen.append(split(*args)[0]) or split(*args)
+    seen, seen_counts, split = [], [], jax_sharding._split
+
+    def record(mesh, lay, pred):
+        axes = split(mesh, lay, pred)
+        (seen_counts if isinstance(lay, jax_sharding.CountsLayout) else seen).append(axes[0])
+        return axes
+
+    jax_sharding._split = record
 
     result = {"backend": keras.backend.backend(), "devices": len(keras.distribution.list_devices())}
     for name, (channels, make_loss) in cases.items():
@@ -235,17 +251,33 @@ def keras_fit(out_dir):
             try:
                 m = model(channels)
                 m.set_weights(initial)
-                m.compile(optimizer=keras.optimizers.SGD(0.5), loss=make_loss())
+                with_metric = name in metrics
+                m.compile(optimizer=keras.optimizers.SGD(0.5), loss=make_loss(),
+                          metrics=[metrics[name][0]()] if with_metric else None)
                 history = m.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
-                return m.get_weights(), history.history["loss"][0]
+                evaluated = m.evaluate(x, y, batch_size=GLOBAL_BATCH, verbose=0, return_dict=True)
+                return (m.get_weights(), history.history["loss"][0], history.history.get("iou", [None])[0],
+                        evaluated.get("iou"))
             finally:
                 keras.distribution.set_distribution(None)
 
-        single, single_loss = train(None)
+        single, single_loss, single_fit_iou, single_iou = train(None)
         seen.clear()
-        parallel, parallel_loss = train(keras.distribution.DataParallel(
+        seen_counts.clear()
+        parallel, parallel_loss, parallel_fit_iou, parallel_iou = train(keras.distribution.DataParallel(
             devices=keras.distribution.list_devices()))
         batch_split = sorted({" ".join(axes) for axes in seen})
+        counts_split = sorted({" ".join(axes) for axes in seen_counts})
+        if name in metrics:
+            # Keras' namesake over the whole set, on one device, from the
+            # predictions of the weights DataParallel trained: what the
+            # parallel evaluate must give.
+            z = model(channels)
+            z.set_weights(parallel)
+            oracle = metrics[name][1]()
+            for i in range(0, len(x), GLOBAL_BATCH):
+                oracle.update_state(y[i:i + GLOBAL_BATCH], metrics[name][2](np.asarray(z(x[i:i + GLOBAL_BATCH]))))
+            keras_iou = float(oracle.result())
         # The first batch's loss over each half alone: what a loss that saw
         # only its devices' share would report.
         z = model(channels)
@@ -261,6 +293,11 @@ def keras_fit(out_dir):
             "whole_first_batch": float(loss(y[:GLOBAL_BATCH], logits)), "halves_first_batch": halves,
             "batch_split_in_fit": batch_split,
         }
+        if name in metrics:
+            result[name].update({
+                "single_fit_iou": single_fit_iou, "parallel_fit_iou": parallel_fit_iou,
+                "single_iou": single_iou, "parallel_iou": parallel_iou, "keras_iou": keras_iou,
+                "counts_split": counts_split})
     return result
 
 

@@ -206,6 +206,24 @@ def test_keras_data_parallel_fit_matches_one_device(keras_run):
 
 
 @pytest.mark.slow
+def test_keras_data_parallel_metrics_match_keras(keras_run):
+    # fastiou.metrics compiled with the model: model.fit and model.evaluate
+    # under DataParallel give one device's values, and evaluate gives Keras'
+    # namesake metric over the whole set (one device, the same weights)
+    for name in ("jaccard-binary", "dice-sparse"):
+        r = keras_run[name]
+        assert 0.05 < r["keras_iou"] < 0.95, (name, r)  # a value a wrong count would change
+        assert r["parallel_iou"] == pytest.approx(r["keras_iou"], rel=1e-6, abs=1e-9), (name, r)
+        assert r["parallel_iou"] == pytest.approx(r["single_iou"], rel=1e-6, abs=1e-9), (name, r)
+        assert r["parallel_fit_iou"] == pytest.approx(r["single_fit_iou"], rel=1e-6, abs=1e-9), (name, r)
+    # The binary metric counts with the fused kernel, each device its share
+    # of the batch (one all-reduce of the counts); MeanIoU on C scores takes
+    # the argmax, which runs as plain XLA on JAX.
+    assert keras_run["jaccard-binary"]["counts_split"] == ["batch"]
+    assert keras_run["dice-sparse"]["counts_split"] == []
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [2, 4])
 def test_confusion_counts_split_over_devices(tmp_path, devices):
     # fastiou.metrics' fused counts on a batch split over the batch, the rows

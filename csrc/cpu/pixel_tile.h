@@ -236,6 +236,13 @@ const TP* tile_predictions(const PixelRule& rule, const TP* pred, const PixelTil
   return stage;
 }
 
+// The size of a buffer for a transposed tile (load_tile, store_tile): C
+// channels rounded up to whole blocks of kLanes, so that a block is always
+// moved whole (the channels past C are scratch values nobody reads).
+inline int64_t transposed_tile_values(Channel C) {
+  return int64_t((C + kLanes - 1) / kLanes) * kLanes * kLanes;
+}
+
 // Transposes the square block of vectors r in registers: afterwards r[i]
 // holds element i of every vector that was in r, in order.
 #if defined(__AVX512F__)
@@ -286,10 +293,11 @@ inline void transpose_block(__m256 r[8]) {
 #endif
 
 // Reads a whole tile of predictions x (tile_predictions) transposed:
-// p[c * kLanes + l] = x[l * C + c]. Float tiles go kLanes channels at a time
-// through an in-register transpose (AVX2, AVX-512), reading each pixel's
-// channels as stored, none past the tile; the values are copied, not
-// computed, so every way reads the same bits.
+// p[c * kLanes + l] = x[l * C + c], p holding transposed_tile_values(C).
+// Float tiles go kLanes channels at a time through an in-register transpose
+// (AVX2, AVX-512), reading each pixel's channels as stored, none past the
+// tile, and writing whole blocks (zeros past channel C); the values are
+// copied, not computed, so every way reads the same bits.
 template <typename TP, typename A>
 void load_tile(const TP* x, Channel C, A* p) {
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -301,13 +309,13 @@ void load_tile(const TP* x, Channel C, A* p) {
       __m512 r[kLanes];
       for (int l = 0; l < kLanes; ++l) r[l] = _mm512_maskz_loadu_ps(keep, x + int64_t(l) * C + c0);
       transpose_block(r);
-      for (int j = 0; j < n; ++j) _mm512_storeu_ps(p + int64_t(c0 + j) * kLanes, r[j]);
+      for (int j = 0; j < kLanes; ++j) _mm512_storeu_ps(p + int64_t(c0 + j) * kLanes, r[j]);
 #else
       const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
       __m256 r[kLanes];
       for (int l = 0; l < kLanes; ++l) r[l] = _mm256_maskload_ps(x + int64_t(l) * C + c0, keep);
       transpose_block(r);
-      for (int j = 0; j < n; ++j) _mm256_storeu_ps(p + int64_t(c0 + j) * kLanes, r[j]);
+      for (int j = 0; j < kLanes; ++j) _mm256_storeu_ps(p + int64_t(c0 + j) * kLanes, r[j]);
 #endif
     }
     return;
@@ -368,7 +376,8 @@ void tile_probabilities(const PixelRule& rule, const TP* x, A* p) {
 }
 
 // Writes a tile's values d, transposed (d[c * kLanes + l] for channel c of
-// lane l), as stored: o[l * C + c] for the tile's first `valid` pixels.
+// lane l, d holding transposed_tile_values(C)), as stored: o[l * C + c] for
+// the tile's first `valid` pixels.
 // Whole float tiles go kLanes channels at a time through an in-register
 // transpose (AVX2, AVX-512); the values are copied, not computed, so every
 // way writes the same bits.
@@ -381,13 +390,13 @@ void store_tile(const A* d, Channel C, int valid, TP* o) {
         const int n = static_cast<int>(std::min<Channel>(kLanes, C - c0));
 #if defined(__AVX512F__)
         __m512 r[kLanes];
-        for (int j = 0; j < kLanes; ++j) r[j] = j < n ? _mm512_loadu_ps(d + int64_t(c0 + j) * kLanes) : _mm512_setzero_ps();
+        for (int j = 0; j < kLanes; ++j) r[j] = _mm512_loadu_ps(d + int64_t(c0 + j) * kLanes);
         transpose_block(r);
         const __mmask16 keep = static_cast<__mmask16>((1u << n) - 1);
         for (int l = 0; l < kLanes; ++l) _mm512_mask_storeu_ps(o + int64_t(l) * C + c0, keep, r[l]);
 #else
         __m256 r[kLanes];
-        for (int j = 0; j < kLanes; ++j) r[j] = j < n ? _mm256_loadu_ps(d + int64_t(c0 + j) * kLanes) : _mm256_setzero_ps();
+        for (int j = 0; j < kLanes; ++j) r[j] = _mm256_loadu_ps(d + int64_t(c0 + j) * kLanes);
         transpose_block(r);
         const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         for (int l = 0; l < kLanes; ++l) _mm256_maskstore_ps(o + int64_t(l) * C + c0, keep, r[l]);
@@ -440,8 +449,8 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
   using A = typename AccOf<TP>::type;
   const Channel C = static_cast<Channel>(rule.channels);
   const int64_t span = int64_t(C) * kLanes;
-  A* p = thread_scratch<A>(8 * span);
-  A* si = p + span;
+  A* p = thread_scratch<A>(7 * span + transposed_tile_values(C));
+  A* si = p + transposed_tile_values(C);
   A* sp = si + span;
   A* st = sp + span;
   // The periodic tiles' I, P and T per element of a tile, and a tile's
@@ -519,12 +528,14 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
   using A = typename AccOf<TP>::type;
   const Channel C = static_cast<Channel>(rule.channels);
   const int64_t span = int64_t(C) * kLanes;
-  A* p = thread_scratch<A>(2 * span);
-  A* d = p + span;
+  const int64_t values = transposed_tile_values(C);
+  A* p = thread_scratch<A>(2 * values);
+  A* d = p + values;
   // Probabilities need the prediction only for the sigmoid's Jacobian or for
-  // the gradient with respect to the target.
+  // the gradient with respect to the target. d's channels past C are moved by
+  // store_tile's whole blocks, never stored: zeros.
   constexpr bool kNeedsPred = kLogits || kWrtTrue;
-  if (!kNeedsPred) std::fill(p, p + span, A(0));
+  std::fill(p, p + 2 * values, A(0));
   PixelTile<A> t;
   dispatch_grad_kind(grad_kind(rule, kWrtTrue), [&](auto kind) {
     constexpr GradKind K = decltype(kind)::value;
