@@ -59,6 +59,53 @@ def test_stats_and_grad_match_float64_oracle(rng, mode, per_image, pred_dtype, w
                                    atol=rtol * np.abs(want_dt).max())
 
 
+STREAM_CASES = [
+    # (channels, sparse, from_logits, wrt_true): the single-channel path, and
+    # the tile path of sparse labels (probabilities: whole tiles of two values
+    # per channel; logits: the transposed tiles)
+    (1, False, False, False), (1, False, True, False), (1, False, False, True), (1, False, True, True),
+    (21, True, False, False), (21, True, True, False), (3, True, True, False),
+]
+
+
+@pytest.mark.parametrize("channels,sparse,from_logits,wrt_true", STREAM_CASES)
+@pytest.mark.parametrize("pred_dtype", ["float16", "float32", "float64"])
+def test_large_gradients_streamed_out_equal_small_ones(rng, channels, sparse, from_logits, wrt_true, pred_dtype):
+    # Gradients of at least 16 MiB leave by streaming stores (cpu::store_values),
+    # smaller ones by plain stores. Three images of an odd pixel count put the
+    # chunks' starts at every alignment; with per_image, each image's gradient
+    # is the one of that image alone, below the threshold: the same bits. And
+    # the float64 oracle's values.
+    pixels = (16 << 20) // np.dtype(pred_dtype).itemsize // channels // 3 + 4099
+    shape = (3, pixels, channels)
+    if sparse:
+        t = rng.integers(0, channels, size=shape[:-1]).astype(np.uint8)
+        t[:, 5:40] = 255  # ignored pixels: tiles with and without them
+        opts = dict(sparse=True, softmax=from_logits, ignore_index=255)
+        z = rng.normal(size=shape) if from_logits else rng.dirichlet(np.ones(channels), size=shape[:-1])
+    else:
+        t = (rng.random(shape) < 0.3).astype(pred_dtype)
+        opts = dict(wrt_true=wrt_true)
+        z = rng.normal(size=shape) if from_logits else rng.random(shape)
+    z = z.astype(pred_dtype)
+    acc = np.float64 if pred_dtype == "float64" else np.float32
+    g_i, g_p, g_t = (rng.normal(size=(3, channels)).astype(acc) for _ in range(3))
+    opts.update(from_logits=from_logits, per_image=True)
+    whole = fk.overlap_grad(t, z, None, g_i, g_p, g_t, **opts)
+    assert whole.nbytes >= 16 << 20 and whole.dtype == z.dtype
+    for b in range(3):
+        one = fk.overlap_grad(t[b:b + 1], z[b:b + 1], None, g_i[b:b + 1], g_p[b:b + 1], g_t[b:b + 1], **opts)
+        assert one.nbytes < 16 << 20
+        np.testing.assert_array_equal(whole[b:b + 1].view(np.uint8), one.view(np.uint8))
+    want = oracle_grad(t, z, None, g_i, g_p, g_t, **opts)
+    rtol = tolerance(pred_dtype)
+    scale = np.abs(want).max()
+    if sparse and from_logits:
+        # The softmax Jacobian cancels terms of the size of dL/dp.
+        scale = max(scale, np.abs(oracle_grad(t, z, None, g_i, g_p, g_t, **dict(opts, from_logits=False))).max())
+    np.testing.assert_allclose(whole.astype(np.float64), want, rtol=rtol * 10, atol=rtol * scale)
+
+
 @pytest.mark.parametrize("true_dtype", ["bool", "uint8", "int32", "int64", "float16", "float32",
                                         "float64"])
 def test_target_dtypes_read_as_stored(rng, true_dtype):

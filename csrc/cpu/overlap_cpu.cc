@@ -259,8 +259,9 @@ struct StatsCpu {
   }
 };
 
+// stream: whether the output takes streaming stores (cpu::store_values).
 template <bool kLogits, bool kWeights, bool kWrtTrue, typename TP, typename TT>
-void grad_chunk(const GradArgs& a, int64_t chunk) {
+void grad_chunk(const GradArgs& a, int64_t chunk, bool stream) {
   using A = typename AccOf<TP>::type;
   const OverlapGeometry& g = a.geometry;
   const int64_t C = g.channels;
@@ -291,18 +292,19 @@ void grad_chunk(const GradArgs& a, int64_t chunk) {
   if (single_channel_path(rule)) {
     // The group's gradients in registers: the loop then vectorizes.
     const A g_i = gi[0], g_p = gp[0], g_t = gt[0];
-    for (int64_t i = 0; i < r.pixels; ++i) out[i] = element(i, i, g_i, g_p, g_t);
+    cpu::store_values(out, r.pixels, stream, [&](int64_t i) { return element(i, i, g_i, g_p, g_t); });
+    cpu::stream_fence(stream);
     return;
   }
   if constexpr (cpu::kLabelType<TT>) {
     if (cpu::tile_path(rule, kWeights)) {
       if constexpr (kNeedsPred) {
-        cpu::tile_grad_chunk<kLogits, kWeights, kWrtTrue>(rule, pred, labels, w, r.pixels, gi, gp, gt, out);
+        cpu::tile_grad_chunk<kLogits, kWeights, kWrtTrue>(rule, pred, labels, w, r.pixels, gi, gp, gt, out, stream);
         return;
       } else if constexpr (!kWeights) {
         // From probabilities the gradient needs no prediction: whole tiles
         // of two values per channel.
-        cpu::periodic_grad_chunk<TP>(rule, labels, r.pixels, gi, gp, gt, out);
+        cpu::periodic_grad_chunk<TP>(rule, labels, r.pixels, gi, gp, gt, out, stream);
         return;
       }
     }
@@ -327,7 +329,9 @@ template <typename TP, typename TT>
 struct GradCpu {
   static void run(const GradArgs& a, const ParallelFor& parallel_for, std::string*) {
     const OverlapGeometry& g = a.geometry;
-    advise_huge_pages(a.output, g.elements() * static_cast<int64_t>(sizeof(TP)));
+    const int64_t bytes = g.elements() * static_cast<int64_t>(sizeof(TP));
+    advise_huge_pages(a.output, bytes);
+    const bool stream = bytes >= cpu::kStreamBytes;
     dispatch_bool(a.from_logits, [&](auto logits) {
       dispatch_bool(a.weights != nullptr, [&](auto weights) {
         dispatch_bool(a.wrt_true, [&](auto wrt_true) {
@@ -337,7 +341,7 @@ struct GradCpu {
           parallel_for(g.chunks(), g.chunk_pixels() * g.channels * cycles_per_element(kLogits),
                        [&](int64_t begin, int64_t end) {
                          for (int64_t chunk = begin; chunk < end; ++chunk)
-                           grad_chunk<kLogits, kWeights, kWrtTrue, TP, TT>(a, chunk);
+                           grad_chunk<kLogits, kWeights, kWrtTrue, TP, TT>(a, chunk, stream);
                        });
         });
       });

@@ -31,14 +31,12 @@
 #include <new>
 #include <type_traits>
 
-#if defined(__AVX2__)
 // GCC 12's AVX-512 header trips its own -Wmaybe-uninitialized once inlined
 // (_mm512_undefined_ps, fixed in GCC 13): silenced for the header's lines.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
-#endif
 
 #include "core/overlap_math.h"
 #include "core/pixel_math.h"
@@ -95,6 +93,68 @@ T* thread_scratch(int64_t values) {
     buffer.size = values;
   }
   return buffer.data;
+}
+
+// Streaming stores for large outputs. A mask-sized gradient is written once
+// and read by the next op long after, so caching it buys nothing; a plain
+// store also reads each cache line before writing it (read for ownership),
+// a third stream of memory traffic beside the inputs' read and the output's
+// write. Streaming (non-temporal) stores write whole lines without reading
+// them. Outputs of at least kStreamBytes take them; smaller ones stay in the
+// caches, where the next op finds them.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+#if defined(__AVX512F__)
+constexpr int kStreamVectorBytes = 64;
+#elif defined(__AVX__)
+constexpr int kStreamVectorBytes = 32;
+#else
+constexpr int kStreamVectorBytes = 16;
+#endif
+
+// Writes out[i] = value(i) for i in [0, n): with `stream`, the values are
+// computed a block at a time (a vector loop into a local block) and each
+// aligned block leaves by streaming stores; the unaligned head and the tail
+// take plain stores. Either way every out[i] gets the same value(i), so the
+// bits do not depend on `stream`. Streamed writes are weakly ordered: a
+// chunk that streamed ends with stream_fence.
+template <typename TP, typename F>
+void store_values(TP* out, int64_t n, bool stream, const F& value) {
+  constexpr int64_t kBlock = 4 * kStreamVectorBytes / int64_t(sizeof(TP));
+  static_assert(4 * kStreamVectorBytes % sizeof(TP) == 0, "a block is whole values");
+  int64_t i = 0;
+  if (stream) {
+    // Plain stores up to the first aligned block (none when out cannot reach
+    // an alignment of whole values).
+    const uintptr_t misaligned = reinterpret_cast<uintptr_t>(out) % kStreamVectorBytes;
+    int64_t head = misaligned == 0 ? 0 : int64_t(kStreamVectorBytes - misaligned) / int64_t(sizeof(TP));
+    if (misaligned % sizeof(TP) != 0) head = n;
+    head = std::min(head, n);
+    for (; i < head; ++i) out[i] = value(i);
+    alignas(64) TP block[kBlock];
+    for (; i + kBlock <= n; i += kBlock) {
+      FASTIOU_SIMD
+      for (int64_t j = 0; j < kBlock; ++j) block[j] = value(i + j);
+      for (int64_t b = 0; b < kBlock * int64_t(sizeof(TP)); b += kStreamVectorBytes) {
+        char* to = reinterpret_cast<char*>(out + i) + b;
+        const char* from = reinterpret_cast<const char*>(block) + b;
+#if defined(__AVX512F__)
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(to), _mm512_load_si512(from));
+#elif defined(__AVX__)
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(to), _mm256_load_si256(reinterpret_cast<const __m256i*>(from)));
+#else
+        _mm_stream_si128(reinterpret_cast<__m128i*>(to), _mm_load_si128(reinterpret_cast<const __m128i*>(from)));
+#endif
+      }
+    }
+  }
+  FASTIOU_SIMD
+  for (int64_t k = i; k < n; ++k) out[k] = value(k);
+}
+
+// Orders a chunk's streamed writes before whatever the thread writes next
+// (the thread pool's completion signal included).
+inline void stream_fence(bool stream) {
+  if (stream) _mm_sfence();
 }
 
 // The range guards' register (BadInput): the largest bit pattern of the
@@ -521,16 +581,19 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
 
 // The gradient of one chunk, kLanes pixels at a time: out points at the
 // chunk's first element; gi, gp, gt at its group row of dL/dI, dL/dP, dL/dT.
+// stream: the output takes streaming stores (store_values): the chunk is
+// then made in a staging buffer (in the core's cache) and leaves from there
+// in one store_values, every line whole.
 template <bool kLogits, bool kWeights, bool kWrtTrue, typename TP, typename TT>
 void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, const TP* w, int64_t pixels,
                      const typename AccOf<TP>::type* gi, const typename AccOf<TP>::type* gp,
-                     const typename AccOf<TP>::type* gt, TP* out) {
+                     const typename AccOf<TP>::type* gt, TP* out, bool stream) {
   using A = typename AccOf<TP>::type;
   const Channel C = static_cast<Channel>(rule.channels);
-  const int64_t span = int64_t(C) * kLanes;
   const int64_t values = transposed_tile_values(C);
   A* p = thread_scratch<A>(2 * values);
   A* d = p + values;
+  TP* staged = stream ? thread_scratch<TP, 6>(pixels * C) : nullptr;
   // Probabilities need the prediction only for the sigmoid's Jacobian or for
   // the gradient with respect to the target. d's channels past C are moved by
   // store_tile's whole blocks, never stored: zeros.
@@ -561,9 +624,13 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
           d[k + l] = select(t.live[l] != 0, v, A(0));
         }
       }
-      store_tile(d, C, t.valid, out + first * C);
+      store_tile(d, C, t.valid, (stream ? staged : out) + first * C);
     }
   });
+  if (stream) {
+    store_values(out, pixels * C, true, [staged](int64_t e) { return staged[e]; });
+    stream_fence(true);
+  }
 }
 
 // The gradient of one chunk from probabilities, without weights, with
@@ -576,7 +643,7 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
 template <typename TP, typename TT>
 void periodic_grad_chunk(const PixelRule& rule, const TT* labels, int64_t pixels,
                          const typename AccOf<TP>::type* gi, const typename AccOf<TP>::type* gp,
-                         const typename AccOf<TP>::type* gt, TP* out) {
+                         const typename AccOf<TP>::type* gt, TP* out, bool stream) {
   using A = typename AccOf<TP>::type;
   constexpr GradKind K = GradKind::kProbabilities;
   const Channel C = static_cast<Channel>(rule.channels);
@@ -589,11 +656,15 @@ void periodic_grad_chunk(const PixelRule& rule, const TT* labels, int64_t pixels
     for (int l = 0; l < kLanes; ++l) pattern[int64_t(l) * C + c] = v0;
   }
   const TP zero = store_as<TP>(A(0));
+  // With streaming stores the chunk is made in a staging buffer (in the
+  // core's cache) and leaves from there in one store_values: every line is
+  // whole when it goes, so none is read for ownership or written twice.
+  TP* staged = stream ? thread_scratch<TP, 6>(pixels * C) : nullptr;
   PixelTile<A> t;
   for (int64_t first = 0; first < pixels; first += kLanes) {
     read_tile<false>(rule, labels, static_cast<const TP*>(nullptr), first, pixels, 0, &t,
                      static_cast<ChunkBad*>(nullptr));
-    TP* o = out + first * C;
+    TP* o = (stream ? staged : out) + first * C;
     Channel all = t.valid == kLanes;
     for (int l = 0; l < kLanes; ++l) all &= t.live[l];
     if (all) {
@@ -613,6 +684,10 @@ void periodic_grad_chunk(const PixelRule& rule, const TT* labels, int64_t pixels
     // one, nor a label out of range, which matches no channel).
     for (int l = 0; l < t.valid; ++l)
       if (t.live[l] && t.cls[l] >= 0) o[int64_t(l) * C + t.cls[l]] = v1[t.cls[l]];
+  }
+  if (stream) {
+    store_values(out, pixels * C, true, [staged](int64_t e) { return staged[e]; });
+    stream_fence(true);
   }
 }
 
