@@ -105,32 +105,44 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* b
   const TP* w = in.w;
   const PixelRule rule = make_pixel_rule(a);
   if (single_channel_path(rule)) {
-    // A SIMD reduction: the compiler keeps one partial sum per vector lane and
-    // adds the lanes in a fixed order, so the result depends on the build's
-    // vector width only, never on the run or the thread count.
-    // seen: the range guards' register (cpu::widen_range), a reduction too;
+    // kLanes elements at a time, one per vector lane, each lane with its own
+    // sums, added across the lanes in a fixed order at the end (the tail's
+    // elements go to lanes 0, 1, ... in turn): the result depends on the
+    // build's vector width only, never on the run or the thread count. The
+    // inputs are prefetched ahead (cpu::prefetch_ahead).
+    // seen: the range guards' register (cpu::widen_range), per lane too;
     // without check_range the loop is built without it.
     dispatch_bool(rule.check_range, [&](auto guard) {
       constexpr bool kGuard = decltype(guard)::value;
-      A si = 0, sp = 0, st = 0;
-      typename cpu::RangeBits<A>::type seen = 0;
-      const int64_t n = r.pixels;
-#pragma omp simd reduction(+ : si, sp, st) reduction(max : seen)
-      for (int64_t i = 0; i < n; ++i) {
+      constexpr int kLanes = cpu::kLanes;
+      A si[kLanes] = {}, sp[kLanes] = {}, st[kLanes] = {};
+      typename cpu::RangeBits<A>::type seen[kLanes] = {};
+      auto element = [&](int64_t i, int l) {
         const A x = load_as<A>(pred[i]);
         const A t = load_as<A>(tru[i]);
         if constexpr (kGuard) {
-          cpu::widen_range(t, seen);
-          if constexpr (!kLogits) cpu::widen_range(x, seen);
+          cpu::widen_range(t, seen[l]);
+          if constexpr (!kLogits) cpu::widen_range(x, seen[l]);
         }
         const A wv = kWeights ? load_as<A>(w[i]) : A(1);
-        accumulate_overlap(probability<kLogits>(x), t, wv, si, sp, st);
+        accumulate_overlap(probability<kLogits>(x), t, wv, si[l], sp[l], st[l]);
+      };
+      const int64_t n = r.pixels;
+      const int64_t whole = n - n % kLanes;
+      for (int64_t b = 0; b < whole; b += kLanes) {
+        cpu::prefetch_ahead(pred + b, kLanes);
+        cpu::prefetch_ahead(tru + b, kLanes);
+        if constexpr (kWeights) cpu::prefetch_ahead(w + b, kLanes);
+        FASTIOU_SIMD
+        for (int l = 0; l < kLanes; ++l) element(b + l, l);
       }
-      if (kGuard && cpu::range_alarm<A>(seen))
-        *bad = cpu::first_bad_value<kLogits>(rule, pred, tru, labels, n, r.first_pixel);
-      partial[0] = si;
-      partial[1] = sp;
-      partial[2] = st;
+      for (int64_t i = whole; i < n; ++i) element(i, static_cast<int>(i - whole));
+      bool alarm = false;
+      for (int l = 0; l < kLanes; ++l) alarm = alarm || cpu::range_alarm<A>(seen[l]);
+      if (kGuard && alarm) *bad = cpu::first_bad_value<kLogits>(rule, pred, tru, labels, n, r.first_pixel);
+      partial[0] = cpu::add_lanes(si);
+      partial[1] = cpu::add_lanes(sp);
+      partial[2] = cpu::add_lanes(st);
     });
     return;
   }
@@ -292,7 +304,13 @@ void grad_chunk(const GradArgs& a, int64_t chunk, bool stream) {
   if (single_channel_path(rule)) {
     // The group's gradients in registers: the loop then vectorizes.
     const A g_i = gi[0], g_p = gp[0], g_t = gt[0];
-    cpu::store_values(out, r.pixels, stream, [&](int64_t i) { return element(i, i, g_i, g_p, g_t); });
+    cpu::store_values(
+        out, r.pixels, stream, [&](int64_t i) { return element(i, i, g_i, g_p, g_t); },
+        [&](int64_t i, int64_t values) {
+          if constexpr (kNeedsPred) cpu::prefetch_ahead(pred + i, values);
+          if constexpr (!kWrtTrue) cpu::prefetch_ahead(tru + i, values);
+          if constexpr (kWeights) cpu::prefetch_ahead(w + i, values);
+        });
     cpu::stream_fence(stream);
     return;
   }

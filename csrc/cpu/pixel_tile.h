@@ -111,14 +111,36 @@ constexpr int kStreamVectorBytes = 32;
 constexpr int kStreamVectorBytes = 16;
 #endif
 
-// Writes out[i] = value(i) for i in [0, n): with `stream`, the values are
-// computed a block at a time (a vector loop into a local block) and each
+// Software prefetch for the loops that stream through mask-sized inputs.
+// The hardware prefetcher keeps a pure read at memory speed, but a loop that
+// also computes (a sigmoid per element) asks for lines late, and the read and
+// the arithmetic then take turns instead of overlapping. Lines asked for
+// kPrefetchBytes ahead arrive while the core computes: on a 2-core Xeon, a
+// sigmoid pass over 8x128x128x128 logits and targets went from 7.0 to 5.2 ms
+// (a standalone loop; distances of 1 to 4 KiB did about as well).
+constexpr int64_t kPrefetchBytes = 2048;
+
+// Asks for the lines of values [at, at + values) kPrefetchBytes ahead (at
+// least one line). A hint: an address past the end of the input faults
+// nothing.
+template <typename T>
+inline void prefetch_ahead(const T* at, int64_t values) {
+  const char* ahead = reinterpret_cast<const char*>(at) + kPrefetchBytes;
+  const int64_t bytes = std::max<int64_t>(1, values * int64_t(sizeof(T)));
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(ahead + b);
+}
+
+// Writes out[i] = value(i) for i in [0, n), a block of kBlock values at a
+// time (four vectors); prefetch(i, kBlock) is called before the block of
+// values [i, i + kBlock) (prefetch_ahead of their inputs). With `stream`,
+// each block is computed in a vector loop into a local buffer and each
 // aligned block leaves by streaming stores; the unaligned head and the tail
-// take plain stores. Either way every out[i] gets the same value(i), so the
-// bits do not depend on `stream`. Streamed writes are weakly ordered: a
-// chunk that streamed ends with stream_fence.
-template <typename TP, typename F>
-void store_values(TP* out, int64_t n, bool stream, const F& value) {
+// take plain stores. Either way every
+// out[i] gets the same value(i), so the bits do not depend on `stream`.
+// Streamed writes are weakly ordered: a chunk that streamed ends with
+// stream_fence.
+template <typename TP, typename F, typename P>
+void store_values(TP* out, int64_t n, bool stream, const F& value, const P& prefetch) {
   constexpr int64_t kBlock = 4 * kStreamVectorBytes / int64_t(sizeof(TP));
   static_assert(4 * kStreamVectorBytes % sizeof(TP) == 0, "a block is whole values");
   int64_t i = 0;
@@ -132,6 +154,7 @@ void store_values(TP* out, int64_t n, bool stream, const F& value) {
     for (; i < head; ++i) out[i] = value(i);
     alignas(64) TP block[kBlock];
     for (; i + kBlock <= n; i += kBlock) {
+      prefetch(i, kBlock);
       FASTIOU_SIMD
       for (int64_t j = 0; j < kBlock; ++j) block[j] = value(i + j);
       for (int64_t b = 0; b < kBlock * int64_t(sizeof(TP)); b += kStreamVectorBytes) {
@@ -146,9 +169,21 @@ void store_values(TP* out, int64_t n, bool stream, const F& value) {
 #endif
       }
     }
+  } else {
+    for (; i + kBlock <= n; i += kBlock) {
+      prefetch(i, kBlock);
+      FASTIOU_SIMD
+      for (int64_t j = 0; j < kBlock; ++j) out[i + j] = value(i + j);
+    }
   }
   FASTIOU_SIMD
   for (int64_t k = i; k < n; ++k) out[k] = value(k);
+}
+
+// store_values of values already in the caches: nothing to prefetch.
+template <typename TP, typename F>
+void store_values(TP* out, int64_t n, bool stream, const F& value) {
+  store_values(out, n, stream, value, [](int64_t, int64_t) {});
 }
 
 // Orders a chunk's streamed writes before whatever the thread writes next
