@@ -18,10 +18,14 @@ TESTS = Path(__file__).resolve().parent
 LEVELS = ["x86-64-v2", "x86-64-v3", "x86-64-v4"]
 PORTABLE = not fk.cpu_target().startswith("-march=")
 # The kernel tests each level runs: every path (single-channel, tile, channel)
-# against the float64 oracle, bitwise repeatability included, and the
-# property-based cases of the module.
+# against the float64 oracle, bitwise repeatability included, the
+# property-based cases of the module, and the metrics' confusion counts (every
+# rule and dtype, the argmax's tiles of pixels) against Keras and the oracle.
 LEVEL_TESTS = ["test_sparse_paths.py", "test_kernels_module.py",
-               "test_properties.py::test_module_against_the_oracle"]
+               "test_properties.py::test_module_against_the_oracle",
+               "test_metrics.py::test_argmax_of_many_pixels_matches_keras",
+               "test_metrics.py::test_every_dtype_reaches_the_kernel",
+               "test_metrics.py::test_counts_match_the_oracle_and_repeat_bitwise"]
 
 # Flags of /proc/cpuinfo each x86-64 level adds (the x86-64 psABI's list;
 # abm is how Linux names LZCNT).

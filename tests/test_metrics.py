@@ -551,6 +551,30 @@ def test_argmax_reads_floats_as_keras_does():
                 [(labels, scores)])
 
 
+@pytest.mark.parametrize("channels", [2, 3, 16, 21, 40])
+@pytest.mark.parametrize("side,dtype", [("y_pred", "float32"), ("y_pred", "float16"), ("y_pred", "float64"),
+                                        ("y_true", "float32"), ("y_true", "uint8")])
+def test_argmax_of_many_pixels_matches_keras(rng, channels, side, dtype):
+    # Enough pixels for many whole tiles of pixels side by side and a short
+    # rest (185 pixels an image), with values from a small set, so that ties,
+    # -0.0 against +0.0, NaN, infinities and the lowest value meet in every
+    # tile. Labels are Keras' argmax of the scores (what its metrics take):
+    # every pixel then counts as a true positive exactly when the kernel's
+    # argmax agrees.
+    if dtype == "uint8":
+        values = np.array([0, 1, 2, 255])
+    else:
+        values = np.array([-np.inf, np.finfo(dtype).min, -1.0, -0.0, 0.0, 0.5, 1.0, np.inf, np.nan])
+    scores = rng.choice(values, (3, 37, 5, channels)).astype(dtype)
+    expected = np.asarray(keras.ops.argmax(scores, axis=-1)).astype(np.int32)
+    if side == "y_pred":
+        got = fm.confusion_counts(expected, scores, num_classes=channels, pred_rule=fm.ARGMAX).numpy()
+    else:
+        got = fm.confusion_counts(scores, expected, num_classes=channels, true_rule=fm.ARGMAX).numpy()
+    np.testing.assert_array_equal(got, np_counts(expected, expected, channels))
+    assert got[0].sum() == expected.size
+
+
 def test_negative_target_class_ids_count_from_the_last(rng):
     labels = rng.integers(0, 4, (2, 6, 6))
     scores = rng.random((2, 6, 6, 4)).astype(np.float32)

@@ -34,12 +34,13 @@ FASTIOU_HD int32_t index_class(T v) {
 
 // One step of an argmax over channels: channel c of value v against the best
 // so far. Strictly greater wins, so ties keep the first channel, and a NaN
-// (which compares false) never wins.
+// (which compares false) never wins. Bit-mask selects: no branch, whatever
+// the values.
 template <typename A>
 FASTIOU_HD void argmax_step(A v, int32_t c, A& best, int32_t& at) {
   const bool greater = v > best;
-  best = greater ? v : best;
-  at = greater ? c : at;
+  best = select(greater, v, best);
+  at = select(greater, c, at);
 }
 
 // The value type an argmax compares values of type T in.

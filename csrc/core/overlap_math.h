@@ -152,7 +152,8 @@ struct AccOf<double> {
 
 // c ? a : b through bit masks. A plain conditional with a constant arm lets
 // compilers split the loop into branches (jump threading) and then give up on
-// vectorizing it.
+// vectorizing it; one that updates values kept across iterations may become
+// a branch on whether any vector lane changes, which data decide at random.
 FASTIOU_HD float select(bool c, float a, float b) {
   const uint32_t m = 0u - static_cast<uint32_t>(c);
   return bits_to_float((m & float_to_bits(a)) | (~m & float_to_bits(b)));
@@ -166,6 +167,14 @@ FASTIOU_HD double select(bool c, double a, double b) {
   double r;
   std::memcpy(&r, &u, sizeof r);
   return r;
+}
+FASTIOU_HD int32_t select(bool c, int32_t a, int32_t b) {
+  const uint32_t m = 0u - static_cast<uint32_t>(c);
+  return static_cast<int32_t>((m & static_cast<uint32_t>(a)) | (~m & static_cast<uint32_t>(b)));
+}
+FASTIOU_HD int64_t select(bool c, int64_t a, int64_t b) {
+  const uint64_t m = 0u - static_cast<uint64_t>(c);
+  return static_cast<int64_t>((m & static_cast<uint64_t>(a)) | (~m & static_cast<uint64_t>(b)));
 }
 
 // e^x in float without libm: x = k ln2 + r with |r| <= ln2/2, e^r by its

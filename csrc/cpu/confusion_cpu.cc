@@ -2,8 +2,8 @@
 //
 // One pass over the masks. Each chunk of pixels (OverlapGeometry's chunking,
 // fixed by the shape) is walked in blocks: the pixels' two classes are
-// computed first into small arrays (class indices converted and thresholds
-// compared by loops that vectorize; the argmax one pixel at a time); the
+// computed first into small arrays (class indices converted, thresholds
+// compared and argmaxes taken by loops that vectorize); the
 // block is then counted, with per-class vector sums for a few classes and a
 // histogram split in interleaved copies (no store waits on the one before)
 // for more. Unweighted counts are integers (exact); a short serial pass adds
@@ -12,6 +12,7 @@
 // Compiled once per SIMD level, like overlap_cpu.cc (core/simd_level.h).
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <type_traits>
 
@@ -34,6 +35,41 @@ constexpr int64_t kSmallClasses = 4;   // up to this many: per-class vector sums
 constexpr int64_t kHistCopies = 4;     // interleaved histograms, for up to kCopiesUpTo classes
 constexpr int64_t kCopiesUpTo = 4096;
 
+// The argmax classes of n pixels of C channels each, at x. A pixel's
+// channels are a chain of dependent compare-and-selects, so one pixel at a
+// time waits on each step's latency; instead kLanes pixels go side by side,
+// one per vector lane: each tile is read transposed (cpu::load_tile), then
+// every channel is one vector step (argmax_step, argmax_key: the rules of
+// argmax_class, so the classes are the same). The last pixels, fewer than a
+// tile, go one at a time.
+template <typename T>
+void argmax_classes(const T* x, int64_t channels, int64_t n, int32_t* out) {
+  using A = ArgmaxValue<T>;
+  const Channel C = static_cast<Channel>(channels);
+  constexpr int kLanes = cpu::kLanes;
+  A* tile = cpu::thread_scratch<A, 5>(cpu::transposed_tile_values(C));
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const T* px = x + i * channels;
+    cpu::prefetch_tiles_ahead(px, kLanes * channels);
+    cpu::load_tile(px, C, tile);
+    A best[kLanes];
+    int32_t at[kLanes];
+    FASTIOU_SIMD
+    for (int l = 0; l < kLanes; ++l) {
+      best[l] = std::numeric_limits<A>::lowest();
+      at[l] = 0;
+    }
+    for (Channel c = 0; c < C; ++c) {
+      const A* v = tile + int64_t(c) * kLanes;
+      FASTIOU_SIMD
+      for (int l = 0; l < kLanes; ++l) argmax_step(argmax_key(v[l]), c, best[l], at[l]);
+    }
+    for (int l = 0; l < kLanes; ++l) out[i + l] = at[l];
+  }
+  for (; i < n; ++i) out[i] = argmax_class(x + i * channels, channels);
+}
+
 // The classes of n pixels by kRule; x points at the first pixel's channels.
 template <ClassRule kRule, typename T>
 void block_classes(const T* x, int64_t channels, int64_t n, float threshold, int32_t* out) {
@@ -44,11 +80,7 @@ void block_classes(const T* x, int64_t channels, int64_t n, float threshold, int
     FASTIOU_SIMD
     for (int64_t i = 0; i < n; ++i) out[i] = threshold_class(x[i], threshold);
   } else {
-    // One pixel at a time, its channels in turn. The pixels of a tile across
-    // the vector lanes (read transposed, or gathered) ran no faster on the
-    // 2-core development machine (AVX-512): this pass is still 4-5x slower
-    // than a streaming read of the scores there.
-    for (int64_t i = 0; i < n; ++i) out[i] = argmax_class(x + i * channels, channels);
+    argmax_classes(x, channels, n, out);
   }
 }
 
