@@ -124,9 +124,8 @@ def check_config(config, metric, shape, impl, inputs):
         raise RuntimeError(f"benchmark child for {impl} {metric} {shape} was not given {inputs}")
     if package == "fastiou" and metric == "BinaryIoU" and config.get("from_logits") != (inputs == "logits"):
         raise RuntimeError(f"benchmark child for {impl} {metric} ran from_logits={config.get('from_logits')}")
-    # under XLA fastiou runs its kernel (where it lowers: no GPU) but for an argmax (MeanIoU on scores),
-    # which XLA's ops do faster
-    lowered = package == "fastiou" and metric != "MeanIoU" and bool(config.get("kernel_lowers_here"))
+    # under XLA fastiou runs its kernel where it lowers (no GPU)
+    lowered = package == "fastiou" and bool(config.get("kernel_lowers_here"))
     if impl.endswith("xla") and config.get("fastiou_custom_call") != lowered:
         raise RuntimeError(f"benchmark child for {impl} {metric}: fastiou's custom call compiled in: "
                            f"{config.get('fastiou_custom_call')}")

@@ -289,11 +289,10 @@ def test_xla_lowering_and_plain_path_match_the_fused_op(rng, case, monkeypatch):
         return fm.confusion_counts(t, p, w, num_classes=c, **kw)
 
     # under jit_compile the op lowers to a custom call of the same kernel (the
-    # same bits), but for an argmax, which XLA's own ops do faster
+    # same bits)
     from fastiou import _ops
 
-    argmax = fm.ARGMAX in (kw["pred_rule"], kw.get("true_rule", fm.INDEX))
-    lowered = not argmax and _ops.confusion_lowers_to_xla()  # not on a GPU machine or a build without XLA
+    lowered = _ops.confusion_lowers_to_xla()  # not on a GPU machine or a build without XLA
     fused = tf.function(counts, jit_compile=True)
     assert ("fastiou_confusion_counts" in fused.experimental_get_compiler_ir(t, p)(stage="hlo")) == lowered
     (np.testing.assert_array_equal if lowered else np.testing.assert_allclose)(fused(t, p).numpy(), eager)
@@ -305,7 +304,7 @@ def test_xla_lowering_and_plain_path_match_the_fused_op(rng, case, monkeypatch):
 
 
 def test_lowered_kernel_argmax_matches_the_op(rng):
-    # the custom call itself on argmax views (confusion_counts keeps XLA's argmax)
+    # the op's custom call itself on argmax views, with per-pixel weights
     from fastiou import _ops
 
     if not _ops.confusion_lowers_to_xla():
@@ -489,7 +488,7 @@ for k, f, args in pairs:
     out["results"].append([float(k.result()), float(f.result())])
 # the fused counts through XLA FFI, eagerly and under jax.jit, against NumPy
 import jax
-def counts(a, b):  # class indices: the kernel (an argmax would take XLA's own)
+def counts(a, b):  # class indices
     return fm.confusion_counts(a, b, num_classes=5)
 def argmax_counts(a, b):
     return fm.confusion_counts(a, b, num_classes=5, pred_rule=fm.ARGMAX)
@@ -524,10 +523,11 @@ def test_keras_on_jax_gives_the_keras_numbers():
         assert expected > 0
     import fastiou.kernels
 
-    # the kernel where the build has its XLA FFI handler; an argmax keeps XLA's own ops
-    assert out["lowered"] == ["fastiou_confusion_counts" in fastiou.kernels.ffi_handlers(), False]
-    eager, jitted, plain, oracle = out["counts"]
-    assert eager == oracle and jitted == oracle and plain == oracle
+    # the kernel where the build has its XLA FFI handler, class indices and argmax alike
+    handler = "fastiou_confusion_counts" in fastiou.kernels.ffi_handlers()
+    assert out["lowered"] == [handler, handler]
+    eager, jitted, argmax_jitted, oracle = out["counts"]
+    assert eager == oracle and jitted == oracle and argmax_jitted == oracle
 
 
 def test_binary_positional_arguments_are_keras_order():

@@ -30,11 +30,9 @@ ValueError that says what to pass instead.
 The fused kernel runs on the CPU: as a TensorFlow op in graph and eager
 mode, as an XLA custom call of the same kernel under jit_compile (the same
 bits), and through the same XLA FFI handler on Keras' JAX backend (jax.jit
-included). Under XLA an argmax over channels (MeanIoU and IoU on scores,
-one-hot targets) takes plain keras.ops (the same rules,
-`plain_confusion_counts`), which XLA compiles into a faster argmax than the
-kernel's; so does everything where XLA compiles for a GPU, since the kernel
-has no GPU version yet.
+included). Where XLA compiles for a GPU the counts take plain keras.ops
+(the same rules, `plain_confusion_counts`), since the kernel has no GPU
+version yet.
 """
 
 import math
@@ -160,8 +158,8 @@ def plain_confusion_counts(y_true, y_pred, weights, *, num_classes, true_rule, p
                            ignore_class, integer_weights):
     """The counts [tp, true, pred] per class, shape (3, num_classes), written
     with keras.ops on inputs already viewed as the kernel reads them (see
-    csrc/core/confusion.h for the rules): the path under XLA for an argmax
-    and where XLA compiles for a GPU, which the kernel does not run on yet."""
+    csrc/core/confusion.h for the rules): the path where XLA compiles for a
+    GPU, which the kernel does not run on yet."""
     count_dtype = "float64" if keras_backend() == "tensorflow" else "float32"
 
     def classes(x, rule):
@@ -241,18 +239,14 @@ def confusion_counts(y_true, y_pred, sample_weight=None, *, num_classes, true_ru
     options = dict(num_classes=int(num_classes), true_rule=int(true_rule), pred_rule=int(pred_rule),
                    threshold=float(threshold), ignore_class=ignore_class, integer_weights=bool(integer_weights))
     backend = keras_backend()
-    # Under XLA (jit_compile, JAX) the kernel runs as a host custom call, but
-    # not for an argmax over channels: XLA's own argmax and segment sum beat
-    # the kernel's there (12.7 against 23 ms at 4x512x512x21 on the 2-core
-    # development machine), so XLA gets the plain path for it.
-    xla_fused = ARGMAX not in (true_rule, pred_rule)
+    # Under XLA (jit_compile, JAX) the kernel runs as a host custom call.
     if backend == "tensorflow":
         from fastiou import _ops
 
-        if not _ops.in_xla_context() or (xla_fused and _ops.confusion_lowers_to_xla()):
+        if not _ops.in_xla_context() or _ops.confusion_lowers_to_xla():
             weights, attributes = _kernel_arguments(weights, options)
             return _ops.confusion_counts_op(y_true, y_pred, weights, **attributes)
-    elif backend == "jax" and xla_fused and _jax_confusion_counts() is not None:
+    elif backend == "jax" and _jax_confusion_counts() is not None:
         weights, attributes = _kernel_arguments(weights, options)
         return _jax_confusion_counts()(y_true, y_pred, weights, **attributes)
     return plain_confusion_counts(y_true, y_pred, weights, **options)
