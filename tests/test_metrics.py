@@ -575,6 +575,27 @@ def test_argmax_of_many_pixels_matches_keras(rng, channels, side, dtype):
     assert got[0].sum() == expected.size
 
 
+@pytest.mark.parametrize("label_dtype,metric_dtype", [("float64", "float32"), ("float64", None),
+                                                       ("float64", "float64"), ("float32", "float16"),
+                                                       ("float32", "float32")])
+def test_fractional_labels_take_the_metric_dtype_first(rng, label_dtype, metric_dtype):
+    # Keras converts y_true to the metric's dtype before taking the integer
+    # part: a float metric dtype narrower than the labels rounds them first
+    # (float64 2.9999999999 is 3.0 in float32: class 3), an integer one
+    # truncates the stored value (class 2), as a wider float does.
+    values = np.array([2.9999999999, 1.0000000001, 0.99999999999, 3.5, 1.9999, 0.9995, 2.0], np.float64)
+    labels = rng.choice(values, (2, 7, 5)).astype(label_dtype)
+    preds = rng.integers(0, 4, (2, 7, 5)).astype(np.int32)
+    keras_metric = keras.metrics.IoU(4, [0, 1, 2, 3], dtype=metric_dtype)
+    fused = fm.IoU(4, [0, 1, 2, 3], dtype=metric_dtype)
+    same_result(keras_metric, fused, [(labels, preds)])
+    stored = np.trunc(labels.astype(np.float64))
+    rounded = np.trunc(labels.astype(metric_dtype) if metric_dtype else labels)
+    np.testing.assert_array_equal(fused.counts.numpy(), np_counts(rounded, preds, 4))
+    if (label_dtype, metric_dtype) in (("float64", "float32"), ("float32", "float16")):
+        assert not np.array_equal(rounded, stored)  # the case tells the two readings apart
+
+
 def test_negative_target_class_ids_count_from_the_last(rng):
     labels = rng.integers(0, 4, (2, 6, 6))
     scores = rng.random((2, 6, 6, 4)).astype(np.float32)

@@ -312,6 +312,28 @@ def _logit(threshold):
     return float(np.float32(math.log(threshold) - math.log1p(-threshold)))
 
 
+# Significand bits (the implicit one included) of the float dtypes: integers
+# up to 2**bits are exact in them.
+_SIGNIFICAND_BITS = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}
+
+
+def _keras_rounds_indices(index_dtype, metric_dtype, num_classes):
+    """Whether Keras' conversion of class indices of index_dtype to a metric of
+    metric_dtype can change a class: Keras converts y_true (and class-index
+    y_pred) to the metric's dtype before taking the integer part, so a float
+    metric dtype rounds them first (float64 2.9999999999 is 3.0 in float32:
+    class 3, where the stored value truncates to class 2). Integer indices
+    change only past 2**bits, which matters only if classes reach that far
+    (a larger value stays out of [0, num_classes) once rounded); a float
+    index dtype no wider than the metric's is exact in it."""
+    bits = _SIGNIFICAND_BITS.get(metric_dtype)
+    if bits is None:
+        return False  # an integer metric dtype: a cast truncates, as the kernel does
+    if _is_float(index_dtype):
+        return _SIGNIFICAND_BITS[index_dtype] > bits
+    return num_classes > 2**bits
+
+
 class _ConfusionMetric(keras.metrics.Metric):
     """Counts per class in one float64 variable of shape (3, num_classes):
     tp, true, pred (see `confusion_counts`). Subclasses give the score."""
@@ -345,11 +367,24 @@ class _ConfusionMetric(keras.metrics.Metric):
         """Adds the counts of one batch. y_true and y_pred as for the
         keras.metrics namesake; sample_weight a scalar, one weight per
         image or one per pixel."""
+        y_true = self._as_keras_converts(y_true, self._true_rule)
+        y_pred = self._as_keras_converts(y_pred, self._pred_rule)
         counts = confusion_counts(
             y_true, y_pred, sample_weight, num_classes=self.num_classes, true_rule=self._true_rule,
             pred_rule=self._pred_rule, threshold=self.threshold, from_logits=self.from_logits,
             ignore_class=self.ignore_class, integer_weights="int" in str(self.dtype))
         self.counts.assign(self.counts + ops.cast(counts, self.counts.dtype))
+
+    def _as_keras_converts(self, x, rule):
+        """Class indices x converted to the metric's dtype first where Keras'
+        conversion would change a class (_keras_rounds_indices): a cast, so a
+        temporary of x's size, for float64 labels with a float32 metric and
+        the like; none otherwise."""
+        x = ops.convert_to_tensor(x)
+        if rule == INDEX and _keras_rounds_indices(_dtype_name(x), keras.backend.standardize_dtype(self.dtype),
+                                                   self.num_classes):
+            return ops.cast(x, self.dtype)
+        return x
 
     def reset_state(self):
         self.counts.assign(ops.zeros(self.counts.shape, dtype=self.counts.dtype))
