@@ -165,6 +165,11 @@ void count_chunk_as(const ConfusionArgs& a, int64_t chunk, double* partial) {
   const int64_t w_offset = w_row * a.weight_cols + w_step * first;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t m = std::min(kBlock, n - start);
+    // Inputs of one value per pixel are asked for ahead of the block
+    // (cpu::prefetch_ahead), so that they arrive while the block before is
+    // counted; the argmax asks for its own tiles.
+    if constexpr (kTrue != ClassRule::kArgmax) cpu::prefetch_ahead(tru + start * ct, m * ct);
+    if constexpr (kPred != ClassRule::kArgmax) cpu::prefetch_ahead(pred + start * cp, m * cp);
     block_classes<kTrue>(tru + start * ct, ct, m, a.threshold, t);
     block_classes<kPred>(pred + start * cp, cp, m, a.threshold, p);
     if (!a.has_weights) {
