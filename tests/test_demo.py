@@ -350,3 +350,19 @@ def test_seeds_report_mean_and_spread(tmp_path):
     assert r["best_epoch"] == [run["best_epoch"] for run in r["runs"]]
     table = demo.format_table(got["losses"], 0.05)
     assert f"{r['val_iou']:.3f}±{r['std']['val_iou']:.3f}" in table and "over 3 seeds" in table
+
+
+def test_table_tells_the_meaniou_trap_in_one_line():
+    # The MeanIoU of sigmoid outputs is no column (it measures no model): one
+    # line under the table gives each loss's value and why it sits near
+    # (1 - foreground share) / 2.
+    def result(iou, trap):
+        return {"pixel_accuracy": 0.99, "val_iou": iou, "val_dice": 0.9, "keras_meaniou_sigmoid": trap,
+                "meaniou_thresholded": 0.95, "seconds": 1.0, "best_epoch": [3], "runs": [{}], "std": {}}
+
+    table = demo.format_table({"BCE": result(0.8, 0.4751), "Jaccard": result(0.85, 0.5123)}, 0.05)
+    head, rule, bce, jaccard = table.splitlines()[:4]
+    assert "sigmoid" not in head and bce.split()[2] == "0.800" and jaccard.split()[2] == "0.850"
+    trap = [line for line in table.splitlines() if "Keras' MeanIoU" in line]
+    assert len(trap) == 1
+    assert "BCE 0.475, Jaccard 0.512" in trap[0] and "(1 - 0.050) / 2 = 0.475" in trap[0]
