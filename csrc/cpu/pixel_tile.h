@@ -127,13 +127,15 @@ constexpr int64_t kPrefetchBytes = 2048;
 // prefetch at all), since the builtin counts as having no effect.
 inline void prefetch_line(const char* line) { asm volatile("prefetcht0 %0" : : "m"(*line)); }
 
-// Asks for the lines of values [at, at + values) kPrefetchBytes ahead (at
-// least one line).
+// Asks for the lines of the `bytes` bytes from `first` (at least one line).
+inline void prefetch_lines(const char* first, int64_t bytes) {
+  for (int64_t b = 0; b < std::max<int64_t>(1, bytes); b += 64) prefetch_line(first + b);
+}
+
+// Asks for the lines of values [at, at + values) kPrefetchBytes ahead.
 template <typename T>
 inline void prefetch_ahead(const T* at, int64_t values) {
-  const char* ahead = reinterpret_cast<const char*>(at) + kPrefetchBytes;
-  const int64_t bytes = std::max<int64_t>(1, values * int64_t(sizeof(T)));
-  for (int64_t b = 0; b < bytes; b += 64) prefetch_line(ahead + b);
+  prefetch_lines(reinterpret_cast<const char*>(at) + kPrefetchBytes, values * int64_t(sizeof(T)));
 }
 
 // Writes out[i] = value(i) for i in [0, n), a block of kBlock values at a
@@ -141,10 +143,9 @@ inline void prefetch_ahead(const T* at, int64_t values) {
 // values [i, i + kBlock) (prefetch_ahead of their inputs). With `stream`,
 // each block is computed in a vector loop into a local buffer and each
 // aligned block leaves by streaming stores; the unaligned head and the tail
-// take plain stores. Either way every
-// out[i] gets the same value(i), so the bits do not depend on `stream`.
-// Streamed writes are weakly ordered: a chunk that streamed ends with
-// stream_fence.
+// take plain stores. Either way every out[i] gets the same value(i), so the
+// bits do not depend on `stream`. Streamed writes are weakly ordered: a chunk
+// that streamed ends with stream_fence.
 template <typename TP, typename F, typename P>
 void store_values(TP* out, int64_t n, bool stream, const F& value, const P& prefetch) {
   constexpr int64_t kBlock = 4 * kStreamVectorBytes / int64_t(sizeof(TP));
@@ -313,8 +314,7 @@ void read_tile(const PixelRule& rule, const TT* labels, const TP* w, int64_t fir
 template <typename TP>
 void prefetch_tiles_ahead(const TP* x, int64_t span) {
   constexpr int kPrefetchTiles = 4;
-  const char* ahead = reinterpret_cast<const char*>(x + kPrefetchTiles * span);
-  for (int64_t b = 0; b < int64_t(span * sizeof(TP)); b += 64) prefetch_line(ahead + b);
+  prefetch_lines(reinterpret_cast<const char*>(x + kPrefetchTiles * span), span * int64_t(sizeof(TP)));
 }
 
 // The predictions of a tile: kLanes whole pixels, one after the other. The
