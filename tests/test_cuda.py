@@ -1,7 +1,8 @@
 """The CUDA kernels, driven through the framework-neutral module with PyTorch
 tensors (no TensorFlow needed): against the C++ kernels, against PyTorch
 autodiff of the formula in float64, at awkward sizes, past 2^31 elements, for
-every dtype, and bitwise across runs. Where they run: cuda_support.py.
+every dtype, and bitwise across runs; the metrics' confusion counts against
+their float64 oracle. Where they run: cuda_support.py.
 """
 
 import numpy as np
@@ -12,6 +13,8 @@ from cases import MODES, mode_case, mode_ids
 from cuda_support import DEVICE, RTOL, TORCH_DTYPES, acc_dtype, on_device, to_numpy, torch
 from overlap_oracle import grad as oracle_grad
 from overlap_oracle import sums as oracle_sums
+from confusion_oracle import counts as oracle_counts
+from confusion_oracle import make_case as confusion_case
 
 pytestmark = pytest.mark.gpu
 
@@ -281,3 +284,61 @@ def test_bitwise_equal_across_runs(rng, shape, opts):
     for _ in range(4):
         assert [to_numpy(s).tobytes() for s in fk.overlap_stats(t, z, **opts)] == first
         assert to_numpy(fk.overlap_grad(t, z, None, *g, **opts)).tobytes() == dz0
+
+
+# --- The metrics' confusion counts (csrc/cuda/confusion.cu).
+
+CONFUSION_CASES = [
+    # true rule, true dtype, pred rule, pred dtype, classes, weights, ignore_class, integer weights
+    ("index", "uint8", "argmax", "float32", 21, None, 3, False),
+    ("index", "int64", "argmax", "float16", 5, "pixel", None, False),
+    ("argmax", "float32", "argmax", "float64", 7, "image", None, False),
+    ("index", "bool", "threshold", "float32", 2, None, None, False),
+    ("index", "float32", "index", "int32", 3000, None, None, False),  # past the shared-memory histogram
+    ("index", "int32", "threshold", "float64", 2, "row", 0, True),
+    ("argmax", "uint8", "index", "uint8", 4, "one", None, False),
+]
+
+
+@pytest.mark.parametrize("case", CONFUSION_CASES, ids=lambda c: "-".join(str(v) for v in c))
+def test_confusion_counts_match_the_oracle(rng, case):
+    true_rule, true_dtype, pred_rule, pred_dtype, K, weights, ignore_class, integer_weights = case
+    # 3 x 70001 pixels: 52 blocks of 4096, the last one short.
+    y_true, y_pred, w = confusion_case(rng, batch=3, pixels=70_001, num_classes=K, true_rule=true_rule,
+                                       pred_rule=pred_rule, true_dtype=true_dtype, pred_dtype=pred_dtype,
+                                       weights=weights)
+    if K == 3000:
+        y_pred[:, ::2] = y_true[:, ::2].astype(pred_dtype)  # half the pixels agree
+    options = dict(num_classes=K, true_rule=true_rule, pred_rule=pred_rule, threshold=0.4,
+                   ignore_class=ignore_class, integer_weights=integer_weights)
+    want = oracle_counts(y_true, y_pred, w, **options)
+    assert want[0].sum() > 0
+    args = (on_device(y_true), on_device(y_pred), None if w is None else on_device(w))
+    got = to_numpy(fk.confusion_counts(*args, **options))
+    assert got.dtype == np.float64 and got.shape == (3, K)
+    if w is None or integer_weights:
+        np.testing.assert_array_equal(got, want)  # integer sums: exact, so the same on every run
+        for _ in range(3):
+            assert to_numpy(fk.confusion_counts(*args, **options)).tobytes() == got.tobytes()
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_confusion_counts_of_an_empty_batch():
+    t = on_device(np.zeros((0, 9, 1), np.int32))
+    got = to_numpy(fk.confusion_counts(t, t, num_classes=4))
+    np.testing.assert_array_equal(got, np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_confusion_argmax_edge_values(dtype):
+    """NaN, infinities, the lowest value, signed zeros and subnormals, ties:
+    every pixel's argmax class is the oracle's on the device too."""
+    from confusion_oracle import classes
+    from test_confusion_kernels import edge_rows
+
+    y_pred = edge_rows(dtype)[None]
+    y_true = classes(y_pred, "argmax")[..., None].astype(np.int32)
+    got = to_numpy(fk.confusion_counts(on_device(y_true), on_device(y_pred), num_classes=3, pred_rule="argmax"))
+    assert got[0].sum() == y_pred.shape[1]
+    np.testing.assert_array_equal(got, oracle_counts(y_true, y_pred, num_classes=3, pred_rule="argmax"))

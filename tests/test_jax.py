@@ -24,6 +24,8 @@ if not fk.ffi_handlers():
 import fastiou.jax as fj  # noqa: E402
 from cases import LOSS_MODES, make_case, mask_sized_work, mode_case, mode_ids  # noqa: E402
 from overlap_oracle import sums as oracle_sums  # noqa: E402
+from confusion_oracle import counts as oracle_counts  # noqa: E402
+from confusion_oracle import make_case as confusion_case  # noqa: E402
 
 
 def plain_loss(kind, t, z, *, from_logits, mode="auto", per_image=False, ignore_index=None, smooth=1.0,
@@ -240,3 +242,24 @@ def test_raw_custom_call_rejects_float_sparse_labels():
     # The same call with integer labels runs: only the dtype is refused.
     sums = _stats_call(labels.astype(jnp.int32), z, jnp.zeros((), z.dtype), opts)
     np.testing.assert_allclose(np.asarray(sums[2]), [0.0, 32.0, 0.0])
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_confusion_counts_call_matches_the_oracle(rng, x64):
+    """The metrics' counts as an XLA custom call under jit, on JAX's default
+    device: float64 counts with x64, else float32 (the float64 counts
+    rounded once; exact here, below 2**24)."""
+    from fastiou._backends import jax as jax_backend
+
+    K = 21
+    y_true, y_pred, w = confusion_case(rng, batch=2, pixels=5000, num_classes=K, true_rule="index",
+                                       pred_rule="argmax", true_dtype="uint8", pred_dtype="float32",
+                                       weights="image", fractional=False)
+    want = oracle_counts(y_true, y_pred, w, num_classes=K, true_rule="index", pred_rule="argmax", ignore_class=3)
+    attributes = dict(num_classes=K, pred_rule=fk.CLASS_RULES["argmax"], true_rule=fk.CLASS_RULES["index"],
+                      threshold=0.5, has_weights=True, integer_weights=False, has_ignore=True, ignore_class=3)
+    with jax.enable_x64(x64):
+        call = jax.jit(lambda t, p, w: jax_backend.confusion_counts_call(t, p, w, **attributes))
+        got = call(jnp.asarray(y_true), jnp.asarray(y_pred), jnp.asarray(w))
+        assert got.dtype == (jnp.float64 if x64 else jnp.float32)
+        np.testing.assert_array_equal(np.asarray(got, np.float64), want)

@@ -3,7 +3,8 @@ CPU kernels', in every mode: binary, sparse multi-class, dense multi-label
 (a sigmoid per channel) and one-hot softmax targets, per-element and
 per-pixel weights, and the gradient with respect to float targets. The target
 sums T are also checked against the float64 oracle, so a device that dropped the targets
-fails even where both would agree.
+fails even where both would agree. The metrics' confusion-count op on the
+device, eager and under jit_compile, against the confusion oracle.
 
 Skipped where TensorFlow sees no GPU or fastiou has no usable CUDA kernels.
 With FASTIOU_TEST_DEVICE=cpu both sides run on the CPU: a dry run of the
@@ -163,3 +164,46 @@ def test_gpu_bad_label_gives_nan_not_a_crash():
         stats = fastiou.overlap_stats(tf.constant(labels), tf.zeros((1, 8, 8, 3)), from_logits=True,
                                       softmax=True)
     assert all(np.isnan(s.numpy()).all() for s in stats)
+
+
+METRIC_CASES = [
+    # metric, its arguments, y_true, y_pred, sample_weight
+    ("MeanIoU", dict(num_classes=21, ignore_class=3, sparse_y_pred=False), "labels", "scores", None),
+    ("BinaryIoU", dict(target_class_ids=[0, 1], threshold=0.3), "mask", "probabilities", "pixel"),
+    ("OneHotMeanIoU", dict(num_classes=5), "one-hot", "scores", "image"),
+]
+
+
+@pytest.mark.parametrize("case", METRIC_CASES, ids=[c[0] for c in METRIC_CASES])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_metric_counts_on_the_device_match_the_oracle(rng, case, jit_compile):
+    """The counts op runs on the device (its GPU kernel, or under XLA its CUDA
+    custom call) and gives the oracle's counts: exact with integer weights."""
+    from confusion_oracle import np_counts
+
+    from fastiou import metrics as fm
+
+    name, kwargs, true_kind, pred_kind, weights = case
+    K = kwargs.get("num_classes", 2)
+    shape = (2, 64, 48)
+    labels = rng.integers(0, K, shape)
+    y_true = {"labels": labels.astype(np.uint8), "mask": (labels % 2).astype(np.uint8),
+              "one-hot": np.eye(K, dtype=np.float32)[labels]}[true_kind]
+    scores = rng.normal(size=shape + (K,)).astype(np.float32)
+    probabilities = rng.random(shape).astype(np.float32)
+    y_pred = scores if pred_kind == "scores" else probabilities
+    w = {None: None, "pixel": rng.integers(0, 3, shape).astype(np.float32),
+         "image": np.array([1.0, 2.0], np.float32)}[weights]
+    metric = getattr(fm, name)(**kwargs)
+
+    @tf.function(jit_compile=jit_compile)
+    def update(t, p, w):
+        metric.update_state(t, p, w)
+
+    with tf.device(DEVICE):
+        update(tf.constant(y_true), tf.constant(y_pred), None if w is None else tf.constant(w))
+    t_classes = labels if true_kind != "mask" else labels % 2
+    p_classes = scores.argmax(-1) if pred_kind == "scores" else (probabilities >= 0.3).astype(np.int64)
+    want = np_counts(t_classes, p_classes, K, None if w is None else np.broadcast_to(
+        w.reshape((-1,) + (1,) * (len(shape) - 1)) if weights == "image" else w, shape), kwargs.get("ignore_class"))
+    np.testing.assert_array_equal(np.asarray(metric.counts.numpy(), np.float64), want)

@@ -7,7 +7,7 @@ not stop the later ones, except that nothing runs without a build:
 
   build         the TensorFlow-free module with the machine's nvcc (sm_90 by
                 default), copied with python/fastiou into a package folder
-  module-tests  tests/test_kernels_module.py
+  module-tests  tests/test_kernels_module.py, tests/test_confusion_kernels.py
   cuda-tests    tests/test_cuda.py, tests/test_cuda_streams.py: the CUDA kernels
                 on PyTorch tensors
   jax-tests     tests/test_jax.py with JAX on the GPU: the CUDA XLA FFI handlers
@@ -228,7 +228,8 @@ class Check:
         extra = []
         if self.cuda == "OFF":  # that test asserts the default build, CUDA wherever nvcc is
             extra = ["--deselect", "tests/test_kernels_module.py::test_cuda_built_where_nvcc_is_found"]
-        status, counts, note = self.pytest("module-tests", ["tests/test_kernels_module.py"], timeout, False, extra)
+        status, counts, note = self.pytest("module-tests", ["tests/test_kernels_module.py", "tests/test_confusion_kernels.py"],
+                                            timeout, False, extra)
         if extra:
             note = "; ".join(filter(None, [note, "CUDA off: deselected test_cuda_built_where_nvcc_is_found"]))
         return status, counts, note

@@ -10,7 +10,9 @@ checks them against the C++ kernels on the host: binary from logits and from
 probabilities, multi-label, softmax over one-hot targets, sparse labels with
 ignore_index, per-element and per-pixel weights, the gradient with respect to
 float targets, bfloat16, a size past one block, and a bad label that must
-raise. Inputs are made on the host and copied, so that no other framework's
+raise; then the metrics' confusion counts (class indices, argmax, threshold,
+weights, more classes than the shared-memory histogram holds) against the
+C++ kernel. Inputs are made on the host and copied, so that no other framework's
 kernels run under the sanitizer. `--device cpu` runs the same cases on host
 arrays (a check of the script itself on a machine without a GPU).
 """
@@ -140,6 +142,37 @@ def check_bad_label(dev):
     raise AssertionError("a label outside [0, 3) did not raise")
 
 
+# name, batch, pixels, classes, true rule and dtype, pred rule and dtype, weights, ignore_class
+CONFUSION_CASES = [
+    ("counts-index-argmax-ignore", 2, 4099, 21, "index", "uint8", "argmax", "float32", None, 3),
+    ("counts-argmax-weights", 2, 333, 5, "argmax", "float32", "argmax", "float16", "pixel", None),
+    ("counts-threshold-image-weights", 3, 1000, 2, "index", "bool", "threshold", "float64", "image", None),
+    ("counts-many-classes", 1, 5000, 3000, "index", "int32", "index", "int64", None, None),
+]
+
+
+def check_confusion_case(dev, rng, case):
+    name, batch, pixels, K, true_rule, true_dtype, pred_rule, pred_dtype, weights, ignore_class = case
+    t = rng.integers(0, K + 2, (batch, pixels, 1))
+    t = (t % 2 if true_dtype == "bool" else t).astype(true_dtype)
+    if true_rule == "argmax":
+        t = rng.normal(size=(batch, pixels, K)).astype(true_dtype)
+    if pred_rule == "argmax":
+        p = rng.normal(size=(batch, pixels, K)).astype(pred_dtype)
+    elif pred_rule == "threshold":
+        p = rng.random((batch, pixels, 1)).astype(pred_dtype)
+    else:
+        p = rng.integers(0, K + 2, (batch, pixels, 1)).astype(pred_dtype)
+    w = None
+    if weights:
+        w = rng.integers(0, 4, (batch, pixels) if weights == "pixel" else (batch, 1)).astype(np.float32)
+    opts = dict(num_classes=K, true_rule=true_rule, pred_rule=pred_rule, threshold=0.4, ignore_class=ignore_class)
+    got = dev.get(fk.confusion_counts(dev.put(t, None), dev.put(p, None), dev.put(w, None), **opts))
+    want = fk.confusion_counts(t, p, w, **opts)
+    np.testing.assert_array_equal(got, want, err_msg=f"{name}: counts")  # integer weights: exact
+    return name
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -152,6 +185,8 @@ def main(argv=None):
             continue  # NumPy has no bfloat16
         done.append(check_case(dev, rng, case))
     done.append(check_bad_label(dev))
+    for case in CONFUSION_CASES:
+        done.append(check_confusion_case(dev, rng, case))
     if dev.torch is not None:
         dev.torch.cuda.synchronize()
     print(f"sanitize driver: done, {len(done)} cases on {args.device} match the host kernels: {', '.join(done)}")

@@ -89,6 +89,24 @@ std::string validate_confusion(const Shape& tru, const Shape& pred, const Shape&
 
 int64_t confusion_workspace_doubles(const ConfusionArgs& args);
 
+// Inputs no kernel reads: weights other than float32 and float64, or rules
+// and stored types outside confusion_reads (core/confusion_math.h). Every
+// kernel checks this first. Empty, or the problem.
+std::string confusion_input_problem(const ConfusionArgs& args);
+
+// Every pixel's share (confusion_pixel, core/confusion_math.h) added one
+// pixel at a time on one thread, in pixel order: the CUDA kernel's per-pixel
+// steps on the host, for tests. Empty, or an unsupported input.
+std::string confusion_counts_by_pixel(const ConfusionArgs& args);
+
+// The CUDA kernel (csrc/cuda/confusion.cu) on `stream` (a cudaStream_t):
+// counts of unit or integer weights are exact, so the same on every run;
+// fractional weights are added by atomics in an order that varies, so their
+// counts can differ in the last bits between runs. With `narrow`, the counts
+// are also written there as float32 (3 * num_classes values) after they
+// are complete. Needs no workspace. Empty, or the problem.
+std::string confusion_counts_cuda(const ConfusionArgs& args, void* stream, float* narrow = nullptr);
+
 // The C++ kernel (csrc/cpu/confusion_cpu.cc, one copy per SIMD level as the
 // loss kernels, run by csrc/cpu/cpu_dispatch.cc). Deterministic: chunks
 // fixed by the shape, added in order. Empty, or an unsupported dtype.

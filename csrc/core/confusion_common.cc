@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/confusion.h"
+#include "core/confusion_math.h"
 
 namespace fastiou {
 
@@ -73,6 +74,49 @@ std::string validate_confusion(const Shape& tru, const Shape& pred, const Shape&
   a->true_channels = tru[2];
   a->pred_channels = pred[2];
   return std::string();
+}
+
+namespace {
+
+const char* rule_name(int64_t rule) {
+  switch (static_cast<ClassRule>(rule)) {
+    case ClassRule::kIndex: return "class index";
+    case ClassRule::kArgmax: return "argmax";
+    case ClassRule::kThreshold: return "threshold";
+  }
+  return "unknown";
+}
+
+std::string unsupported_confusion_inputs(const ConfusionArgs& a) {
+  return std::string("unsupported confusion inputs: y_true ") + dtype_name(a.true_dtype) + " by the " +
+         rule_name(a.true_rule) + " rule, y_pred " + dtype_name(a.pred_dtype) + " by the " + rule_name(a.pred_rule) +
+         " rule";
+}
+
+}  // namespace
+
+std::string confusion_input_problem(const ConfusionArgs& a) {
+  if (a.has_weights && a.weight_dtype != DType::kFloat32 && a.weight_dtype != DType::kFloat64)
+    return std::string("weights must be float32 or float64, got ") + dtype_name(a.weight_dtype);
+  if (!dispatch_confusion(a, [](auto, auto, auto, auto) {})) return unsupported_confusion_inputs(a);
+  return std::string();
+}
+
+std::string confusion_counts_by_pixel(const ConfusionArgs& a) {
+  if (std::string problem = confusion_input_problem(a); !problem.empty()) return problem;
+  const int64_t K = a.num_classes;
+  for (int64_t j = 0; j < 3 * K; ++j) a.counts[j] = 0.0;
+  const bool ran = dispatch_confusion(a, [&](auto true_rule, auto pred_rule, auto tt, auto pt) {
+    for (int64_t flat = 0; flat < a.batch * a.pixels; ++flat) {
+      const PixelCount c =
+          confusion_pixel<decltype(true_rule)::value, decltype(pred_rule)::value, decltype(tt), decltype(pt)>(a, flat);
+      if (!c.counted) continue;
+      if (c.t == c.p) a.counts[c.t] += c.w;
+      a.counts[K + c.t] += c.w;
+      a.counts[2 * K + c.p] += c.w;
+    }
+  });
+  return ran ? std::string() : confusion_input_problem(a);
 }
 
 int64_t confusion_workspace_doubles(const ConfusionArgs& a) {

@@ -1,7 +1,8 @@
 // The per-pixel rules of the confusion counts (core/confusion.h), as inline
-// host/device functions: the C++ kernel calls them, and so will the CUDA one.
+// host/device functions: the C++ kernel and the CUDA kernel call them.
 #pragma once
 
+#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -9,6 +10,7 @@
 #include <type_traits>
 
 #include "core/confusion.h"
+#include "core/dispatch.h"
 #include "core/overlap_math.h"
 #include "core/simd_level.h"
 
@@ -47,14 +49,41 @@ FASTIOU_HD void argmax_step(A v, int32_t c, A& best, int32_t& at) {
 template <typename T>
 using ArgmaxValue = std::conditional_t<std::is_integral_v<T>, int64_t, std::conditional_t<sizeof(T) == 8, double, float>>;
 
+// The lowest value of an argmax value type, and the smallest normal one of a
+// float type (<cfloat>'s constants: std::numeric_limits is host-only in CUDA).
+template <typename A>
+FASTIOU_HD A argmax_lowest() {
+  if constexpr (std::is_integral_v<A>) {
+    static_assert(std::is_same_v<A, int64_t>, "integers are compared as int64");
+    return INT64_MIN;
+  } else if constexpr (sizeof(A) == 8) {
+    return -DBL_MAX;
+  } else {
+    return -FLT_MAX;
+  }
+}
+template <typename A>
+FASTIOU_HD A smallest_normal() {
+  if constexpr (sizeof(A) == 8) {
+    return DBL_MIN;
+  } else {
+    return FLT_MIN;
+  }
+}
+
 // A value as the argmax compares it: as stored, but -0.0 below +0.0 (it
-// becomes minus the smallest normal number), as Keras' argmax reads floats.
+// becomes minus the smallest normal number), as Keras' argmax reads floats,
+// and a subnormal value read as a zero of its sign, as the CPU reads it
+// (fastiou's C++ kernels and TensorFlow's run with denormals flushed): made
+// explicit, so that the CUDA kernel and the pixel-at-a-time count, which do
+// not flush, give the same classes.
 template <typename A>
 FASTIOU_HD A argmax_key(A v) {
   if constexpr (std::is_integral_v<A>) {
     return v;
   } else {
-    return (v == A(0) && std::signbit(v)) ? -std::numeric_limits<A>::min() : v;
+    const bool zero = (v < smallest_normal<A>()) & (v > -smallest_normal<A>());  // false for NaN
+    return zero ? (std::signbit(v) ? -smallest_normal<A>() : A(0)) : v;
   }
 }
 
@@ -64,16 +93,21 @@ FASTIOU_HD A argmax_key(A v) {
 template <typename T>
 FASTIOU_HD int32_t argmax_class(const T* x, int64_t n) {
   using A = ArgmaxValue<T>;
-  A best = std::numeric_limits<A>::lowest();
+  A best = argmax_lowest<A>();
   int32_t at = 0;
   for (int32_t c = 0; c < static_cast<int32_t>(n); ++c) argmax_step(argmax_key(load_as<A>(x[c])), c, best, at);
   return at;
 }
 
-// The class of one prediction by threshold: read as float32, compared with >=.
+// A float32 subnormal value as zero (a flushed read; see argmax_key).
+FASTIOU_HD float flush_subnormal(float f) { return (f < FLT_MIN) & (f > -FLT_MIN) ? 0.0f : f; }
+
+// The class of one prediction by threshold: read as float32, compared with
+// >= (both subnormal-flushed, as on the CPU: a logit of -1e-40 meets the
+// threshold 0 of a probability of 0.5 everywhere).
 template <typename T>
 FASTIOU_HD int32_t threshold_class(T v, float threshold) {
-  return load_as<float>(v) >= threshold ? 1 : 0;
+  return flush_subnormal(load_as<float>(v)) >= flush_subnormal(threshold) ? 1 : 0;
 }
 
 // The stored types the kernels read by each rule; fastiou.metrics casts any
@@ -110,6 +144,94 @@ FASTIOU_HD bool pixel_counted(const ConfusionOptions& o, int32_t t, int32_t p) {
 // The weight of one pixel as stored, truncated toward zero with
 // integer_weights (as a cast to an integer does).
 FASTIOU_HD double pixel_weight_value(bool integer_weights, double w) { return integer_weights ? trunc(w) : w; }
+
+// Where the weight of pixel `pixel` of image `image` lies in the weights
+// [weight_rows, weight_cols]: one row for every image or one per image, one
+// column for the image or one per pixel.
+FASTIOU_HD int64_t weight_offset(const ConfusionArgs& a, int64_t image, int64_t pixel) {
+  return (a.weight_rows == 1 ? 0 : image) * a.weight_cols + (a.weight_cols == 1 ? 0 : pixel);
+}
+
+// The class of one pixel by kRule; x points at its first stored value.
+template <ClassRule kRule, typename T>
+FASTIOU_HD int32_t pixel_class(const T* x, int64_t channels, float threshold) {
+  if constexpr (kRule == ClassRule::kIndex) {
+    return index_class(x[0]);
+  } else if constexpr (kRule == ClassRule::kThreshold) {
+    return threshold_class(x[0], threshold);
+  } else {
+    return argmax_class(x, channels);
+  }
+}
+
+// One pixel's share of the counts: its classes and weight where it counts.
+struct PixelCount {
+  bool counted;
+  int32_t t, p;  // its target and predicted class (0 where it does not count)
+  double w;      // its weight (0 where it does not count)
+};
+
+// The share of pixel `flat` (over image and pixel) read from the inputs of a,
+// one pixel at a time: what each CUDA thread does for its pixels, and what
+// the host's pixel-at-a-time count (confusion_counts_by_pixel, for tests)
+// does for every pixel. The C++ kernel takes the same steps in blocks.
+template <ClassRule kTrue, ClassRule kPred, typename TT, typename TP>
+FASTIOU_HD PixelCount confusion_pixel(const ConfusionArgs& a, int64_t flat) {
+  const int32_t t =
+      pixel_class<kTrue>(static_cast<const TT*>(a.y_true) + flat * a.true_channels, a.true_channels, a.threshold);
+  const int32_t p =
+      pixel_class<kPred>(static_cast<const TP*>(a.y_pred) + flat * a.pred_channels, a.pred_channels, a.threshold);
+  double w = 1.0;
+  if (a.has_weights) {
+    const int64_t image = flat / a.pixels;
+    const int64_t at = weight_offset(a, image, flat - image * a.pixels);
+    const double stored = a.weight_dtype == DType::kFloat64 ? static_cast<const double*>(a.weights)[at]
+                                                            : static_cast<double>(static_cast<const float*>(a.weights)[at]);
+    w = pixel_weight_value(a.integer_weights, stored);
+  }
+  const bool ok = pixel_counted(a, t, p);
+  return PixelCount{ok, ok ? t : 0, ok ? p : 0, ok ? w : 0.0};
+}
+
+template <ClassRule kRule>
+using RuleTag = std::integral_constant<ClassRule, kRule>;
+
+// Calls f(RuleTag) for a rule (host only).
+template <typename F>
+inline void dispatch_rule(int64_t rule, F&& f) {
+  switch (static_cast<ClassRule>(rule)) {
+    case ClassRule::kIndex: f(RuleTag<ClassRule::kIndex>{}); break;
+    case ClassRule::kArgmax: f(RuleTag<ClassRule::kArgmax>{}); break;
+    case ClassRule::kThreshold: f(RuleTag<ClassRule::kThreshold>{}); break;
+  }
+}
+
+// Calls f(true rule tag, pred rule tag, TT{}, TP{}) for the rules and stored
+// types of a, where the kernels read them (confusion_reads; bool as uint8);
+// false, calling nothing, where they do not (host only).
+template <typename F>
+inline bool dispatch_confusion(const ConfusionArgs& a, F&& f) {
+  bool ran = false;
+  dispatch_rule(a.true_rule, [&](auto true_rule) {
+    dispatch_rule(a.pred_rule, [&](auto pred_rule) {
+      dispatch_label_dtype</*kBoolAsByte=*/true>(a.true_dtype, [&](auto tt) {
+        dispatch_label_dtype</*kBoolAsByte=*/true>(a.pred_dtype, [&](auto pt) {
+          using TT = decltype(tt);
+          using TP = decltype(pt);
+          // One constexpr bool: GCC 12 reads `if constexpr (a<decltype(x)>() && b<...>())`
+          // in a lambda nested this deep as false.
+          constexpr bool kReads = confusion_reads<decltype(true_rule)::value, TT, false>() &&
+                                  confusion_reads<decltype(pred_rule)::value, TP, true>();
+          if constexpr (kReads) {
+            ran = true;
+            f(true_rule, pred_rule, tt, pt);
+          }
+        });
+      });
+    });
+  });
+  return ran;
+}
 
 FASTIOU_LEVEL_END
 

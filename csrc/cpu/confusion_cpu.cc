@@ -57,7 +57,7 @@ void argmax_classes(const T* x, int64_t channels, int64_t n, int32_t* out) {
     int32_t at[kLanes];
     FASTIOU_SIMD
     for (int l = 0; l < kLanes; ++l) {
-      best[l] = std::numeric_limits<A>::lowest();
+      best[l] = argmax_lowest<A>();
       at[l] = 0;
     }
     for (Channel c = 0; c < C; ++c) {
@@ -160,9 +160,8 @@ void count_chunk_as(const ConfusionArgs& a, int64_t chunk, double* partial) {
   int32_t t[kBlock], p[kBlock];
   Count w[kBlock];
   // The weights of the chunk's image: one per pixel (w_step 1) or one.
-  const int64_t w_row = a.weight_rows == 1 ? 0 : b;
   const int64_t w_step = a.weight_cols == 1 ? 0 : 1;
-  const int64_t w_offset = w_row * a.weight_cols + w_step * first;
+  const int64_t w_offset = weight_offset(a, b, first);
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t m = std::min(kBlock, n - start);
     // Inputs of one value per pixel are asked for ahead of the block
@@ -201,59 +200,24 @@ void count_chunk(const ConfusionArgs& a, int64_t chunk, double* partial) {
   }
 }
 
-template <ClassRule kRule>
-using RuleTag = std::integral_constant<ClassRule, kRule>;
-
-// Calls f(rule tag) for a rule.
-template <typename F>
-void dispatch_rule(int64_t rule, F&& f) {
-  switch (static_cast<ClassRule>(rule)) {
-    case ClassRule::kIndex: f(RuleTag<ClassRule::kIndex>{}); break;
-    case ClassRule::kArgmax: f(RuleTag<ClassRule::kArgmax>{}); break;
-    case ClassRule::kThreshold: f(RuleTag<ClassRule::kThreshold>{}); break;
-  }
-}
-
-const char* rule_name(int64_t rule) {
-  switch (static_cast<ClassRule>(rule)) {
-    case ClassRule::kIndex: return "class index";
-    case ClassRule::kArgmax: return "argmax";
-    case ClassRule::kThreshold: return "threshold";
-  }
-  return "unknown";
-}
-
 }  // namespace
 
 std::string confusion_counts_level(const ConfusionArgs& a, const ParallelFor& parallel_for) {
   const OverlapGeometry g = a.geometry();
   const int64_t K = a.num_classes;
   const int64_t chunks = g.chunks();
-  bool ran = false;
-  dispatch_rule(a.true_rule, [&](auto true_rule) {
-    dispatch_rule(a.pred_rule, [&](auto pred_rule) {
-      dispatch_label_dtype</*kBoolAsByte=*/true>(a.true_dtype, [&](auto tt) {
-        dispatch_label_dtype</*kBoolAsByte=*/true>(a.pred_dtype, [&](auto pt) {
-          constexpr ClassRule kTrue = decltype(true_rule)::value;
-          constexpr ClassRule kPred = decltype(pred_rule)::value;
-          using TT = decltype(tt);
-          using TP = decltype(pt);
-          if constexpr (confusion_reads<kTrue, TT, false>() && confusion_reads<kPred, TP, true>()) {
-            ran = true;
-            parallel_for(chunks, g.chunk_pixels() * std::max<int64_t>(1, std::max(a.true_channels, a.pred_channels)) * 3, [&](int64_t begin, int64_t end) {
-              for (int64_t chunk = begin; chunk < end; ++chunk)
-                count_chunk<kTrue, kPred, TT, TP>(a, chunk, a.workspace + chunk * 3 * K);
-            });
-          }
-        });
-      });
-    });
+  const bool ran = dispatch_confusion(a, [&](auto true_rule, auto pred_rule, auto tt, auto pt) {
+    constexpr ClassRule kTrue = decltype(true_rule)::value;
+    constexpr ClassRule kPred = decltype(pred_rule)::value;
+    using TT = decltype(tt);
+    using TP = decltype(pt);
+    parallel_for(chunks, g.chunk_pixels() * std::max<int64_t>(1, std::max(a.true_channels, a.pred_channels)) * 3,
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t chunk = begin; chunk < end; ++chunk)
+                     count_chunk<kTrue, kPred, TT, TP>(a, chunk, a.workspace + chunk * 3 * K);
+                 });
   });
-  if (!ran) {
-    return std::string("unsupported confusion inputs: y_true ") + dtype_name(a.true_dtype) + " by the " +
-           rule_name(a.true_rule) + " rule, y_pred " + dtype_name(a.pred_dtype) + " by the " +
-           rule_name(a.pred_rule) + " rule";
-  }
+  if (!ran) return confusion_input_problem(a);
   for (int64_t j = 0; j < 3 * K; ++j) a.counts[j] = 0.0;
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const double* part = a.workspace + chunk * 3 * K;

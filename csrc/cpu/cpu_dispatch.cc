@@ -184,8 +184,7 @@ std::string overlap_grad_cpu(const GradArgs& args, const ParallelFor& parallel_f
 }
 
 std::string confusion_counts_cpu(const ConfusionArgs& args, const ParallelFor& parallel_for) {
-  if (args.has_weights && args.weight_dtype != DType::kFloat32 && args.weight_dtype != DType::kFloat64)
-    return std::string("weights must be float32 or float64, got ") + dtype_name(args.weight_dtype);
+  if (std::string problem = confusion_input_problem(args); !problem.empty()) return problem;
   return run_flushed(&LevelKernels::confusion, args, parallel_for);
 }
 

@@ -89,17 +89,17 @@ int64_t cuda_pool_used_high(int device) {
 py::dict ffi_handlers() {
   py::dict targets;
 #if FASTIOU_WITH_FFI
-  py::dict stats, grad;
+  py::dict stats, grad, confusion;
   stats["cpu"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapStatsHost));
   grad["cpu"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapGradHost));
+  confusion["cpu"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouConfusionCountsHost));
 #if FASTIOU_WITH_CUDA
   stats["cuda"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapStatsCuda));
   grad["cuda"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouOverlapGradCuda));
+  confusion["cuda"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouConfusionCountsCuda));
 #endif
   targets["fastiou_overlap_stats"] = stats;
   targets["fastiou_overlap_grad"] = grad;
-  py::dict confusion;  // host only
-  confusion["cpu"] = py::capsule(reinterpret_cast<void*>(&fastiou_xla::FastiouConfusionCountsHost));
   targets["fastiou_confusion_counts"] = confusion;
 #endif
   return targets;

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/confusion.h"
 #include "core/overlap_kernels.h"
 #include "python/dlpack.h"
 #include "python/machine.h"
@@ -284,6 +285,73 @@ Buffer overlap_grad(const py::object& y_true, const py::object& y_pred, const py
   return out;
 }
 
+// The confusion counts (core/confusion.h) of y_true [batch, pixels, true
+// channels] and y_pred [batch, pixels, pred channels] with weights [rows,
+// cols] or None: a float64 Buffer [3, num_classes]. by_pixel (CPU arrays
+// only) counts one pixel at a time by the CUDA kernel's per-pixel steps.
+Buffer confusion_counts(const py::object& y_true, const py::object& y_pred, const py::object& weights,
+                        FASTIOU_CONFUSION_OPTIONS(FASTIOU_PY_PARAM) const py::object& stream, bool by_pixel) {
+  release_finished();
+  fastiou::ConfusionArgs a;
+  {
+    fastiou::ConfusionOptions& o = a;
+    FASTIOU_CONFUSION_OPTIONS(FASTIOU_PY_SET)
+    static_assert(0 FASTIOU_CONFUSION_OPTIONS(FASTIOU_PY_COUNT_FLAGS) == 2,
+                  "a new flag option: set it here from the argument it speaks of");
+    o.has_weights = !weights.is_none();
+    o.has_ignore = ignore_class.has_value();
+  }
+  const DLDevice device = device_of(y_pred, "y_pred");
+  const bool cuda = is_cuda(device.device_type);
+  if (cuda) require_cuda_kernels(device.device_id);
+  if (cuda && by_pixel) throw py::value_error("fastiou: by_pixel counts on the host: pass CPU arrays");
+  const uintptr_t stream_handle = cuda ? stream_value(stream).value_or(0) : 0;
+  const std::optional<uintptr_t> export_stream = cuda ? std::optional<uintptr_t>(stream_handle) : std::nullopt;
+  ImportedList inputs;
+  inputs.push_back(std::make_unique<Imported>(y_true, "y_true", export_stream));
+  inputs.push_back(std::make_unique<Imported>(y_pred, "y_pred", export_stream));
+  if (!weights.is_none()) inputs.push_back(std::make_unique<Imported>(weights, "weights", export_stream));
+  for (const auto& in : inputs) {
+    const DLDevice d = in->device();
+    if (d.device_type != device.device_type || d.device_id != device.device_id) {
+      throw py::value_error(std::string("fastiou: ") + in->name() + " is on another device than y_pred");
+    }
+  }
+  const Imported& t = *inputs[0];
+  const Imported& p = *inputs[1];
+  const Imported* w = inputs.size() > 2 ? inputs[2].get() : nullptr;
+  std::string err = fastiou::validate_confusion(t.shape(), p.shape(), w ? w->shape() : fastiou::Shape{}, &a);
+  if (!err.empty()) throw py::value_error("fastiou: " + err);
+  a.true_dtype = t.dtype();
+  a.pred_dtype = p.dtype();
+  a.weight_dtype = w ? w->dtype() : DType::kFloat32;
+  a.y_true = t.data();
+  a.y_pred = p.data();
+  a.weights = w ? w->data() : nullptr;
+  err = fastiou::confusion_input_problem(a);
+  if (!err.empty()) throw py::type_error("fastiou: " + err);
+  Buffer out({3, a.num_classes}, DType::kFloat64, device, stream_handle);
+  a.counts = static_cast<double*>(out.data());
+  if (!cuda) {
+    py::gil_scoped_release release;
+    if (by_pixel) {
+      err = fastiou::confusion_counts_by_pixel(a);
+    } else {
+      std::vector<double> workspace(static_cast<size_t>(fastiou::confusion_workspace_doubles(a)));
+      a.workspace = workspace.data();
+      err = fastiou::confusion_counts_cpu(a, thread_parallel_for());
+    }
+  } else {
+#if FASTIOU_WITH_CUDA
+    DeviceGuard guard(device.device_id);
+    err = fastiou::confusion_counts_cuda(a, reinterpret_cast<void*>(stream_handle));
+    release_after_stream(std::move(inputs), device.device_id, reinterpret_cast<cudaStream_t>(stream_handle));
+#endif
+  }
+  if (!err.empty()) throw std::runtime_error("fastiou: " + err);
+  return out;
+}
+
 std::string dtype_str(DType d) { return fastiou::dtype_name(d); }
 
 }  // namespace fastiou_py
@@ -334,6 +402,14 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
         py::arg("grad_intersection"), py::arg("grad_pred_sum"), py::arg("grad_true_sum"), py::kw_only(),
         FASTIOU_OVERLAP_OPTIONS(FASTIOU_PY_ARG) FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_PY_ARG)
         py::arg("stream") = py::none(), "dL/dy_pred (or dL/dy_true with wrt_true) from dL/dI, dL/dP, dL/dT per group.");
+  m.def("confusion_counts", &confusion_counts, py::arg("y_true"), py::arg("y_pred"), py::arg("weights") = py::none(),
+        py::kw_only(), FASTIOU_CONFUSION_OPTIONS(FASTIOU_PY_ARG) py::arg("stream") = py::none(),
+        py::arg("by_pixel") = false,
+        "Confusion counts of the IoU metrics: float64 [3, num_classes] (per class tp, true, pred) of y_true "
+        "[batch, pixels, channels] and y_pred [batch, pixels, channels] with weights [1 or batch, 1 or pixels]. "
+        "pred_rule and true_rule: 0 class index, 1 argmax over the channels, 2 (y_pred) y_pred >= threshold. "
+        "On a CUDA array the work is enqueued on `stream` and the call returns without waiting. by_pixel (CPU "
+        "arrays): one pixel at a time by the CUDA kernel's per-pixel steps, on one thread.");
   m.def("built_with_cuda", &fastiou::built_with_cuda, "Whether this build holds the CUDA kernels.");
   m.def("cpu_target", &cpu_target_tuple,
         "The CPU kernels' SIMD level: (level, levels this CPU runs, problem), chosen once per process.");

@@ -1,5 +1,6 @@
 // The TensorFlow op of fastiou's IoU metrics: the confusion counts
-// (core/confusion.h) of one batch, in one pass over the masks.
+// (core/confusion.h) of one batch, in one pass over the masks, with a CPU
+// and a GPU kernel.
 #include <string>
 
 #include "core/confusion.h"
@@ -46,6 +47,9 @@ pixels whose two classes are that class, counts[1] of those whose target is,
 counts[2] of those whose prediction is. weights [1 or batch, 1 or pixels].
 )doc");
 
+// The counts of one batch: the C++ kernel on TensorFlow's intra-op thread
+// pool (kGpu false), or the CUDA kernel on the op's stream.
+template <bool kGpu>
 class ConfusionCountsOp : public OpKernel {
  public:
   explicit ConfusionCountsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -64,21 +68,34 @@ class ConfusionCountsOp : public OpKernel {
     a.y_true = ctx->input(0).data();
     a.y_pred = ctx->input(1).data();
     a.weights = ctx->input(2).data();
+    const std::string input = fastiou::confusion_input_problem(a);
+    OP_REQUIRES(ctx, input.empty(), InvalidArgument("fastiou: ", input));
     Tensor* counts = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({3, a.num_classes}), &counts));
     a.counts = static_cast<double*>(counts->data());
-    Tensor workspace;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_DOUBLE,
-                                           TensorShape({fastiou::confusion_workspace_doubles(a)}), &workspace));
-    a.workspace = static_cast<double*>(workspace.data());
-    const std::string run = fastiou::confusion_counts_cpu(a, ThreadPoolFor(ctx));
-    OP_REQUIRES(ctx, run.empty(), InvalidArgument("fastiou: ", run));
+    if constexpr (kGpu) {
+#if FASTIOU_WITH_CUDA
+      OP_REQUIRES_OK(ctx, CudaDriverStatus());
+      const std::string run = fastiou::confusion_counts_cuda(a, GpuStream(ctx));
+      OP_REQUIRES(ctx, run.empty(), tensorflow::errors::Internal("fastiou: ", run));
+#endif
+    } else {
+      Tensor workspace;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_DOUBLE,
+                                             TensorShape({fastiou::confusion_workspace_doubles(a)}), &workspace));
+      a.workspace = static_cast<double*>(workspace.data());
+      const std::string run = fastiou::confusion_counts_cpu(a, ThreadPoolFor(ctx));
+      OP_REQUIRES(ctx, run.empty(), InvalidArgument("fastiou: ", run));
+    }
   }
 
  private:
   fastiou::ConfusionOptions options_;
 };
 
-REGISTER_KERNEL_BUILDER(Name("FastiouConfusionCounts").Device(tensorflow::DEVICE_CPU), ConfusionCountsOp);
+REGISTER_KERNEL_BUILDER(Name("FastiouConfusionCounts").Device(tensorflow::DEVICE_CPU), ConfusionCountsOp<false>);
+#if FASTIOU_WITH_CUDA
+REGISTER_KERNEL_BUILDER(Name("FastiouConfusionCounts").Device(tensorflow::DEVICE_GPU), ConfusionCountsOp<true>);
+#endif
 
 }  // namespace fastiou_tf

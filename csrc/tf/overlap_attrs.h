@@ -6,6 +6,9 @@
 #include "core/overlap_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_shape.h"
+#if FASTIOU_WITH_CUDA
+#include "xla/stream_executor/stream.h"
+#endif
 
 namespace fastiou_tf {
 
@@ -102,5 +105,19 @@ inline fastiou::ParallelFor ThreadPoolFor(tensorflow::OpKernelContext* ctx) {
     pool->ParallelFor(units, cost, fn);
   };
 }
+
+#if FASTIOU_WITH_CUDA
+// The cudaStream_t of the stream TensorFlow runs this op's GPU work on.
+inline void* GpuStream(tensorflow::OpKernelContext* ctx) {
+  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
+}
+
+// The CUDA driver's problem with this build's kernels, as the op's error.
+inline absl::Status CudaDriverStatus() {
+  const std::string problem = fastiou::cuda_driver_problem();
+  if (problem.empty()) return absl::OkStatus();
+  return tensorflow::errors::FailedPrecondition("fastiou: ", problem);
+}
+#endif
 
 }  // namespace fastiou_tf

@@ -11,9 +11,6 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
-#if FASTIOU_WITH_CUDA
-#include "xla/stream_executor/stream.h"
-#endif
 
 namespace fastiou_tf {
 
@@ -109,13 +106,6 @@ group, writes dL/dy_pred = w*(dL/dI*t + dL/dP) (times p*(1-p) with
 from_logits), or with wrt_true dL/dy_true = w*(dL/dI*p + dL/dT).
 )doc");
 
-#if FASTIOU_WITH_CUDA
-// The cudaStream_t of the stream TensorFlow runs this op's GPU work on.
-void* GpuStream(OpKernelContext* ctx) {
-  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
-}
-#endif
-
 // Attributes and input checks shared by the stats and gradient kernels.
 class OverlapOpBase : public OpKernel {
  public:
@@ -127,10 +117,10 @@ class OverlapOpBase : public OpKernel {
   // The CUDA driver can run the kernels (a too-old one is named in the error).
   static absl::Status CheckDriver() {
 #if FASTIOU_WITH_CUDA
-    const std::string problem = fastiou::cuda_driver_problem();
-    if (!problem.empty()) return tensorflow::errors::FailedPrecondition("fastiou: ", problem);
-#endif
+    return CudaDriverStatus();
+#else
     return absl::OkStatus();
+#endif
   }
 
   absl::Status ValidateInputs(OpKernelContext* ctx, fastiou::OverlapGeometry* g) const {

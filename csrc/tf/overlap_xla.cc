@@ -125,7 +125,7 @@ class OverlapGradXlaOp : public XlaOpKernel {
   OverlapAttrs attrs_;
 };
 
-// The confusion counts (core/confusion.h): one host custom call; the shapes
+// The confusion counts (core/confusion.h): one custom call; the shapes
 // are checked here as the OpKernel checks them.
 class ConfusionCountsXlaOp : public XlaOpKernel {
  public:
@@ -149,9 +149,14 @@ class ConfusionCountsXlaOp : public XlaOpKernel {
 };
 
 REGISTER_XLA_OP(Name("FastiouOverlapStats"), OverlapStatsXlaOp);
-// Host only: the kernel has no CUDA handler, so an XLA cluster on a GPU finds
-// no lowering for the op rather than a custom call it cannot run.
+// On a GPU only where this library holds the CUDA kernel: elsewhere an XLA
+// cluster on a GPU finds no lowering for the op rather than a custom call it
+// cannot run.
+#if FASTIOU_WITH_CUDA
+REGISTER_XLA_OP(Name("FastiouConfusionCounts"), ConfusionCountsXlaOp);
+#else
 REGISTER_XLA_OP(Name("FastiouConfusionCounts").Device(tensorflow::DEVICE_CPU_XLA_JIT), ConfusionCountsXlaOp);
+#endif
 REGISTER_XLA_OP(Name("FastiouOverlapGrad"), OverlapGradXlaOp);
 
 }  // namespace
@@ -168,6 +173,8 @@ XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_overlap_stats", "CUD
                          fastiou_xla::FastiouOverlapStatsCuda);
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_overlap_grad", "CUDA",
                          fastiou_xla::FastiouOverlapGradCuda);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "fastiou_confusion_counts", "CUDA",
+                         fastiou_xla::FastiouConfusionCountsCuda);
 #endif
 
 // Lets Python ask whether this op library lowers its ops under XLA.

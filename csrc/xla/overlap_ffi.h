@@ -5,7 +5,7 @@
 //   fastiou_overlap_stats  args (y_true, y_pred, weights), results (I, P, T)
 //   fastiou_overlap_grad   args (y_true, y_pred, weights, dI, dP, dT), result dy
 //   fastiou_confusion_counts  args (y_true, y_pred, weights), result counts
-//                          [3, num_classes] float64 or float32 (host only)
+//                          [3, num_classes] float64 or float32
 // Attributes (csrc/core/overlap_options.h), all of them in every call:
 // from_logits, per_image, has_weights, softmax, sparse, has_ignore (booleans,
 // MLIR i1), ignore_index (i64), and wrt_true (boolean) for the gradient.
@@ -30,6 +30,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(FastiouConfusionCountsHost);
 #if FASTIOU_WITH_CUDA
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FastiouOverlapStatsCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FastiouOverlapGradCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FastiouConfusionCountsCuda);
 #endif
 
 }  // namespace fastiou_xla

@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "core/confusion.h"
 #include "core/overlap_kernels.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -82,6 +83,48 @@ inline std::string CheckSums(const ffi::AnyBuffer& b, const char* name, const fa
 
 inline ffi::Error Invalid(const std::string& message) { return ffi::Error::InvalidArgument("fastiou: " + message); }
 
+// The operands of the confusion counts after a handler's context:
+// (y_true, y_pred, weights) -> counts, with the options as attributes.
+template <typename Binding>
+auto BindConfusionOperands(Binding binding) {
+  return std::move(binding)
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attrs<fastiou::ConfusionOptions>();
+}
+
+// Checks the buffers of the confusion counts and fills the kernel's
+// arguments but its counts (the handler's: float64, or a float64 scratch for
+// float32 counts). Empty, or the problem; *narrow tells float32 counts.
+inline std::string PrepareConfusion(const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
+                                    const ffi::AnyBuffer& weights, const ffi::AnyBuffer& counts,
+                                    const fastiou::ConfusionOptions& options, fastiou::ConfusionArgs* a,
+                                    bool* narrow) {
+  static_cast<fastiou::ConfusionOptions&>(*a) = options;
+  std::string err = fastiou::validate_confusion(Dims(y_true), Dims(y_pred), Dims(weights), a);
+  if (!err.empty()) return err;
+  const auto td = ToDType(y_true.element_type());
+  const auto pd = ToDType(y_pred.element_type());
+  const auto wd = ToDType(weights.element_type());
+  if (!td || !pd || !wd) return "y_true, y_pred and weights must be bool, uint8, int32, int64 or a float type";
+  const fastiou::Shape want{3, a->num_classes};
+  const ffi::DataType out_type = counts.element_type();
+  if (Dims(counts) != want || (out_type != ffi::DataType::F64 && out_type != ffi::DataType::F32)) {
+    return "counts must be float64 or float32 of shape " + fastiou::shape_string(want);
+  }
+  a->true_dtype = *td;
+  a->pred_dtype = *pd;
+  a->weight_dtype = *wd;
+  a->y_true = y_true.untyped_data();
+  a->y_pred = y_pred.untyped_data();
+  a->weights = weights.untyped_data();
+  *narrow = out_type == ffi::DataType::F32;
+  // Weights of a type the kernels do not read, rules they do not take.
+  return fastiou::confusion_input_problem(*a);
+}
+
 // Checks a stats call's buffers and fills the kernel's arguments (all but the
 // workspace); an empty string or the problem.
 inline std::string PrepareStats(const ffi::AnyBuffer& y_true, const ffi::AnyBuffer& y_pred,
@@ -125,6 +168,7 @@ inline std::string PrepareGrad(const ffi::AnyBuffer& y_true, const ffi::AnyBuffe
 #define FASTIOU_FFI_MEMBER(type, name, init, kind) , ::xla::ffi::StructMember<type>(#name)
 #define FASTIOU_FFI_DECODE(T, members) XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(T members)
 FASTIOU_FFI_DECODE(fastiou::OverlapOptions, FASTIOU_OVERLAP_OPTIONS(FASTIOU_FFI_MEMBER));
+FASTIOU_FFI_DECODE(fastiou::ConfusionOptions, FASTIOU_CONFUSION_OPTIONS(FASTIOU_FFI_MEMBER));
 FASTIOU_FFI_DECODE(fastiou::GradOptions,
                    FASTIOU_OVERLAP_OPTIONS(FASTIOU_FFI_MEMBER) FASTIOU_GRAD_ONLY_OPTIONS(FASTIOU_FFI_MEMBER));
 

@@ -15,6 +15,53 @@ ffi::Error DriverError(const std::string& problem) {
   return ffi::Error(ffi::ErrorCode::kFailedPrecondition, "fastiou: " + problem);
 }
 
+// Scratch of `doubles` doubles for kernels queued on XLA's stream: XLA's
+// scratch where the runtime offers it; JAX's GPU client does not, and then it
+// comes from the device's stream-ordered pool on XLA's stream, given back on
+// that stream (Release) once the kernels are queued.
+class StreamScratch {
+ public:
+  StreamScratch(ffi::ScratchAllocator& scratch, cudaStream_t stream, int64_t doubles, const char* what)
+      : stream_(stream) {
+    if (doubles <= 0) return;
+    const size_t bytes = static_cast<size_t>(doubles) * sizeof(double);
+    data_ = scratch.Allocate(bytes, 64).value_or(nullptr);
+    own_ = data_ == nullptr;
+    if (!own_) return;
+    const cudaError_t e = cudaMallocAsync(&data_, bytes, stream);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      data_ = nullptr;
+      own_ = false;
+      error_ = std::string("fastiou: could not allocate the ") + what + " on the GPU: " + cudaGetErrorString(e);
+    }
+  }
+  StreamScratch(const StreamScratch&) = delete;
+  StreamScratch& operator=(const StreamScratch&) = delete;
+  ~StreamScratch() { Release(); }
+
+  double* data() const { return static_cast<double*>(data_); }
+  // Empty, or why there is no scratch.
+  const std::string& error() const { return error_; }
+  // Gives the pool's scratch back on the stream; empty, or the problem.
+  std::string Release() {
+    if (!own_) return std::string();
+    own_ = false;
+    const cudaError_t e = cudaFreeAsync(data_, stream_);
+    return e == cudaSuccess ? std::string() : std::string("cudaFreeAsync: ") + cudaGetErrorString(e);
+  }
+
+ private:
+  cudaStream_t stream_;
+  void* data_ = nullptr;
+  bool own_ = false;
+  std::string error_;
+};
+
+ffi::Error ScratchError(const std::string& message) {
+  return ffi::Error(ffi::ErrorCode::kResourceExhausted, message);
+}
+
 ffi::Error StatsCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
                      ffi::AnyBuffer y_pred, ffi::AnyBuffer weights, ffi::Result<ffi::AnyBuffer> intersection,
                      ffi::Result<ffi::AnyBuffer> pred_sum, ffi::Result<ffi::AnyBuffer> true_sum,
@@ -23,27 +70,32 @@ ffi::Error StatsCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::An
   fastiou::StatsArgs a;
   std::string err = PrepareStats(y_true, y_pred, weights, options, *intersection, *pred_sum, *true_sum, &a);
   if (!err.empty()) return Invalid(err);
-  const size_t bytes = static_cast<size_t>(fastiou::stats_workspace_doubles_cuda(a)) * sizeof(double);
-  // XLA's scratch where the runtime offers it; JAX's GPU client does not, and
-  // then the workspace comes from the device's stream-ordered pool on XLA's
-  // stream, given back on that stream once the kernels are queued.
-  void* workspace = scratch.Allocate(bytes, 64).value_or(nullptr);
-  const bool own = workspace == nullptr;
-  if (own) {
-    const cudaError_t e = cudaMallocAsync(&workspace, bytes, stream);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                        std::string("fastiou: could not allocate the stats workspace on the GPU: ") +
-                            cudaGetErrorString(e));
-    }
-  }
-  a.workspace = static_cast<double*>(workspace);
+  StreamScratch workspace(scratch, stream, fastiou::stats_workspace_doubles_cuda(a), "stats workspace");
+  if (!workspace.error().empty()) return ScratchError(workspace.error());
+  a.workspace = workspace.data();
   err = fastiou::overlap_stats_cuda(a, stream);
-  if (own) {
-    const cudaError_t e = cudaFreeAsync(workspace, stream);
-    if (e != cudaSuccess && err.empty()) err = std::string("cudaFreeAsync: ") + cudaGetErrorString(e);
-  }
+  const std::string released = workspace.Release();
+  if (err.empty()) err = released;
+  if (!err.empty()) return ffi::Error::Internal("fastiou: " + err);
+  return ffi::Error::Success();
+}
+
+// The confusion counts into a [3, num_classes] buffer of float64, or of
+// float32 (JAX without x64) through float64 scratch, rounded once.
+ffi::Error ConfusionCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
+                         ffi::AnyBuffer y_pred, ffi::AnyBuffer weights, ffi::Result<ffi::AnyBuffer> counts,
+                         fastiou::ConfusionOptions options) {
+  if (const std::string d = fastiou::cuda_driver_problem(); !d.empty()) return DriverError(d);
+  fastiou::ConfusionArgs a;
+  bool narrow = false;
+  std::string err = PrepareConfusion(y_true, y_pred, weights, *counts, options, &a, &narrow);
+  if (!err.empty()) return Invalid(err);
+  StreamScratch wide(scratch, stream, narrow ? 3 * a.num_classes : 0, "confusion counts");
+  if (!wide.error().empty()) return ScratchError(wide.error());
+  a.counts = narrow ? wide.data() : static_cast<double*>(counts->untyped_data());
+  err = fastiou::confusion_counts_cuda(a, stream, narrow ? static_cast<float*>(counts->untyped_data()) : nullptr);
+  const std::string released = wide.Release();
+  if (err.empty()) err = released;
   if (!err.empty()) return ffi::Error::Internal("fastiou: " + err);
   return ffi::Error::Success();
 }
@@ -66,6 +118,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouOverlapStatsCuda, StatsCuda,
                               BindStatsOperands(ffi::Ffi::Bind()
                                                     .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                                     .Ctx<ffi::ScratchAllocator>()));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouConfusionCountsCuda, ConfusionCuda,
+                              BindConfusionOperands(ffi::Ffi::Bind()
+                                                        .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                                        .Ctx<ffi::ScratchAllocator>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouOverlapGradCuda, GradCuda,
                               BindGradOperands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()));

@@ -3,12 +3,8 @@
 #include <utility>
 #include <vector>
 
-#include "core/confusion.h"
-
 #include "xla/overlap_ffi.h"
 #include "xla/overlap_ffi_common.h"
-
-FASTIOU_FFI_DECODE(fastiou::ConfusionOptions, FASTIOU_CONFUSION_OPTIONS(FASTIOU_FFI_MEMBER));
 
 namespace fastiou_xla {
 namespace {
@@ -48,27 +44,11 @@ ffi::Error GradHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer 
 ffi::Error ConfusionHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBuffer y_pred, ffi::AnyBuffer weights,
                          ffi::Result<ffi::AnyBuffer> counts, fastiou::ConfusionOptions options) {
   fastiou::ConfusionArgs a;
-  static_cast<fastiou::ConfusionOptions&>(a) = options;
-  std::string err = fastiou::validate_confusion(Dims(y_true), Dims(y_pred), Dims(weights), &a);
+  bool narrow_counts = false;
+  std::string err = PrepareConfusion(y_true, y_pred, weights, *counts, options, &a, &narrow_counts);
   if (!err.empty()) return Invalid(err);
-  const auto td = ToDType(y_true.element_type());
-  const auto pd = ToDType(y_pred.element_type());
-  const auto wd = ToDType(weights.element_type());
-  // The kernel refuses weights of a type it does not read (confusion_counts_cpu).
-  if (!td || !pd || !wd) return Invalid("y_true, y_pred and weights must be bool, uint8, int32, int64 or a float type");
-  const fastiou::Shape want{3, a.num_classes};
-  const ffi::DataType out_type = counts->element_type();
-  if (Dims(*counts) != want || (out_type != ffi::DataType::F64 && out_type != ffi::DataType::F32)) {
-    return Invalid("counts must be float64 or float32 of shape " + fastiou::shape_string(want));
-  }
-  a.true_dtype = *td;
-  a.pred_dtype = *pd;
-  a.weight_dtype = *wd;
-  a.y_true = y_true.untyped_data();
-  a.y_pred = y_pred.untyped_data();
-  a.weights = weights.untyped_data();
   std::vector<double> workspace(static_cast<size_t>(fastiou::confusion_workspace_doubles(a)));
-  std::vector<double> wide(out_type == ffi::DataType::F32 ? static_cast<size_t>(3 * a.num_classes) : 0);
+  std::vector<double> wide(narrow_counts ? static_cast<size_t>(3 * a.num_classes) : 0);
   a.workspace = workspace.data();
   a.counts = wide.empty() ? static_cast<double*>(counts->untyped_data()) : wide.data();
   err = fastiou::confusion_counts_cpu(a, PoolParallelFor(&pool));
@@ -81,13 +61,7 @@ ffi::Error ConfusionHost(ffi::ThreadPool pool, ffi::AnyBuffer y_true, ffi::AnyBu
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouConfusionCountsHost, ConfusionHost,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attrs<fastiou::ConfusionOptions>());
+                              BindConfusionOperands(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FastiouOverlapStatsHost, StatsHost,
                               BindStatsOperands(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()));

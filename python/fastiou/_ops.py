@@ -174,9 +174,15 @@ def _overlap_stats_grad(op, grad_i, grad_p, grad_t):
 
 def confusion_lowers_to_xla():
     """Whether confusion_counts_op compiles under XLA here: this library has
-    its XLA lowering, whose custom call runs on the host, and no GPU is
-    visible (an XLA cluster on a GPU would find no handler for it)."""
-    return HAS_XLA_KERNELS and not tf.config.list_logical_devices("GPU")
+    its XLA lowering, and either no GPU is visible or it holds the CUDA
+    kernel (without it an XLA cluster on a GPU would find no handler)."""
+    return HAS_XLA_KERNELS and (not tf.config.list_logical_devices("GPU") or _kernels_built_with_cuda())
+
+
+def _kernels_built_with_cuda():
+    from fastiou import kernels
+
+    return kernels.built_with_cuda()
 
 
 def confusion_counts_op(y_true, y_pred, weights, **attributes):

@@ -27,7 +27,8 @@ import importlib
 from fastiou import _fastiou_kernels as _ext
 from fastiou import _shapes
 
-__all__ = ["overlap_stats", "overlap_grad", "OverlapStats", "LabelCheck", "built_with_cuda",
+__all__ = ["overlap_stats", "overlap_grad", "confusion_counts", "CLASS_RULES", "OverlapStats", "LabelCheck",
+           "built_with_cuda",
            "cuda_device_count", "cuda_unavailable_reason", "cuda_pool_used", "cuda_pool_used_high",
            "ffi_handlers", "is_sparse_shape", "cpu_target", "cpu_targets"]
 
@@ -37,6 +38,11 @@ __all__ = ["overlap_stats", "overlap_grad", "OverlapStats", "LabelCheck", "built
 LabelCheck = _ext.LabelCheck
 
 _CUDA_DEVICE_TYPES = (2, 13)  # DLPack: kDLCUDA, kDLCUDAManaged
+
+# How a pixel's stored values give its class (ClassRule of
+# csrc/core/confusion.h): a class index, the argmax over the channels, or (for
+# y_pred) 1 where the value is >= the threshold, else 0.
+CLASS_RULES = {"index": 0, "argmax": 1, "threshold": 2}
 
 
 def built_with_cuda():
@@ -107,7 +113,8 @@ def cuda_pool_used_high(device=0):
 
 def ffi_handlers():
     """fastiou's XLA FFI handlers as PyCapsules, {target: {platform: capsule}}:
-    targets fastiou_overlap_stats and fastiou_overlap_grad, platforms "cpu"
+    targets fastiou_overlap_stats, fastiou_overlap_grad and
+    fastiou_confusion_counts, platforms "cpu"
     and (built with CUDA) "cuda". Register them with
     jax.ffi.register_ffi_target(target, capsule, platform=...), platform "cpu"
     or, for "cuda", XLA's name "CUDA" (fastiou.jax does this on import)."""
@@ -257,3 +264,45 @@ def overlap_grad(y_true, y_pred, weights, grad_intersection, grad_pred_sum, grad
                             stream=_stream(y_pred, y_true, weights, grad_intersection, grad_pred_sum,
                                            grad_true_sum))
     return _to_framework(out, y_pred)
+
+
+def _class_rule(rule, name):
+    if rule not in CLASS_RULES:
+        raise ValueError(f"fastiou: {name} must be one of {sorted(CLASS_RULES)}, got {rule!r}")
+    return CLASS_RULES[rule]
+
+
+def confusion_counts(y_true, y_pred, weights=None, *, num_classes, true_rule="index", pred_rule="index",
+                     threshold=0.5, ignore_class=None, integer_weights=False, by_pixel=False):
+    """The confusion counts of fastiou's IoU metrics, in one pass: a float64
+    array of shape (3, num_classes) holding per class the weight of the
+    pixels whose target and predicted class are that class (tp), whose
+    target is (true) and whose prediction is (pred).
+
+    y_true and y_pred: arrays of one framework on one device, viewed as
+    [batch, pixels, channels] (one channel for a class index or a threshold);
+    weights: None or [1 or batch, 1 or pixels], float32 or float64.
+    true_rule and pred_rule name how a pixel's values give its class (see
+    CLASS_RULES): "index" (integers, or floats truncated toward zero),
+    "argmax" (the first largest channel) or, for y_pred, "threshold" (class 1
+    where y_pred >= threshold, compared in float32). Pixels whose classes lie
+    outside [0, num_classes), or whose target class is ignore_class, count
+    nowhere. integer_weights truncates the weights toward zero first.
+
+    On CUDA arrays the CUDA kernel is enqueued on the framework's current
+    stream; counts of unit or integer weights are exact (the same on every
+    run), fractional weights are added by atomics and can differ in the last
+    bits between runs. by_pixel (CPU arrays): one pixel at a time, by the
+    steps each CUDA thread takes, on one thread (for tests).
+    """
+    for name, x in (("y_true", y_true), ("y_pred", y_pred)):
+        if not hasattr(x, "__dlpack__"):
+            raise TypeError(f"fastiou: {name} must be an array with __dlpack__ (NumPy, CuPy, PyTorch, "
+                            f"JAX, ...), got {type(x).__name__}")
+    counts = _ext.confusion_counts(y_true, y_pred, weights, num_classes=int(num_classes),
+                                   pred_rule=_class_rule(pred_rule, "pred_rule"),
+                                   true_rule=_class_rule(true_rule, "true_rule"), threshold=float(threshold),
+                                   integer_weights=bool(integer_weights),
+                                   ignore_class=None if ignore_class is None else int(ignore_class),
+                                   stream=_stream(y_pred, y_true, weights), by_pixel=bool(by_pixel))
+    return _to_framework(counts, y_pred)

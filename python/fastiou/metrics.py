@@ -27,12 +27,16 @@ And refused where Keras is silently wrong: a float y_pred with
 `sparse_y_pred=True` (Keras truncates the probabilities to class 0) raises a
 ValueError that says what to pass instead.
 
-The fused kernel runs on the CPU: as a TensorFlow op in graph and eager
-mode, as an XLA custom call of the same kernel under jit_compile (the same
-bits), and through the same XLA FFI handler on Keras' JAX backend (jax.jit
-included). Where XLA compiles for a GPU the counts take plain keras.ops
-(the same rules, `plain_confusion_counts`), since the kernel has no GPU
-version yet.
+The fused kernel runs as a TensorFlow op in graph and eager mode, as an XLA
+custom call of the same kernel under jit_compile (on the CPU, the same
+bits), and
+through the same XLA FFI handlers on Keras' JAX backend (jax.jit included):
+the C++ kernel on the CPU, the CUDA kernel on a GPU where fastiou was built
+with CUDA. On the GPU the counts of unit or integer weights are exact (the
+same on every run); fractional weights are added by atomics, so their counts
+can differ in the last bits between runs. A build without CUDA counts with
+plain keras.ops where XLA compiles for a GPU (the same rules,
+`plain_confusion_counts`).
 """
 
 import math
@@ -42,8 +46,10 @@ import numpy as np
 from keras import ops
 
 from fastiou._defaults import keras_backend
+from fastiou.kernels import CLASS_RULES
 
-INDEX, ARGMAX, THRESHOLD = 0, 1, 2  # ClassRule of csrc/core/confusion.h
+# ClassRule of csrc/core/confusion.h, as fastiou.kernels names them
+INDEX, ARGMAX, THRESHOLD = (CLASS_RULES[name] for name in ("index", "argmax", "threshold"))
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 # The stored dtypes the kernel reads by each rule (confusion_reads in
@@ -159,7 +165,7 @@ def plain_confusion_counts(y_true, y_pred, weights, *, num_classes, true_rule, p
     """The counts [tp, true, pred] per class, shape (3, num_classes), written
     with keras.ops on inputs already viewed as the kernel reads them (see
     csrc/core/confusion.h for the rules): the path where XLA compiles for a
-    GPU, which the kernel does not run on yet."""
+    GPU and this build has no CUDA kernels."""
     count_dtype = "float64" if keras_backend() == "tensorflow" else "float32"
 
     def classes(x, rule):
@@ -239,7 +245,7 @@ def confusion_counts(y_true, y_pred, sample_weight=None, *, num_classes, true_ru
     options = dict(num_classes=int(num_classes), true_rule=int(true_rule), pred_rule=int(pred_rule),
                    threshold=float(threshold), ignore_class=ignore_class, integer_weights=bool(integer_weights))
     backend = keras_backend()
-    # Under XLA (jit_compile, JAX) the kernel runs as a host custom call.
+    # Under XLA (jit_compile, JAX) the kernel runs as a custom call (Host or CUDA).
     if backend == "tensorflow":
         from fastiou import _ops
 
@@ -268,14 +274,15 @@ def _kernel_arguments(weights, options):
 
 
 def _jax_confusion_counts():
-    """fastiou's JAX call of the fused counts (XLA FFI, host only), or None
-    where it cannot run: no FFI handlers in this build, or a JAX whose
-    default device is not the CPU."""
+    """fastiou's JAX call of the fused counts (XLA FFI), or None where it
+    cannot run: this build has no handler for JAX's default platform (no FFI
+    handlers at all, or a GPU and no CUDA kernels)."""
     import jax
 
     from fastiou import kernels
 
-    if jax.default_backend() != "cpu" or "fastiou_confusion_counts" not in kernels.ffi_handlers():
+    platform = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}.get(jax.default_backend())
+    if platform not in kernels.ffi_handlers().get("fastiou_confusion_counts", {}):
         return None
     from fastiou._backends import jax as jax_backend
 

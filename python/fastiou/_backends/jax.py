@@ -148,8 +148,8 @@ def true_shape(y_true):
 
 
 def _confusion_call(y_true, y_pred, weights, **attributes):
-    """The fused confusion counts (csrc/core/confusion.h) as a host custom
-    call: y_true and y_pred viewed as [batch, pixels, channels], weights as
+    """The fused confusion counts (csrc/core/confusion.h) as a custom call
+    (the C++ kernel on the CPU, the CUDA one on a GPU): y_true and y_pred viewed as [batch, pixels, channels], weights as
     [rows, cols]; attributes: the kernel's options, from
     fastiou.metrics._kernel_arguments. Shape (3, num_classes), float64 with
     jax_enable_x64, else float32 (the float64 counts rounded once)."""

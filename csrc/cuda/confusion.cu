@@ -1,0 +1,125 @@
+// The CUDA kernel of the confusion counts of fastiou's metrics
+// (core/confusion.h), in one pass over the masks.
+//
+// A block owns kCountTile consecutive pixels of the flattened batch, read
+// coalesced: thread x takes pixels x, x + kCountThreads, ... of the tile. Each
+// pixel's classes and weight come from confusion_pixel (core/confusion_math.h),
+// the per-pixel steps the host's confusion_counts_by_pixel takes for the CPU
+// tests. The block adds its pixels into a histogram of 3 * num_classes counts
+// in shared memory (in global memory past kSharedClasses classes), then adds
+// the histogram's non-zero counts to the output with one atomic each.
+// Without weights a warp adds each count once per distinct class among its
+// lanes (__match_any_sync), not once per pixel: a binary mask would otherwise
+// queue 32 atomics on one address per warp step.
+//
+// The counts are doubles: sums of unit or integer weights are exact below
+// 2^53, so whatever order the atomics take the counts are the same on every
+// run; fractional weights are rounded in that order, so their counts can
+// differ in the last bits between runs.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/confusion.h"
+#include "core/confusion_math.h"
+#include "cuda/overlap_cuda.cuh"
+
+namespace fastiou {
+namespace cuda_detail {
+namespace {
+
+constexpr int kCountThreads = 256;
+constexpr int kPixelsPerCountThread = 16;
+constexpr int64_t kCountTile = int64_t(kCountThreads) * kPixelsPerCountThread;
+// Up to this many classes the block's histogram (3 * num_classes doubles,
+// 48 KiB at most) lies in shared memory.
+constexpr int64_t kSharedClasses = 2048;
+
+// Adds v to counts[key] for every lane whose key is not negative. Every lane
+// of the warp calls it together (no lane has left the kernel). With unit
+// weights the lanes of one key add their number once, by their lowest lane.
+__device__ __forceinline__ void add_count(double* counts, int key, double v, bool unit) {
+  if (unit) {
+    const unsigned peers = __match_any_sync(0xffffffffu, key);
+    const int lane = threadIdx.x & 31;
+    if (key >= 0 && lane == __ffs(peers) - 1) atomicAdd(counts + key, static_cast<double>(__popc(peers)));
+  } else if (key >= 0) {
+    atomicAdd(counts + key, v);
+  }
+}
+
+// kInShared: the block's histogram lies in shared memory (few enough
+// classes), so its atomics are shared-memory ones; else they go to the
+// output directly.
+template <ClassRule kTrue, ClassRule kPred, typename TT, typename TP, bool kInShared>
+__global__ void __launch_bounds__(kCountThreads) count_pixels(ConfusionArgs a) {
+  extern __shared__ double shared_hist[];
+  const int K = static_cast<int>(a.num_classes);
+  double* hist = kInShared ? shared_hist : a.counts;
+  if constexpr (kInShared) {
+    for (int j = threadIdx.x; j < 3 * K; j += kCountThreads) shared_hist[j] = 0.0;
+    __syncthreads();
+  }
+  const int64_t total = a.batch * a.pixels;
+  const int64_t first = int64_t(blockIdx.x) * kCountTile;
+  const bool unit = !a.has_weights;
+  // Every thread walks every step, in the tile or not, so that the warp
+  // calls add_count together.
+  for (int k = 0; k < kPixelsPerCountThread; ++k) {
+    const int64_t flat = first + int64_t(k) * kCountThreads + threadIdx.x;
+    PixelCount c{false, 0, 0, 0.0};
+    if (flat < total) c = confusion_pixel<kTrue, kPred, TT, TP>(a, flat);
+    add_count(hist, c.counted && c.t == c.p ? c.t : -1, c.w, unit);
+    add_count(hist, c.counted ? K + c.t : -1, c.w, unit);
+    add_count(hist, c.counted ? 2 * K + c.p : -1, c.w, unit);
+  }
+  if constexpr (kInShared) {
+    __syncthreads();
+    for (int j = threadIdx.x; j < 3 * K; j += kCountThreads) {
+      const double v = shared_hist[j];
+      if (v != 0.0) atomicAdd(a.counts + j, v);
+    }
+  }
+}
+
+__global__ void narrow_counts(const double* counts, int64_t n, float* out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = static_cast<float>(counts[i]);
+}
+
+}  // namespace
+}  // namespace cuda_detail
+
+using namespace cuda_detail;
+
+std::string confusion_counts_cuda(const ConfusionArgs& a, void* stream_handle, float* narrow) {
+  if (std::string problem = confusion_input_problem(a); !problem.empty()) return problem;
+  if (std::string problem = cuda_driver_problem(); !problem.empty()) return problem;
+  cudaGetLastError();  // an error left by an earlier call is not this launch's
+  const auto stream = static_cast<cudaStream_t>(stream_handle);
+  const int64_t n = 3 * a.num_classes;
+  const cudaError_t zero = cudaMemsetAsync(a.counts, 0, static_cast<size_t>(n) * sizeof(double), stream);
+  if (zero != cudaSuccess) return std::string("fastiou confusion counts: ") + cudaGetErrorString(zero);
+  const int64_t total = a.batch * a.pixels;
+  const int64_t blocks = (total + kCountTile - 1) / kCountTile;
+  std::string error = check_grid(blocks);
+  if (!error.empty()) return error;
+  const bool in_shared = a.num_classes <= kSharedClasses;
+  const size_t shared_bytes = in_shared ? static_cast<size_t>(n) * sizeof(double) : 0;
+  const bool ran = dispatch_confusion(a, [&](auto true_rule, auto pred_rule, auto tt, auto pt) {
+    if (blocks == 0) return;
+    dispatch_bool(in_shared, [&](auto shared) {
+      count_pixels<decltype(true_rule)::value, decltype(pred_rule)::value, decltype(tt), decltype(pt),
+                   decltype(shared)::value><<<static_cast<unsigned>(blocks), kCountThreads, shared_bytes, stream>>>(a);
+    });
+  });
+  if (!ran) return confusion_input_problem(a);
+  error = launch_status("fastiou confusion kernel");
+  if (!error.empty() || narrow == nullptr) return error;
+  narrow_counts<<<static_cast<unsigned>((n + kCountThreads - 1) / kCountThreads), kCountThreads, 0, stream>>>(
+      a.counts, n, narrow);
+  return launch_status("fastiou confusion counts");
+}
+
+}  // namespace fastiou
