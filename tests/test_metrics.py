@@ -273,14 +273,13 @@ def test_xla_lowering_and_plain_path_match_the_fused_op(rng, case, monkeypatch):
         return fm.confusion_counts(t, p, w, num_classes=c, **kw)
 
     # under jit_compile the op lowers to a custom call of the same kernel (the
-    # same bits on the CPU; on a GPU fractional weights are added by atomics)
+    # same bits)
     from fastiou import _ops
 
     lowered = _ops.confusion_lowers_to_xla()  # not in a build without XLA, or on a GPU without CUDA kernels
-    same_bits = lowered and not tf.config.list_logical_devices("GPU")
     fused = tf.function(counts, jit_compile=True)
     assert ("fastiou_confusion_counts" in fused.experimental_get_compiler_ir(t, p)(stage="hlo")) == lowered
-    (np.testing.assert_array_equal if same_bits else np.testing.assert_allclose)(fused(t, p).numpy(), eager)
+    (np.testing.assert_array_equal if lowered else np.testing.assert_allclose)(fused(t, p).numpy(), eager)
     # where it cannot (an XLA cluster on a GPU), the plain keras.ops path
     monkeypatch.setattr(_ops, "confusion_lowers_to_xla", lambda: False)
     plain = tf.function(counts, jit_compile=True)
@@ -305,10 +304,7 @@ def test_lowered_kernel_argmax_matches_the_op(rng):
     np.testing.assert_allclose(eager, np_counts(t[..., 0], p.argmax(-1), 5, w), rtol=1e-12)
     lowered = tf.function(lambda t, p: _ops.confusion_counts_op(t, p, weights, **attributes), jit_compile=True)
     assert "fastiou_confusion_counts" in lowered.experimental_get_compiler_ir(t, p)(stage="hlo")
-    if tf.config.list_logical_devices("GPU"):  # fractional weights, added by atomics
-        np.testing.assert_allclose(lowered(t, p).numpy(), eager, rtol=1e-12)
-    else:
-        np.testing.assert_array_equal(lowered(t, p).numpy(), eager)
+    np.testing.assert_array_equal(lowered(t, p).numpy(), eager)
 
 
 def test_kernel_arguments_are_the_ops_attributes():

@@ -148,6 +148,7 @@ CONFUSION_CASES = [
     ("counts-argmax-weights", 2, 333, 5, "argmax", "float32", "argmax", "float16", "pixel", None),
     ("counts-threshold-image-weights", 3, 1000, 2, "index", "bool", "threshold", "float64", "image", None),
     ("counts-many-classes", 1, 5000, 3000, "index", "int32", "index", "int64", None, None),
+    ("counts-fractional-weights", 2, 9000, 6, "index", "int64", "argmax", "float32", "fractional", 0),
 ]
 
 
@@ -164,12 +165,17 @@ def check_confusion_case(dev, rng, case):
     else:
         p = rng.integers(0, K + 2, (batch, pixels, 1)).astype(pred_dtype)
     w = None
-    if weights:
+    if weights == "fractional":  # the fixed-order path: the C++ kernel's sums to rounding
+        w = rng.random((batch, pixels)).astype(np.float32)
+    elif weights:
         w = rng.integers(0, 4, (batch, pixels) if weights == "pixel" else (batch, 1)).astype(np.float32)
     opts = dict(num_classes=K, true_rule=true_rule, pred_rule=pred_rule, threshold=0.4, ignore_class=ignore_class)
     got = dev.get(fk.confusion_counts(dev.put(t, None), dev.put(p, None), dev.put(w, None), **opts))
     want = fk.confusion_counts(t, p, w, **opts)
-    np.testing.assert_array_equal(got, want, err_msg=f"{name}: counts")  # integer weights: exact
+    if weights == "fractional":
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{name}: counts")  # float32 in get()
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=f"{name}: counts")  # integer weights: exact
     return name
 
 

@@ -101,11 +101,14 @@ std::string confusion_counts_by_pixel(const ConfusionArgs& args);
 
 // The CUDA kernel (csrc/cuda/confusion.cu) on `stream` (a cudaStream_t):
 // counts of unit or integer weights are exact, so the same on every run;
-// fractional weights are added by atomics in an order that varies, so their
-// counts can differ in the last bits between runs. With `narrow`, the counts
-// are also written there as float32 (3 * num_classes values) after they
-// are complete. Needs no workspace. Empty, or the problem.
+// fractional weights are added in a fixed order up to 256 classes (bitwise
+// the same on every run) and by atomics past that (then they can differ in
+// the last bits between runs). With `narrow`, the counts are also written
+// there as float32 (3 * num_classes values) once complete. args.workspace:
+// device memory of confusion_workspace_doubles_cuda(args) doubles (none
+// without fractional weights). Empty, or the problem.
 std::string confusion_counts_cuda(const ConfusionArgs& args, void* stream, float* narrow = nullptr);
+int64_t confusion_workspace_doubles_cuda(const ConfusionArgs& args);
 
 // The C++ kernel (csrc/cpu/confusion_cpu.cc, one copy per SIMD level as the
 // loss kernels, run by csrc/cpu/cpu_dispatch.cc). Deterministic: chunks

@@ -14,7 +14,9 @@
 //
 // The counts are doubles: sums of unit or integer weights are exact below
 // 2^53, so whatever order the atomics take the counts are the same on every
-// run; fractional weights are rounded in that order, so their counts can
+// run. Fractional weights with up to kOrderedClasses classes are added in a
+// fixed order (count_pixels_ordered), so their counts are bitwise the same
+// on every run too; with more classes they are added by atomics and can
 // differ in the last bits between runs.
 #include <cuda_runtime.h>
 
@@ -83,6 +85,73 @@ __global__ void __launch_bounds__(kCountThreads) count_pixels(ConfusionArgs a) {
   }
 }
 
+// Fractional weights with few classes take a fixed order instead of
+// atomics: each warp keeps its own histogram in shared memory, to which the
+// lanes of one class add the sum of their values taken in lane order; each
+// block adds its warps' histograms in warp order into its partial, and
+// add_partials adds the partials in block order. The grid's size depends on
+// the shape alone (at most kOrderedBlocks blocks, each walking every
+// kOrderedBlocks-th tile), so the counts are bitwise the same on every run.
+constexpr int kWarps = kCountThreads / 32;
+constexpr int64_t kOrderedClasses = 256;  // kWarps * 3 * 256 doubles: 48 KiB of shared memory
+constexpr int64_t kOrderedBlocks = 1024;
+
+__device__ __forceinline__ void add_ordered(double* warp_hist, int key, double v) {
+  const unsigned peers = __match_any_sync(0xffffffffu, key);
+  double sum = 0.0;
+#pragma unroll
+  for (int l = 0; l < 32; ++l) {
+    const double x = __shfl_sync(0xffffffffu, v, l);
+    if ((peers >> l) & 1u) sum += x;
+  }
+  if (key >= 0 && (threadIdx.x & 31) == __ffs(peers) - 1) warp_hist[key] += sum;
+  __syncwarp();  // the next step's adder of this key may be another lane
+}
+
+template <ClassRule kTrue, ClassRule kPred, typename TT, typename TP>
+__global__ void __launch_bounds__(kCountThreads) count_pixels_ordered(ConfusionArgs a, int64_t tiles) {
+  extern __shared__ double warp_hists[];  // kWarps histograms of 3 * num_classes
+  const int K = static_cast<int>(a.num_classes);
+  const int n = 3 * K;
+  for (int j = threadIdx.x; j < kWarps * n; j += kCountThreads) warp_hists[j] = 0.0;
+  __syncthreads();
+  double* hist = warp_hists + (threadIdx.x / 32) * n;
+  const int64_t total = a.batch * a.pixels;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (int k = 0; k < kPixelsPerCountThread; ++k) {
+      const int64_t flat = tile * kCountTile + int64_t(k) * kCountThreads + threadIdx.x;
+      PixelCount c{false, 0, 0, 0.0};
+      if (flat < total) c = confusion_pixel<kTrue, kPred, TT, TP>(a, flat);
+      add_ordered(hist, c.counted && c.t == c.p ? c.t : -1, c.w);
+      add_ordered(hist, c.counted ? K + c.t : -1, c.w);
+      add_ordered(hist, c.counted ? 2 * K + c.p : -1, c.w);
+    }
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < n; j += kCountThreads) {
+    double s = 0.0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) s += warp_hists[w * n + j];
+    a.workspace[int64_t(blockIdx.x) * n + j] = s;
+  }
+}
+
+// counts[j] = the blocks' partials of count j, added in block order.
+__global__ void add_partials(const double* partials, int64_t blocks, int64_t n, double* counts) {
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  double s = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) s += partials[b * n + j];
+  counts[j] = s;
+}
+
+// The grid of the ordered path for a shape: 0 where the atomics take the counts.
+int64_t ordered_blocks(const ConfusionArgs& a) {
+  if (!a.has_weights || a.integer_weights || a.num_classes > kOrderedClasses) return 0;
+  const int64_t tiles = (a.batch * a.pixels + kCountTile - 1) / kCountTile;
+  return tiles < kOrderedBlocks ? tiles : kOrderedBlocks;
+}
+
 __global__ void narrow_counts(const double* counts, int64_t n, float* out) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = static_cast<float>(counts[i]);
@@ -93,6 +162,8 @@ __global__ void narrow_counts(const double* counts, int64_t n, float* out) {
 
 using namespace cuda_detail;
 
+int64_t confusion_workspace_doubles_cuda(const ConfusionArgs& a) { return ordered_blocks(a) * 3 * a.num_classes; }
+
 std::string confusion_counts_cuda(const ConfusionArgs& a, void* stream_handle, float* narrow) {
   if (std::string problem = confusion_input_problem(a); !problem.empty()) return problem;
   if (std::string problem = cuda_driver_problem(); !problem.empty()) return problem;
@@ -101,17 +172,30 @@ std::string confusion_counts_cuda(const ConfusionArgs& a, void* stream_handle, f
   const int64_t n = 3 * a.num_classes;
   const cudaError_t zero = cudaMemsetAsync(a.counts, 0, static_cast<size_t>(n) * sizeof(double), stream);
   if (zero != cudaSuccess) return std::string("fastiou confusion counts: ") + cudaGetErrorString(zero);
-  const int64_t total = a.batch * a.pixels;
-  const int64_t blocks = (total + kCountTile - 1) / kCountTile;
-  std::string error = check_grid(blocks);
+  const int64_t tiles = (a.batch * a.pixels + kCountTile - 1) / kCountTile;
+  std::string error = check_grid(tiles);
   if (!error.empty()) return error;
+  const int64_t ordered = ordered_blocks(a);
   const bool in_shared = a.num_classes <= kSharedClasses;
-  const size_t shared_bytes = in_shared ? static_cast<size_t>(n) * sizeof(double) : 0;
   const bool ran = dispatch_confusion(a, [&](auto true_rule, auto pred_rule, auto tt, auto pt) {
-    if (blocks == 0) return;
+    constexpr ClassRule kTrue = decltype(true_rule)::value;
+    constexpr ClassRule kPred = decltype(pred_rule)::value;
+    using TT = decltype(tt);
+    using TP = decltype(pt);
+    if (tiles == 0) return;
+    if (ordered > 0) {
+      const size_t bytes = static_cast<size_t>(kWarps * n) * sizeof(double);
+      count_pixels_ordered<kTrue, kPred, TT, TP>
+          <<<static_cast<unsigned>(ordered), kCountThreads, bytes, stream>>>(a, tiles);
+      // A failed launch above stays the runtime's last error, checked below.
+      add_partials<<<static_cast<unsigned>((n + kCountThreads - 1) / kCountThreads), kCountThreads, 0, stream>>>(
+          a.workspace, ordered, n, a.counts);
+      return;
+    }
+    const size_t bytes = in_shared ? static_cast<size_t>(n) * sizeof(double) : 0;
     dispatch_bool(in_shared, [&](auto shared) {
-      count_pixels<decltype(true_rule)::value, decltype(pred_rule)::value, decltype(tt), decltype(pt),
-                   decltype(shared)::value><<<static_cast<unsigned>(blocks), kCountThreads, shared_bytes, stream>>>(a);
+      count_pixels<kTrue, kPred, TT, TP, decltype(shared)::value>
+          <<<static_cast<unsigned>(tiles), kCountThreads, bytes, stream>>>(a);
     });
   });
   if (!ran) return confusion_input_problem(a);

@@ -344,6 +344,8 @@ Buffer confusion_counts(const py::object& y_true, const py::object& y_pred, cons
   } else {
 #if FASTIOU_WITH_CUDA
     DeviceGuard guard(device.device_id);
+    Buffer workspace({fastiou::confusion_workspace_doubles_cuda(a)}, DType::kFloat64, device, stream_handle);
+    a.workspace = static_cast<double*>(workspace.data());
     err = fastiou::confusion_counts_cuda(a, reinterpret_cast<void*>(stream_handle));
     release_after_stream(std::move(inputs), device.device_id, reinterpret_cast<cudaStream_t>(stream_handle));
 #endif

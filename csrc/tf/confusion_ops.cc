@@ -76,6 +76,10 @@ class ConfusionCountsOp : public OpKernel {
     if constexpr (kGpu) {
 #if FASTIOU_WITH_CUDA
       OP_REQUIRES_OK(ctx, CudaDriverStatus());
+      Tensor workspace;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_DOUBLE,
+                                             TensorShape({fastiou::confusion_workspace_doubles_cuda(a)}), &workspace));
+      a.workspace = static_cast<double*>(workspace.data());
       const std::string run = fastiou::confusion_counts_cuda(a, GpuStream(ctx));
       OP_REQUIRES(ctx, run.empty(), tensorflow::errors::Internal("fastiou: ", run));
 #endif

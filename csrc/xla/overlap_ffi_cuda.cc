@@ -81,7 +81,8 @@ ffi::Error StatsCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::An
 }
 
 // The confusion counts into a [3, num_classes] buffer of float64, or of
-// float32 (JAX without x64) through float64 scratch, rounded once.
+// float32 (JAX without x64) through float64 scratch, rounded once; the
+// kernel's workspace from the same scratch.
 ffi::Error ConfusionCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer y_true,
                          ffi::AnyBuffer y_pred, ffi::AnyBuffer weights, ffi::Result<ffi::AnyBuffer> counts,
                          fastiou::ConfusionOptions options) {
@@ -90,11 +91,14 @@ ffi::Error ConfusionCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi
   bool narrow = false;
   std::string err = PrepareConfusion(y_true, y_pred, weights, *counts, options, &a, &narrow);
   if (!err.empty()) return Invalid(err);
-  StreamScratch wide(scratch, stream, narrow ? 3 * a.num_classes : 0, "confusion counts");
-  if (!wide.error().empty()) return ScratchError(wide.error());
-  a.counts = narrow ? wide.data() : static_cast<double*>(counts->untyped_data());
+  // The kernel's workspace, then (for float32 counts) the float64 counts.
+  const int64_t work = fastiou::confusion_workspace_doubles_cuda(a);
+  StreamScratch doubles(scratch, stream, work + (narrow ? 3 * a.num_classes : 0), "confusion counts");
+  if (!doubles.error().empty()) return ScratchError(doubles.error());
+  a.workspace = doubles.data();
+  a.counts = narrow ? doubles.data() + work : static_cast<double*>(counts->untyped_data());
   err = fastiou::confusion_counts_cuda(a, stream, narrow ? static_cast<float*>(counts->untyped_data()) : nullptr);
-  const std::string released = wide.Release();
+  const std::string released = doubles.Release();
   if (err.empty()) err = released;
   if (!err.empty()) return ffi::Error::Internal("fastiou: " + err);
   return ffi::Error::Success();

@@ -290,9 +290,10 @@ def confusion_counts(y_true, y_pred, weights=None, *, num_classes, true_rule="in
     nowhere. integer_weights truncates the weights toward zero first.
 
     On CUDA arrays the CUDA kernel is enqueued on the framework's current
-    stream; counts of unit or integer weights are exact (the same on every
-    run), fractional weights are added by atomics and can differ in the last
-    bits between runs. by_pixel (CPU arrays): one pixel at a time, by the
+    stream; counts of unit or integer weights are exact, fractional weights
+    are added in a fixed order up to 256 classes, so both are the same on
+    every run; past 256 classes fractional weights are added by atomics and
+    can differ in the last bits between runs. by_pixel (CPU arrays): one pixel at a time, by the
     steps each CUDA thread takes, on one thread (for tests).
     """
     for name, x in (("y_true", y_true), ("y_pred", y_pred)):

@@ -32,9 +32,10 @@ custom call of the same kernel under jit_compile (on the CPU, the same
 bits), and
 through the same XLA FFI handlers on Keras' JAX backend (jax.jit included):
 the C++ kernel on the CPU, the CUDA kernel on a GPU where fastiou was built
-with CUDA. On the GPU the counts of unit or integer weights are exact (the
-same on every run); fractional weights are added by atomics, so their counts
-can differ in the last bits between runs. A build without CUDA counts with
+with CUDA. On the GPU the counts of unit or integer weights are exact and
+fractional weights are added in a fixed order up to 256 classes (the same
+bits on every run); past 256 classes fractional weights are added by
+atomics and can differ in the last bits between runs. A build without CUDA counts with
 plain keras.ops where XLA compiles for a GPU (the same rules,
 `plain_confusion_counts`).
 """
