@@ -74,7 +74,8 @@ struct ConfusionArgs : ConfusionOptions {
   const void* weights = nullptr;  // read only with has_weights
   // Output: tp[num_classes], then true[num_classes], then pred[num_classes].
   double* counts = nullptr;
-  // Caller-provided scratch of confusion_workspace_doubles() doubles.
+  // Caller-provided scratch: confusion_workspace_doubles() doubles for the C++
+  // kernel, confusion_workspace_doubles_cuda() of device memory for the CUDA one.
   double* workspace = nullptr;
 
   // The chunking of the pixels: OverlapGeometry's over the wider input, with

@@ -1,8 +1,9 @@
 // The CUDA kernel of the confusion counts of fastiou's metrics
 // (core/confusion.h), in one pass over the masks.
 //
-// A block owns kCountTile consecutive pixels of the flattened batch, read
-// coalesced: thread x takes pixels x, x + kCountThreads, ... of the tile. Each
+// The atomics path (count_pixels; fractional weights with few classes take
+// the fixed-order path below instead, count_pixels_ordered): a block owns
+// kCountTile consecutive pixels of the flattened batch, read coalesced: thread x takes pixels x, x + kCountThreads, ... of the tile. Each
 // pixel's classes and weight come from confusion_pixel (core/confusion_math.h),
 // the per-pixel steps the host's confusion_counts_by_pixel takes for the CPU
 // tests. The block adds its pixels into a histogram of 3 * num_classes counts
