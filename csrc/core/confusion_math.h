@@ -49,8 +49,8 @@ FASTIOU_HD void argmax_step(A v, int32_t c, A& best, int32_t& at) {
 template <typename T>
 using ArgmaxValue = std::conditional_t<std::is_integral_v<T>, int64_t, std::conditional_t<sizeof(T) == 8, double, float>>;
 
-// The lowest value of an argmax value type, and the smallest normal one of a
-// float type (<cfloat>'s constants: std::numeric_limits is host-only in CUDA).
+// The lowest value of an argmax value type (<cfloat>'s constants:
+// std::numeric_limits is host-only in CUDA).
 template <typename A>
 FASTIOU_HD A argmax_lowest() {
   if constexpr (std::is_integral_v<A>) {
@@ -62,13 +62,18 @@ FASTIOU_HD A argmax_lowest() {
     return -FLT_MAX;
   }
 }
+
+// The bits of a float type as the unsigned integer of its width.
 template <typename A>
-FASTIOU_HD A smallest_normal() {
-  if constexpr (sizeof(A) == 8) {
-    return DBL_MIN;
-  } else {
-    return FLT_MIN;
-  }
+using FloatBits = std::conditional_t<sizeof(A) == 8, uint64_t, uint32_t>;
+
+// Whether a float's bits are those of a zero or a subnormal value (every
+// exponent bit clear): one bit test, where comparisons with the smallest
+// normal number would take two and their conjunction.
+template <typename A>
+FASTIOU_HD bool zero_or_subnormal(FloatBits<A> b) {
+  constexpr FloatBits<A> kExponent = sizeof(A) == 8 ? FloatBits<A>(0x7ff0000000000000ull) : FloatBits<A>(0x7f800000u);
+  return (b & kExponent) == 0;
 }
 
 // A value as the argmax compares it: as stored, but -0.0 below +0.0 (it
@@ -76,14 +81,24 @@ FASTIOU_HD A smallest_normal() {
 // and a subnormal value read as a zero of its sign, as the CPU reads it
 // (fastiou's C++ kernels and TensorFlow's run with denormals flushed): made
 // explicit, so that the CUDA kernel and the pixel-at-a-time count, which do
-// not flush, give the same classes.
+// not flush, give the same classes. Worked on the bits: a zero or subnormal
+// value becomes +0.0 when positive and minus the smallest normal number (the
+// sign and the exponent's lowest bit) when negative; NaN stays NaN.
 template <typename A>
 FASTIOU_HD A argmax_key(A v) {
   if constexpr (std::is_integral_v<A>) {
     return v;
   } else {
-    const bool zero = (v < smallest_normal<A>()) & (v > -smallest_normal<A>());  // false for NaN
-    return zero ? (std::signbit(v) ? -smallest_normal<A>() : A(0)) : v;
+    using U = FloatBits<A>;
+    constexpr int kSignShift = 8 * sizeof(A) - 1;
+    constexpr U kNegativeSmallest = (U(1) << kSignShift) | (U(1) << (sizeof(A) == 8 ? 52 : 23));
+    U b;
+    std::memcpy(&b, &v, sizeof b);
+    const U negative = U(0) - (b >> kSignShift);  // all ones when the sign is set
+    b = zero_or_subnormal<A>(b) ? (negative & kNegativeSmallest) : b;
+    A key;
+    std::memcpy(&key, &b, sizeof key);
+    return key;
   }
 }
 
@@ -99,8 +114,12 @@ FASTIOU_HD int32_t argmax_class(const T* x, int64_t n) {
   return at;
 }
 
-// A float32 subnormal value as zero (a flushed read; see argmax_key).
-FASTIOU_HD float flush_subnormal(float f) { return (f < FLT_MIN) & (f > -FLT_MIN) ? 0.0f : f; }
+// A float32 subnormal value as a zero of its sign (a flushed read; see
+// argmax_key): the sign bit alone is kept.
+FASTIOU_HD float flush_subnormal(float f) {
+  const uint32_t b = float_to_bits(f);
+  return bits_to_float(zero_or_subnormal<float>(b) ? (b & 0x80000000u) : b);
+}
 
 // The class of one prediction by threshold: read as float32, compared with
 // >= (both subnormal-flushed, as on the CPU: a logit of -1e-40 meets the
