@@ -72,6 +72,27 @@ def test_weights_and_ignore_class_match_the_oracle(rng, weights, weight_dtype, f
         assert want[1][ignore_class] == 0
 
 
+@pytest.mark.parametrize("K", [4, 5, 21, 32, 33])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_each_way_of_counting_matches_the_oracle(rng, K, weighted):
+    """The C++ kernel counts a chunk by per-class sums (up to 4 classes), a
+    joint histogram of target and predicted class (5 to 32) or per-class
+    histograms (33 and more): each way, over three chunks per image, with
+    classes past num_classes, an ignored class and fractional weights, gives
+    the oracle's counts."""
+    y_true, y_pred, w = make_case(rng, batch=2, pixels=3 * 32768 // K + 37, num_classes=K, true_rule="index",
+                                  pred_rule="argmax", true_dtype="uint8", pred_dtype="float32",
+                                  weights="pixel" if weighted else None)
+    options = dict(num_classes=K, true_rule="index", pred_rule="argmax", ignore_class=1)
+    want = oracle_counts(y_true, y_pred, w, **options)
+    fused = np.asarray(fk.confusion_counts(y_true, y_pred, w, **options))
+    if weighted:
+        np.testing.assert_allclose(fused, want, rtol=1e-12, atol=1e-9)
+    else:
+        np.testing.assert_array_equal(fused, want)
+    assert want[0].sum() > 0 and want[1][1] == 0
+
+
 def edge_rows(dtype):
     """Every ordered triple of edge values of a float dtype, as pixels of 3
     channels: NaN, -inf, the lowest value, -1, the smallest normal and a

@@ -207,3 +207,44 @@ def test_metric_counts_on_the_device_match_the_oracle(rng, case, jit_compile):
     want = np_counts(t_classes, p_classes, K, None if w is None else np.broadcast_to(
         w.reshape((-1,) + (1,) * (len(shape) - 1)) if weights == "image" else w, shape), kwargs.get("ignore_class"))
     np.testing.assert_array_equal(np.asarray(metric.counts.numpy(), np.float64), want)
+
+
+@pytest.mark.parametrize("K, integer_weights, refused", [
+    (256, False, False),  # fractional weights added in a fixed order
+    (257, False, True),   # fractional weights added by atomics
+    (257, True, False),   # integer weights: exact sums in any order
+])
+def test_confusion_op_under_op_determinism(rng, K, integer_weights, refused):
+    """With TensorFlow's op determinism enabled, the GPU confusion-count op
+    runs where its counts are the same on every run, and refuses the others
+    (fractional weights over 256 classes) with an error that says what to
+    change. The CPU op (the dry run) always runs."""
+    from confusion_oracle import np_counts
+
+    from fastiou import metrics as fm
+    from tensorflow.python.framework import config as tf_config
+
+    shape = (2, 64, 48)
+    labels = rng.integers(0, K, shape).astype(np.int32)
+    scores = rng.normal(size=shape + (K,)).astype(np.float32)
+    w = rng.random(shape) * 3
+    w = (np.floor(w) if integer_weights else w).astype(np.float32)
+    was_enabled = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        with tf.device(DEVICE):
+            def run():
+                return fm.confusion_counts(tf.constant(labels), tf.constant(scores), tf.constant(w),
+                                           num_classes=K, pred_rule=fm.ARGMAX,
+                                           integer_weights=integer_weights).numpy()
+            if refused and not DRY_RUN:
+                with pytest.raises(tf.errors.UnimplementedError, match="op determinism.*at most 256 classes"):
+                    run()
+                return
+            first, second = run(), run()
+    finally:
+        if not was_enabled:
+            tf_config.disable_op_determinism()
+    np.testing.assert_array_equal(first, second)
+    want = np_counts(labels, scores.argmax(-1), K, w)
+    np.testing.assert_allclose(first, want, rtol=1e-12, atol=1e-9)

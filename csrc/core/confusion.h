@@ -83,6 +83,26 @@ struct ConfusionArgs : ConfusionOptions {
   OverlapGeometry geometry() const;
 };
 
+// The CUDA kernel adds fractional weights in a fixed order up to this many
+// classes (its per-warp histograms fill 48 KiB of shared memory there), and
+// with atomics past it.
+constexpr int64_t kCudaOrderedClasses = 256;
+
+// Whether the CUDA kernel adds these counts' fractional weights in a fixed
+// order (count_pixels_ordered in csrc/cuda/confusion.cu).
+inline bool confusion_cuda_fixed_order(const ConfusionOptions& o) {
+  return o.has_weights && !o.integer_weights && o.num_classes <= kCudaOrderedClasses;
+}
+
+// Whether the CUDA kernel's counts are bitwise the same on every run: sums of
+// unit or integer weights are exact whatever their order, and fractional
+// weights up to kCudaOrderedClasses classes are added in a fixed order. The
+// TensorFlow GPU op refuses the others while TensorFlow's op determinism is
+// enabled (tf.config.experimental.enable_op_determinism).
+inline bool confusion_cuda_repeatable(const ConfusionOptions& o) {
+  return !o.has_weights || o.integer_weights || confusion_cuda_fixed_order(o);
+}
+
 // Checks the shapes (as [batch, pixels, channels] for y_true and y_pred,
 // [rows, columns] for the weights), the rules against them and the options,
 // and fills the geometry fields of args. Empty, or the problem.
@@ -102,9 +122,9 @@ std::string confusion_counts_by_pixel(const ConfusionArgs& args);
 
 // The CUDA kernel (csrc/cuda/confusion.cu) on `stream` (a cudaStream_t):
 // counts of unit or integer weights are exact, so the same on every run;
-// fractional weights are added in a fixed order up to 256 classes (bitwise
-// the same on every run) and by atomics past that (then they can differ in
-// the last bits between runs). With `narrow`, the counts are also written
+// fractional weights are added in a fixed order up to kCudaOrderedClasses
+// classes (bitwise the same on every run) and by atomics past that (then they
+// can differ in the last bits between runs: confusion_cuda_repeatable). With `narrow`, the counts are also written
 // there as float32 (3 * num_classes values) once complete. args.workspace:
 // device memory of confusion_workspace_doubles_cuda(args) doubles (none
 // without fractional weights). Empty, or the problem.

@@ -63,10 +63,6 @@ FASTIOU_HD A argmax_lowest() {
   }
 }
 
-// The bits of a float type as the unsigned integer of its width.
-template <typename A>
-using FloatBits = std::conditional_t<sizeof(A) == 8, uint64_t, uint32_t>;
-
 // Whether a float's bits are those of a zero or a subnormal value (every
 // exponent bit clear): one bit test, where comparisons with the smallest
 // normal number would take two and their conjunction.
@@ -92,8 +88,7 @@ FASTIOU_HD A argmax_key(A v) {
     using U = FloatBits<A>;
     constexpr int kSignShift = 8 * sizeof(A) - 1;
     constexpr U kNegativeSmallest = (U(1) << kSignShift) | (U(1) << (sizeof(A) == 8 ? 52 : 23));
-    U b;
-    std::memcpy(&b, &v, sizeof b);
+    U b = bits_of(v);
     const U negative = U(0) - (b >> kSignShift);  // all ones when the sign is set
     b = zero_or_subnormal<A>(b) ? (negative & kNegativeSmallest) : b;
     A key;

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "core/simd_level.h"
 
@@ -61,6 +62,19 @@ FASTIOU_HD uint32_t float_to_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   return u;
+}
+
+// The bits of a float type as the unsigned integer of its width, and a
+// value's bits read as that integer (the argmax key, the zero and subnormal
+// test, the range guards' register).
+template <typename A>
+using FloatBits = std::conditional_t<sizeof(A) == 8, uint64_t, uint32_t>;
+
+template <typename A>
+FASTIOU_HD FloatBits<A> bits_of(A v) {
+  FloatBits<A> b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
 }
 
 FASTIOU_HD float half_bits_to_float(uint16_t h) {

@@ -32,6 +32,7 @@ namespace {
 
 constexpr int64_t kBlock = 512;        // pixels classified before they are counted
 constexpr int64_t kSmallClasses = 4;   // up to this many: per-class vector sums
+constexpr int64_t kJointUpTo = 32;     // up to this many: interleaved joint histograms (count_joint)
 constexpr int64_t kHistCopies = 4;     // interleaved histograms, for up to kCopiesUpTo classes
 constexpr int64_t kCopiesUpTo = 4096;
 
@@ -141,6 +142,36 @@ void count_histogram(int64_t K, const int32_t* t, const int32_t* p, const Count*
   }
 }
 
+// Adds a block to kHistCopies interleaved joint histograms of K * K counts
+// (target class major): one addition per pixel, where count_histogram takes
+// three.
+template <typename Count>
+void count_joint(int64_t K, const int32_t* t, const int32_t* p, const Count* w, int64_t n, Count* joint) {
+  for (int64_t i = 0; i < n; ++i) joint[(i & (kHistCopies - 1)) * K * K + t[i] * K + p[i]] += w[i];
+}
+
+// The chunk's counts (tp[K], true[K], pred[K]) from its joint histograms:
+// the copies added in order, then the diagonal, the rows and the columns.
+template <typename Count>
+void joint_partial(int64_t K, Count* joint, double* partial) {
+  const int64_t KK = K * K;
+  for (int64_t c = 1; c < kHistCopies; ++c) {
+    FASTIOU_SIMD
+    for (int64_t j = 0; j < KK; ++j) joint[j] += joint[c * KK + j];
+  }
+  for (int64_t k = 0; k < 3 * K; ++k) partial[k] = 0.0;
+  for (int64_t i = 0; i < K; ++i) {
+    partial[i] = static_cast<double>(joint[i * K + i]);
+    double row = 0.0;
+    for (int64_t j = 0; j < K; ++j) {
+      const double v = static_cast<double>(joint[i * K + j]);
+      row += v;
+      partial[2 * K + j] += v;
+    }
+    partial[K + i] = row;
+  }
+}
+
 // Counts one chunk: Count int32_t without weights (a chunk has fewer than
 // 2^31 pixels), double with.
 template <typename Count, ClassRule kTrue, ClassRule kPred, typename TT, typename TP>
@@ -154,9 +185,11 @@ void count_chunk_as(const ConfusionArgs& a, int64_t chunk, double* partial) {
   const int64_t ct = a.true_channels, cp = a.pred_channels;
   const TT* tru = static_cast<const TT*>(a.y_true) + (b * g.pixels + first) * ct;
   const TP* pred = static_cast<const TP*>(a.y_pred) + (b * g.pixels + first) * cp;
+  const bool joint = K > kSmallClasses && K <= kJointUpTo;
   const int64_t copies = K <= kSmallClasses ? 1 : (K <= kCopiesUpTo ? kHistCopies : 1);
-  Count* hist = cpu::thread_scratch<Count, 4>(copies * 3 * K);
-  for (int64_t j = 0; j < copies * 3 * K; ++j) hist[j] = Count(0);
+  const int64_t size = copies * (joint ? K * K : 3 * K);
+  Count* hist = cpu::thread_scratch<Count, 4>(size);
+  for (int64_t j = 0; j < size; ++j) hist[j] = Count(0);
   int32_t t[kBlock], p[kBlock];
   Count w[kBlock];
   // The weights of the chunk's image: one per pixel (w_step 1) or one.
@@ -180,9 +213,15 @@ void count_chunk_as(const ConfusionArgs& a, int64_t chunk, double* partial) {
     }
     if (K <= kSmallClasses) {
       count_small(K, t, p, w, m, hist);
+    } else if (joint) {
+      count_joint(K, t, p, w, m, hist);
     } else {
       count_histogram(K, t, p, w, m, hist, copies);
     }
+  }
+  if (joint) {
+    joint_partial(K, hist, partial);
+    return;
   }
   for (int64_t j = 0; j < 3 * K; ++j) {
     double s = 0;

@@ -116,7 +116,7 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* b
       constexpr bool kGuard = decltype(guard)::value;
       constexpr int kLanes = cpu::kLanes;
       A si[kLanes] = {}, sp[kLanes] = {}, st[kLanes] = {};
-      typename cpu::RangeBits<A>::type seen[kLanes] = {};
+      FloatBits<A> seen[kLanes] = {};
       auto element = [&](int64_t i, int l) {
         const A x = load_as<A>(pred[i]);
         const A t = load_as<A>(tru[i]);
@@ -171,7 +171,7 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* b
   // The range guards' register (cpu::widen_range): the targets, and the
   // probabilities as stored. Kept without check_range too (it costs nothing
   // measurable next to this path's per-pixel work), but not acted on.
-  typename cpu::RangeBits<A>::type seen = 0;
+  FloatBits<A> seen = 0;
   for (int64_t px = 0; px < r.pixels; ++px) {
     const PixelLabel label = read_pixel_label(rule, labels, px);
     bad->note_label(label, r.first_pixel + px);
@@ -180,7 +180,7 @@ void stats_chunk(const StatsArgs& a, int64_t chunk, double* partial, ChunkBad* b
     const TP* wp = kWeights ? pixel_weights(rule, w, px) : nullptr;
     with_pixel_weight<A>(rule, wp, [&](const auto& weight) {
       with_pixel_targets<A>(label, pixel_targets(rule, tru, px), [&](const auto& target) {
-        typename cpu::RangeBits<A>::type s = seen;  // a reduction on a local, not on a capture
+        FloatBits<A> s = seen;  // a reduction on a local, not on a capture
 #pragma omp simd reduction(max : s)
         for (Channel c = 0; c < static_cast<Channel>(C); ++c) {
           const A t = target(c);

@@ -208,23 +208,13 @@ inline void stream_fence(bool stream) {
 // that follows an alarm (first_bad_value) then finds nothing, and nothing is
 // reported.
 template <typename A>
-struct RangeBits {
-  using type = std::conditional_t<sizeof(A) == 8, uint64_t, uint32_t>;
-};
-template <typename A>
-inline typename RangeBits<A>::type range_bits(A v) {
-  typename RangeBits<A>::type b;
-  std::memcpy(&b, &v, sizeof b);
-  return b;
-}
-template <typename A>
-inline void widen_range(A v, typename RangeBits<A>::type& seen) {
-  const typename RangeBits<A>::type b = range_bits(v);
+inline void widen_range(A v, FloatBits<A>& seen) {
+  const FloatBits<A> b = bits_of(v);
   seen = b > seen ? b : seen;
 }
 template <typename A>
-inline bool range_alarm(typename RangeBits<A>::type seen) {
-  return seen > range_bits(A(1));
+inline bool range_alarm(FloatBits<A> seen) {
+  return seen > bits_of(A(1));
 }
 
 // The first input value of a chunk that the range guards refuse (BadInput):
@@ -563,9 +553,9 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
   std::fill(si, si + 7 * span, A(0));
   // The range guards' register of the probabilities as stored, per lane
   // (unused without kGuard), and of the periodic tiles' values.
-  typename RangeBits<A>::type seen[kLanes];
+  FloatBits<A> seen[kLanes];
   std::fill(seen, seen + kLanes, 0);
-  typename RangeBits<A>::type seen_periodic = 0;
+  FloatBits<A> seen_periodic = 0;
   PixelTile<A> t;
   for (int64_t first = 0; first < pixels; first += kLanes) {
     read_tile<kWeights>(rule, labels, w, first, pixels, chunk_first, &t, bad);
@@ -574,7 +564,7 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
       prefetch_tiles_ahead(x, span);
       // The targets: one-hot of each pixel's class (ClassTargets).
       for (int l = 0; l < kLanes; ++l) targets[int64_t(l) * C + t.cls[l]] = A(1);
-      typename RangeBits<A>::type s = seen_periodic;  // a reduction on a local
+      FloatBits<A> s = seen_periodic;  // a reduction on a local
 #pragma omp simd reduction(max : s)
       for (int64_t e = 0; e < span; ++e) {
         const A v = load_as<A>(x[e]);

@@ -15,7 +15,7 @@
 //
 // The counts are doubles: sums of unit or integer weights are exact below
 // 2^53, so whatever order the atomics take the counts are the same on every
-// run. Fractional weights with up to kOrderedClasses classes are added in a
+// run. Fractional weights with up to kCudaOrderedClasses classes are added in a
 // fixed order (count_pixels_ordered), so their counts are bitwise the same
 // on every run too; with more classes they are added by atomics and can
 // differ in the last bits between runs.
@@ -94,7 +94,8 @@ __global__ void __launch_bounds__(kCountThreads) count_pixels(ConfusionArgs a) {
 // the shape alone (at most kOrderedBlocks blocks, each walking every
 // kOrderedBlocks-th tile), so the counts are bitwise the same on every run.
 constexpr int kWarps = kCountThreads / 32;
-constexpr int64_t kOrderedClasses = 256;  // kWarps * 3 * 256 doubles: 48 KiB of shared memory
+static_assert(kWarps * 3 * kCudaOrderedClasses * sizeof(double) <= 48 * 1024,
+              "the ordered path's warp histograms fit in 48 KiB of shared memory");
 constexpr int64_t kOrderedBlocks = 1024;
 
 __device__ __forceinline__ void add_ordered(double* warp_hist, int key, double v) {
@@ -148,7 +149,7 @@ __global__ void add_partials(const double* partials, int64_t blocks, int64_t n, 
 
 // The grid of the ordered path for a shape: 0 where the atomics take the counts.
 int64_t ordered_blocks(const ConfusionArgs& a) {
-  if (!a.has_weights || a.integer_weights || a.num_classes > kOrderedClasses) return 0;
+  if (!confusion_cuda_fixed_order(a)) return 0;
   const int64_t tiles = (a.batch * a.pixels + kCountTile - 1) / kCountTile;
   return tiles < kOrderedBlocks ? tiles : kOrderedBlocks;
 }
