@@ -362,6 +362,45 @@ inline void transpose_block(__m512 r[16]) {
     r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
   }
 }
+
+// Narrow blocks (AVX-512): a block of 8 channels or fewer is moved with each
+// vector holding two pixels, pixel i in its low 256 bits and pixel i + 8 in
+// its high ones (transpose_halves, 8 vectors), and one of 4 channels or fewer
+// with four pixels, i + 4q in 128-bit lane q (transpose_quarters, 4
+// vectors): an 8x8 or 4x4 transpose within each part gives vector j channel j
+// of the 16 pixels in order, in 24 or 8 shuffles instead of the 64 of a whole
+// block. Each is its own inverse.
+inline void transpose_quarters(__m512 r[4]) {
+  const __m512 t0 = _mm512_unpacklo_ps(r[0], r[1]), t1 = _mm512_unpackhi_ps(r[0], r[1]);
+  const __m512 t2 = _mm512_unpacklo_ps(r[2], r[3]), t3 = _mm512_unpackhi_ps(r[2], r[3]);
+  r[0] = _mm512_shuffle_ps(t0, t2, 0x44);
+  r[1] = _mm512_shuffle_ps(t0, t2, 0xEE);
+  r[2] = _mm512_shuffle_ps(t1, t3, 0x44);
+  r[3] = _mm512_shuffle_ps(t1, t3, 0xEE);
+}
+
+inline void transpose_halves(__m512 r[8]) {
+  __m512 t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  // 128-bit lanes (a0 b0 a2 b2) and (a1 b1 a3 b3) of a = r[i], b = r[i + 4]:
+  // within each 256-bit part, the lower and the upper lanes of both.
+  const __m512i lower = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+  const __m512i upper = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_permutex2var_ps(r[i], lower, r[i + 4]);
+    t[i + 4] = _mm512_permutex2var_ps(r[i], upper, r[i + 4]);
+  }
+  for (int i = 0; i < 8; ++i) r[i] = t[i];
+}
 #elif defined(__AVX2__)
 inline void transpose_block(__m256 r[8]) {
   __m256 t[8];
@@ -386,9 +425,11 @@ inline void transpose_block(__m256 r[8]) {
 // Reads a whole tile of predictions x (tile_predictions) transposed:
 // p[c * kLanes + l] = x[l * C + c], p holding transposed_tile_values(C).
 // Float tiles go kLanes channels at a time through an in-register transpose
-// (AVX2, AVX-512), reading each pixel's channels as stored, none past the
-// tile, and writing whole blocks (zeros past channel C); the values are
-// copied, not computed, so every way reads the same bits.
+// (AVX2, AVX-512; with AVX-512 a last block of 8 or 4 channels or fewer
+// through a narrow one, transpose_halves or transpose_quarters), reading each
+// pixel's channels as stored, none past the tile, and writing the block's
+// rows (zeros past channel C); the values are copied, not computed, so every
+// way reads the same bits.
 template <typename TP, typename A>
 void load_tile(const TP* x, Channel C, A* p) {
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -397,10 +438,37 @@ void load_tile(const TP* x, Channel C, A* p) {
       const int n = static_cast<int>(std::min<Channel>(kLanes, C - c0));
 #if defined(__AVX512F__)
       const __mmask16 keep = static_cast<__mmask16>((1u << n) - 1);
+      if (n <= 4) {
+        // Pixel i + 4q into 128-bit lane q (transpose_quarters).
+        __m512 r[4];
+        for (int i = 0; i < 4; ++i) {
+          r[i] = _mm512_maskz_loadu_ps(keep, x + int64_t(i) * C + c0);
+          for (int q = 1; q < 4; ++q)
+            r[i] = _mm512_mask_loadu_ps(r[i], static_cast<__mmask16>(keep << (4 * q)),
+                                        x + int64_t(i + 4 * q) * C + c0 - 4 * q);
+        }
+        transpose_quarters(r);
+        for (int j = 0; j < 4; ++j)
+          if (j < n) _mm512_storeu_ps(p + int64_t(c0 + j) * kLanes, r[j]);
+        continue;
+      }
+      if (n <= 8) {
+        // Pixel i into the low 256 bits, i + 8 into the high ones (transpose_halves).
+        __m512 r[8];
+        for (int i = 0; i < 8; ++i) {
+          r[i] = _mm512_maskz_loadu_ps(keep, x + int64_t(i) * C + c0);
+          r[i] = _mm512_mask_loadu_ps(r[i], static_cast<__mmask16>(keep << 8), x + int64_t(i + 8) * C + c0 - 8);
+        }
+        transpose_halves(r);
+        for (int j = 0; j < 8; ++j)
+          if (j < n) _mm512_storeu_ps(p + int64_t(c0 + j) * kLanes, r[j]);
+        continue;
+      }
       __m512 r[kLanes];
       for (int l = 0; l < kLanes; ++l) r[l] = _mm512_maskz_loadu_ps(keep, x + int64_t(l) * C + c0);
       transpose_block(r);
-      for (int j = 0; j < kLanes; ++j) _mm512_storeu_ps(p + int64_t(c0 + j) * kLanes, r[j]);
+      for (int j = 0; j < kLanes; ++j)
+        if (j < n) _mm512_storeu_ps(p + int64_t(c0 + j) * kLanes, r[j]);
 #else
       const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
       __m256 r[kLanes];
