@@ -335,20 +335,22 @@ inline int64_t transposed_tile_values(Channel C) {
 }
 
 // Transposes the square block of vectors r in registers: afterwards r[i]
-// holds element i of every vector that was in r, in order.
+// holds element i of every vector that was in r, in order. Its first stage,
+// transpose_quarters, transposes four vectors 4x4 within each 128-bit lane:
+// afterwards lane q of r[j] holds element j of lane q of r[0] to r[3].
 #if defined(__AVX512F__)
+inline void transpose_quarters(__m512 r[4]) {
+  const __m512 t0 = _mm512_unpacklo_ps(r[0], r[1]), t1 = _mm512_unpackhi_ps(r[0], r[1]);
+  const __m512 t2 = _mm512_unpacklo_ps(r[2], r[3]), t3 = _mm512_unpackhi_ps(r[2], r[3]);
+  r[0] = _mm512_shuffle_ps(t0, t2, 0x44);
+  r[1] = _mm512_shuffle_ps(t0, t2, 0xEE);
+  r[2] = _mm512_shuffle_ps(t1, t3, 0x44);
+  r[3] = _mm512_shuffle_ps(t1, t3, 0xEE);
+}
+
 inline void transpose_block(__m512 r[16]) {
+  for (int i = 0; i < 16; i += 4) transpose_quarters(r + i);
   __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
   for (int i = 0; i < 4; ++i) {
     t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
     t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
@@ -369,32 +371,15 @@ inline void transpose_block(__m512 r[16]) {
 // with four pixels, i + 4q in 128-bit lane q (transpose_quarters, 4
 // vectors): an 8x8 or 4x4 transpose within each part gives vector j channel j
 // of the 16 pixels in order, in 24 or 8 shuffles instead of the 64 of a whole
-// block. Each is its own inverse.
-inline void transpose_quarters(__m512 r[4]) {
-  const __m512 t0 = _mm512_unpacklo_ps(r[0], r[1]), t1 = _mm512_unpackhi_ps(r[0], r[1]);
-  const __m512 t2 = _mm512_unpacklo_ps(r[2], r[3]), t3 = _mm512_unpackhi_ps(r[2], r[3]);
-  r[0] = _mm512_shuffle_ps(t0, t2, 0x44);
-  r[1] = _mm512_shuffle_ps(t0, t2, 0xEE);
-  r[2] = _mm512_shuffle_ps(t1, t3, 0x44);
-  r[3] = _mm512_shuffle_ps(t1, t3, 0xEE);
-}
-
+// block.
 inline void transpose_halves(__m512 r[8]) {
-  __m512 t[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
+  transpose_quarters(r);
+  transpose_quarters(r + 4);
   // 128-bit lanes (a0 b0 a2 b2) and (a1 b1 a3 b3) of a = r[i], b = r[i + 4]:
   // within each 256-bit part, the lower and the upper lanes of both.
   const __m512i lower = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
   const __m512i upper = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  __m512 t[8];
   for (int i = 0; i < 4; ++i) {
     t[i] = _mm512_permutex2var_ps(r[i], lower, r[i + 4]);
     t[i + 4] = _mm512_permutex2var_ps(r[i], upper, r[i + 4]);
@@ -402,18 +387,19 @@ inline void transpose_halves(__m512 r[8]) {
   for (int i = 0; i < 8; ++i) r[i] = t[i];
 }
 #elif defined(__AVX2__)
+inline void transpose_quarters(__m256 r[4]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  r[0] = _mm256_shuffle_ps(t0, t2, 0x44);
+  r[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+  r[2] = _mm256_shuffle_ps(t1, t3, 0x44);
+  r[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+}
+
 inline void transpose_block(__m256 r[8]) {
+  transpose_quarters(r);
+  transpose_quarters(r + 4);
   __m256 t[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
   for (int i = 0; i < 4; ++i) {
     t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
     t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
