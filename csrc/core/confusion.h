@@ -124,8 +124,9 @@ std::string confusion_counts_by_pixel(const ConfusionArgs& args);
 // counts of unit or integer weights are exact, so the same on every run;
 // fractional weights are added in a fixed order up to kCudaOrderedClasses
 // classes (bitwise the same on every run) and by atomics past that (then they
-// can differ in the last bits between runs: confusion_cuda_repeatable). With `narrow`, the counts are also written
-// there as float32 (3 * num_classes values) once complete. args.workspace:
+// can differ in the last bits between runs: confusion_cuda_repeatable). With
+// `narrow`, the counts are also written there as float32 (3 * num_classes
+// values) once complete. args.workspace:
 // device memory of confusion_workspace_doubles_cuda(args) doubles (none
 // without fractional weights). Empty, or the problem.
 std::string confusion_counts_cuda(const ConfusionArgs& args, void* stream, float* narrow = nullptr);

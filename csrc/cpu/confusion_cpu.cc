@@ -159,7 +159,7 @@ void joint_partial(int64_t K, Count* joint, double* partial) {
     FASTIOU_SIMD
     for (int64_t j = 0; j < KK; ++j) joint[j] += joint[c * KK + j];
   }
-  for (int64_t k = 0; k < 3 * K; ++k) partial[k] = 0.0;
+  for (int64_t k = 2 * K; k < 3 * K; ++k) partial[k] = 0.0;  // the columns' sums; the rest is set below
   for (int64_t i = 0; i < K; ++i) {
     partial[i] = static_cast<double>(joint[i * K + i]);
     double row = 0.0;

@@ -413,9 +413,9 @@ inline void transpose_block(__m256 r[8]) {
 // Float tiles go kLanes channels at a time through an in-register transpose
 // (AVX2, AVX-512; with AVX-512 a last block of 8 or 4 channels or fewer
 // through a narrow one, transpose_halves or transpose_quarters), reading each
-// pixel's channels as stored, none past the tile, and writing the block's
-// rows (zeros past channel C); the values are copied, not computed, so every
-// way reads the same bits.
+// pixel's channels as stored, none past the tile; AVX-512 writes channels
+// below C only, AVX2 whole blocks (zeros past channel C). The values are
+// copied, not computed, so every way reads the same bits.
 template <typename TP, typename A>
 void load_tile(const TP* x, Channel C, A* p) {
 #if defined(__AVX512F__) || defined(__AVX2__)

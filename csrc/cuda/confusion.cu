@@ -15,9 +15,9 @@
 //
 // The counts are doubles: sums of unit or integer weights are exact below
 // 2^53, so whatever order the atomics take the counts are the same on every
-// run. Fractional weights with up to kCudaOrderedClasses classes are added in a
-// fixed order (count_pixels_ordered), so their counts are bitwise the same
-// on every run too; with more classes they are added by atomics and can
+// run. Fractional weights with up to kCudaOrderedClasses classes are added
+// in a fixed order (count_pixels_ordered), so their counts are bitwise the
+// same on every run too; with more classes they are added by atomics and can
 // differ in the last bits between runs.
 #include <cuda_runtime.h>
 
