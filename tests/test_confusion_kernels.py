@@ -175,3 +175,37 @@ def test_bad_arguments_are_refused(rng):
         fk.confusion_counts(t, p, np.ones((3, 5), np.float32), num_classes=3, pred_rule="argmax")
     with pytest.raises(TypeError, match="__dlpack__"):
         fk.confusion_counts([[0]], p, num_classes=3)
+
+
+@pytest.mark.parametrize("K,weights,fractional,integer_weights,refused", [
+    (256, "pixel", True, False, False),   # fractional, in a fixed order: repeatable
+    (257, "pixel", True, False, True),    # fractional, by atomics: refused
+    (257, "image", True, False, True),
+    (257, "pixel", True, True, False),    # truncated to integers: exact
+    (257, None, False, False, False),     # unit weights: exact
+])
+def test_deterministic_refuses_what_the_cuda_kernel_cannot_repeat(rng, K, weights, fractional, integer_weights,
+                                                                  refused):
+    """deterministic=True: the CUDA kernel's counts that can differ between
+    runs (fractional weights past 256 classes) are refused with a message
+    that says what to change; by_pixel (the CUDA kernel's steps on the host)
+    refuses the same, the C++ kernel always runs and keeps its bits."""
+    y_true, y_pred, w = make_case(rng, batch=2, pixels=300, num_classes=K, true_rule="index", pred_rule="argmax",
+                                  true_dtype="int32", pred_dtype="float32", weights=weights,
+                                  fractional=fractional)
+    options = dict(num_classes=K, true_rule="index", pred_rule="argmax", integer_weights=integer_weights)
+    want = oracle_counts(y_true, y_pred, w, **options)
+    plain = np.asarray(fk.confusion_counts(y_true, y_pred, w, **options))
+    fused = np.asarray(fk.confusion_counts(y_true, y_pred, w, deterministic=True, **options))
+    assert fused.tobytes() == plain.tobytes()
+    np.testing.assert_allclose(fused, want, rtol=1e-12, atol=1e-9)
+    if refused:
+        with pytest.raises(NotImplementedError, match=rf"over more than 256 classes \(here {K}\).*integer or no "
+                                                      r"sample weights, at most 256 classes"):
+            fk.confusion_counts(y_true, y_pred, w, deterministic=True, by_pixel=True, **options)
+    else:
+        by_pixel = np.asarray(fk.confusion_counts(y_true, y_pred, w, deterministic=True, by_pixel=True, **options))
+        np.testing.assert_allclose(by_pixel, want, rtol=1e-12, atol=1e-9)
+    # without deterministic, by_pixel runs them all
+    np.testing.assert_allclose(np.asarray(fk.confusion_counts(y_true, y_pred, w, by_pixel=True, **options)), want,
+                               rtol=1e-12, atol=1e-9)

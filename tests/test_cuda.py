@@ -362,3 +362,11 @@ def test_confusion_fractional_weights_at_the_ordered_limit(rng, K):
     np.testing.assert_allclose(got, want, rtol=1e-12)
     if K <= 256:
         assert to_numpy(fk.confusion_counts(*args, num_classes=K)).tobytes() == got.tobytes()
+    # deterministic=True: the repeatable case runs (the same bits), the other
+    # is refused with the message by_pixel gives on the host
+    if K <= 256:
+        again = to_numpy(fk.confusion_counts(*args, num_classes=K, deterministic=True))
+        assert again.tobytes() == got.tobytes()
+    else:
+        with pytest.raises(NotImplementedError, match=r"over more than 256 classes \(here 257\)"):
+            fk.confusion_counts(*args, num_classes=K, deterministic=True)

@@ -257,7 +257,8 @@ def test_confusion_counts_call_matches_the_oracle(rng, x64):
                                        weights="image", fractional=False)
     want = oracle_counts(y_true, y_pred, w, num_classes=K, true_rule="index", pred_rule="argmax", ignore_class=3)
     attributes = dict(num_classes=K, pred_rule=fk.CLASS_RULES["argmax"], true_rule=fk.CLASS_RULES["index"],
-                      threshold=0.5, has_weights=True, integer_weights=False, has_ignore=True, ignore_class=3)
+                      threshold=0.5, has_weights=True, integer_weights=False, has_ignore=True, ignore_class=3,
+                      deterministic=False)
     with jax.enable_x64(x64):
         call = jax.jit(lambda t, p, w: jax_backend.confusion_counts_call(t, p, w, **attributes))
         got = call(jnp.asarray(y_true), jnp.asarray(y_pred), jnp.asarray(w))

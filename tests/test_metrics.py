@@ -2,6 +2,9 @@
 oracle: same result() on the same inputs, exact counts, the fused op and the
 plain (XLA) path, fit, serialization."""
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -307,6 +310,75 @@ def test_lowered_kernel_argmax_matches_the_op(rng):
     np.testing.assert_array_equal(lowered(t, p).numpy(), eager)
 
 
+def _backend_config(hlo):
+    """The backend config of the one fastiou_confusion_counts custom call in
+    HLO text."""
+    calls = [line for line in hlo.splitlines() if 'custom_call_target="fastiou_confusion_counts"' in line]
+    assert len(calls) == 1, hlo
+    return re.search(r"backend_config=\"?(\{.*?\})", calls[0]).group(1)
+
+
+def test_op_determinism_reaches_the_xla_handler(rng):
+    """Under TensorFlow's op determinism the XLA lowering asks the handler for
+    repeatable counts (deterministic = true in its config, which the CUDA
+    handler refuses where it cannot: csrc/core/confusion.h); the host handler
+    and the CPU op run every case, here fractional weights past 256 classes,
+    with the same bits as without it."""
+    from tensorflow.python.framework import config as tf_config
+
+    from fastiou import _ops
+
+    if not _ops.confusion_lowers_to_xla():
+        pytest.skip("the op lowers to its custom call only in a build with XLA (and CUDA kernels where a GPU "
+                    "is visible)")
+    K = 257
+    t = rng.integers(0, K, (2, 30, 20)).astype(np.int32)
+    p = rng.normal(size=(2, 30, 20, K)).astype(np.float32)
+    w = rng.random((2, 30, 20)).astype(np.float32)
+    want = np_counts(t, p.argmax(-1), K, w)
+
+    def counts(t, p):
+        return fm.confusion_counts(t, p, w, num_classes=K, pred_rule=fm.ARGMAX)
+
+    results = {}
+    was_enabled = tf_config.is_op_determinism_enabled()
+    try:
+        for enabled in (False, True):
+            (tf_config.enable_op_determinism if enabled else tf_config.disable_op_determinism)()
+            fused = tf.function(counts, jit_compile=True)
+            # a device named: finding the default one draws a random number, refused unseeded here
+            # (TensorFlow warns that device_name will go; platform_name alone still draws one)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                hlo = fused.experimental_get_compiler_ir(t, p)(stage="hlo", device_name="/device:CPU:0")
+            config = _backend_config(hlo)
+            assert f"deterministic = {'true' if enabled else 'false'}" in config
+            results[enabled] = (fused(t, p).numpy(), counts(t, p).numpy())
+    finally:
+        (tf_config.enable_op_determinism if was_enabled else tf_config.disable_op_determinism)()
+    for lowered, eager in results.values():
+        np.testing.assert_allclose(eager, want, rtol=1e-12, atol=1e-9)
+        np.testing.assert_array_equal(lowered, eager)
+    assert results[True][0].tobytes() == results[False][0].tobytes()
+
+
+@pytest.mark.parametrize("flags,required", [
+    ("", False),
+    ("--xla_gpu_exclude_nondeterministic_ops=true", True),
+    ("--xla_cpu_enable_fast_math=false --xla_gpu_exclude_nondeterministic_ops", True),
+    ("--xla_gpu_deterministic_ops=true", True),
+    ("--xla_gpu_deterministic_ops=1", True),
+    ("--xla_gpu_exclude_nondeterministic_ops=false", False),
+    ("--xla_gpu_deterministic_ops=true --xla_gpu_deterministic_ops=false", False),
+    ("--xla_gpu_deterministic_ops_extra=true", False),
+])
+def test_xla_flags_that_require_determinism(flags, required, monkeypatch):
+    # the JAX door reads XLA's own flags, as XLA parses them (the last setting wins)
+    assert fm._xla_flags_require_determinism(flags) is required
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    assert fm._xla_flags_require_determinism() is required
+
+
 def test_kernel_arguments_are_the_ops_attributes():
     # one builder of the kernel's attributes for every door: its names are the
     # op's (FASTIOU_CONFUSION_OPTIONS of csrc/core/confusion.h), every one given
@@ -487,6 +559,53 @@ out["counts"] = [np.asarray(counts(labels, p_idx)).tolist(), np.asarray(jax.jit(
                  np.asarray(jax.jit(argmax_counts)(labels, scores)).tolist(), np.asarray(oracle, np.float64).tolist()]
 print("RESULT " + json.dumps(out))
 """
+
+
+_JAX_DETERMINISM_SCRIPT = """
+import json
+import numpy as np, jax
+from fastiou import metrics as fm
+rng = np.random.default_rng(0)
+K = 257  # fractional weights past 256 classes: the case the CUDA handler cannot repeat bitwise
+labels = rng.integers(0, K, (2, 30, 20)); scores = rng.normal(size=(2, 30, 20, K)).astype("float32")
+w = rng.random((2, 30, 20)).astype("float32")
+def counts(t, p, w):
+    return fm.confusion_counts(t, p, w, num_classes=K, pred_rule=fm.ARGMAX)
+calls = [line for line in jax.jit(counts).lower(labels, scores, w).as_text().splitlines()
+         if "fastiou_confusion_counts" in line]
+out = {"calls": calls, "counts": np.asarray(jax.jit(counts)(labels, scores, w), np.float64).tolist(),
+       "labels": labels.tolist(), "classes": scores.argmax(-1).tolist(), "w": w.tolist()}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags,required", [("", False), ("--xla_gpu_exclude_nondeterministic_ops=true", True)])
+def test_jax_determinism_flags_reach_the_handler(flags, required):
+    """On Keras' JAX backend, XLA's determinism flag (set as JAX users set it,
+    in XLA_FLAGS before the process starts) reaches the custom call as
+    deterministic = true; the host handler runs the case the CUDA one
+    refuses, with the oracle's counts."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    import fastiou.kernels
+
+    if "fastiou_confusion_counts" not in fastiou.kernels.ffi_handlers():
+        pytest.skip("this build has no XLA FFI handlers")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+    proc = subprocess.run([sys.executable, "-c", _JAX_DETERMINISM_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, proc.stderr[-3000:]
+    out = json.loads(lines[0][len("RESULT "):])
+    assert len(out["calls"]) == 1
+    assert f"deterministic = {'true' if required else 'false'}" in out["calls"][0]
+    want = np_counts(np.array(out["labels"]), np.array(out["classes"]), 257, np.array(out["w"], np.float32))
+    np.testing.assert_allclose(out["counts"], want, rtol=1e-6)  # float32 counts (no x64)
 
 
 @pytest.mark.slow

@@ -214,11 +214,13 @@ def test_metric_counts_on_the_device_match_the_oracle(rng, case, jit_compile):
     (257, False, True),   # fractional weights added by atomics
     (257, True, False),   # integer weights: exact sums in any order
 ])
-def test_confusion_op_under_op_determinism(rng, K, integer_weights, refused):
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_confusion_op_under_op_determinism(rng, K, integer_weights, refused, jit_compile):
     """With TensorFlow's op determinism enabled, the GPU confusion-count op
-    runs where its counts are the same on every run, and refuses the others
-    (fractional weights over 256 classes) with an error that says what to
-    change. The CPU op (the dry run) always runs."""
+    (and under jit_compile its XLA handler) runs where its counts are the
+    same on every run, and refuses the others (fractional weights over 256
+    classes) with an error that says what to change. The CPU op (the dry
+    run) always runs."""
     from confusion_oracle import np_counts
 
     from fastiou import metrics as fm
@@ -233,12 +235,17 @@ def test_confusion_op_under_op_determinism(rng, K, integer_weights, refused):
     tf.config.experimental.enable_op_determinism()
     try:
         with tf.device(DEVICE):
+            @tf.function(jit_compile=jit_compile)
+            def counts(t, p, w):
+                return fm.confusion_counts(t, p, w, num_classes=K, pred_rule=fm.ARGMAX,
+                                           integer_weights=integer_weights)
+
             def run():
-                return fm.confusion_counts(tf.constant(labels), tf.constant(scores), tf.constant(w),
-                                           num_classes=K, pred_rule=fm.ARGMAX,
-                                           integer_weights=integer_weights).numpy()
+                return counts(tf.constant(labels), tf.constant(scores), tf.constant(w)).numpy()
             if refused and not DRY_RUN:
-                with pytest.raises(tf.errors.UnimplementedError, match="op determinism.*at most 256 classes"):
+                # the op's UnimplementedError; XLA passes the handler's on with the code it keeps
+                error = tf.errors.OpError if jit_compile else tf.errors.UnimplementedError
+                with pytest.raises(error, match="op determinism.*at most 256 classes"):
                     run()
                 return
             first, second = run(), run()

@@ -36,6 +36,9 @@
 //                an integer dtype, as Keras casts them).
 //   has_ignore, ignore_class  pixels whose target class is ignore_class count
 //                nowhere.
+//   deterministic  the caller requires counts that are bitwise the same on
+//                every run: the CUDA doors refuse those that are not
+//                (confusion_determinism_problem); the C++ kernel always is.
 #define FASTIOU_CONFUSION_OPTIONS(X)        \
   X(int64_t, num_classes, 2, setting)       \
   X(int64_t, pred_rule, 0, setting)         \
@@ -44,7 +47,8 @@
   X(bool, has_weights, false, flag)         \
   X(bool, integer_weights, false, setting)  \
   X(bool, has_ignore, false, flag)          \
-  X(int64_t, ignore_class, 0, optional)
+  X(int64_t, ignore_class, 0, optional)    \
+  X(bool, deterministic, false, setting)
 
 namespace fastiou {
 
@@ -96,12 +100,19 @@ inline bool confusion_cuda_fixed_order(const ConfusionOptions& o) {
 
 // Whether the CUDA kernel's counts are bitwise the same on every run: sums of
 // unit or integer weights are exact whatever their order, and fractional
-// weights up to kCudaOrderedClasses classes are added in a fixed order. The
-// TensorFlow GPU op refuses the others while TensorFlow's op determinism is
-// enabled (tf.config.experimental.enable_op_determinism).
+// weights up to kCudaOrderedClasses classes are added in a fixed order.
 inline bool confusion_cuda_repeatable(const ConfusionOptions& o) {
   return !o.has_weights || o.integer_weights || confusion_cuda_fixed_order(o);
 }
+
+// Why the CUDA kernel does not run these counts: o.deterministic and counts
+// that are not confusion_cuda_repeatable. Empty where it runs. Every CUDA
+// door asks this first and raises its own kind of "unimplemented" error with
+// the message: the TensorFlow op (o.deterministic also under TensorFlow's op
+// determinism), the XLA handler (o.deterministic from TensorFlow's op
+// determinism or XLA's flags, fastiou.metrics) and fastiou.kernels, whose
+// by_pixel counts, the CUDA kernel's steps on the host, ask it as well.
+std::string confusion_determinism_problem(const ConfusionOptions& o);
 
 // Checks the shapes (as [batch, pixels, channels] for y_true and y_pred,
 // [rows, columns] for the weights), the rules against them and the options,

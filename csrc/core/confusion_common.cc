@@ -95,6 +95,16 @@ std::string unsupported_confusion_inputs(const ConfusionArgs& a) {
 
 }  // namespace
 
+std::string confusion_determinism_problem(const ConfusionOptions& o) {
+  if (!o.deterministic || confusion_cuda_repeatable(o)) return std::string();
+  return "the GPU confusion counts of fractional sample weights over more than " +
+         std::to_string(kCudaOrderedClasses) + " classes (here " + std::to_string(o.num_classes) +
+         ") are added by atomics and can differ in the last bits between runs, so they do not run where "
+         "determinism is required (TensorFlow's op determinism, XLA's --xla_gpu_exclude_nondeterministic_ops or "
+         "--xla_gpu_deterministic_ops, or deterministic=True); use integer or no sample weights, at most " +
+         std::to_string(kCudaOrderedClasses) + " classes, or place the metric on the CPU";
+}
+
 std::string confusion_input_problem(const ConfusionArgs& a) {
   if (a.has_weights && a.weight_dtype != DType::kFloat32 && a.weight_dtype != DType::kFloat64)
     return std::string("weights must be float32 or float64, got ") + dtype_name(a.weight_dtype);

@@ -285,10 +285,17 @@ Buffer overlap_grad(const py::object& y_true, const py::object& y_pred, const py
   return out;
 }
 
+// Raises NotImplementedError (pybind11 has no C++ type for it).
+[[noreturn]] void throw_not_implemented(const std::string& message) {
+  PyErr_SetString(PyExc_NotImplementedError, message.c_str());
+  throw py::error_already_set();
+}
+
 // The confusion counts (core/confusion.h) of y_true [batch, pixels, true
 // channels] and y_pred [batch, pixels, pred channels] with weights [rows,
 // cols] or None: a float64 Buffer [3, num_classes]. by_pixel (CPU arrays
-// only) counts one pixel at a time by the CUDA kernel's per-pixel steps.
+// only) counts one pixel at a time by the CUDA kernel's per-pixel steps, and
+// refuses what the CUDA kernel refuses (deterministic).
 Buffer confusion_counts(const py::object& y_true, const py::object& y_pred, const py::object& weights,
                         FASTIOU_CONFUSION_OPTIONS(FASTIOU_PY_PARAM) const py::object& stream, bool by_pixel) {
   release_finished();
@@ -305,6 +312,11 @@ Buffer confusion_counts(const py::object& y_true, const py::object& y_pred, cons
   const bool cuda = is_cuda(device.device_type);
   if (cuda) require_cuda_kernels(device.device_id);
   if (cuda && by_pixel) throw py::value_error("fastiou: by_pixel counts on the host: pass CPU arrays");
+  // The CUDA kernel's refusal, which by_pixel (its steps on the host) shares.
+  if (cuda || by_pixel) {
+    const std::string refused = fastiou::confusion_determinism_problem(a);
+    if (!refused.empty()) throw_not_implemented("fastiou: " + refused);
+  }
   const uintptr_t stream_handle = cuda ? stream_value(stream).value_or(0) : 0;
   const std::optional<uintptr_t> export_stream = cuda ? std::optional<uintptr_t>(stream_handle) : std::nullopt;
   ImportedList inputs;
@@ -410,8 +422,11 @@ PYBIND11_MODULE(_fastiou_kernels, m) {
         "Confusion counts of the IoU metrics: float64 [3, num_classes] (per class tp, true, pred) of y_true "
         "[batch, pixels, channels] and y_pred [batch, pixels, channels] with weights [1 or batch, 1 or pixels]. "
         "pred_rule and true_rule: 0 class index, 1 argmax over the channels, 2 (y_pred) y_pred >= threshold. "
-        "On a CUDA array the work is enqueued on `stream` and the call returns without waiting. by_pixel (CPU "
-        "arrays): one pixel at a time by the CUDA kernel's per-pixel steps, on one thread.");
+        "On a CUDA array the work is enqueued on `stream` and the call returns without waiting. deterministic: "
+        "require counts that are bitwise the same on every run; on a CUDA array, fractional weights over 256 "
+        "classes (added by atomics) then raise NotImplementedError (the C++ kernel always repeats its bits). "
+        "by_pixel (CPU arrays): one pixel at a time by the CUDA kernel's per-pixel steps, on one thread, with "
+        "the CUDA kernel's refusal.");
   m.def("built_with_cuda", &fastiou::built_with_cuda, "Whether this build holds the CUDA kernels.");
   m.def("cpu_target", &cpu_target_tuple,
         "The CPU kernels' SIMD level: (level, levels this CPU runs, problem), chosen once per process.");

@@ -76,14 +76,9 @@ class ConfusionCountsOp : public OpKernel {
     a.counts = static_cast<double*>(counts->data());
     if constexpr (kGpu) {
 #if FASTIOU_WITH_CUDA
-      OP_REQUIRES(ctx, !tensorflow::OpDeterminismRequired() || fastiou::confusion_cuda_repeatable(a),
-                  tensorflow::errors::Unimplemented(
-                      "fastiou: the GPU confusion counts of fractional sample weights over more than ",
-                      fastiou::kCudaOrderedClasses, " classes (here ", a.num_classes,
-                      ") are added by atomics and can differ in the last bits between runs, so they do not run "
-                      "while op determinism is enabled (tf.config.experimental.enable_op_determinism); use "
-                      "integer or no sample weights, at most ", fastiou::kCudaOrderedClasses,
-                      " classes, or place the metric on the CPU (tf.device('/CPU:0'))"));
+      a.deterministic = a.deterministic || tensorflow::OpDeterminismRequired();
+      const std::string refused = fastiou::confusion_determinism_problem(a);
+      OP_REQUIRES(ctx, refused.empty(), tensorflow::errors::Unimplemented("fastiou: ", refused));
       OP_REQUIRES_OK(ctx, CudaDriverStatus());
       Tensor workspace;
       OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_DOUBLE,

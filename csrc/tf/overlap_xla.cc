@@ -10,6 +10,7 @@
 #include "tensorflow/compiler/tf2xla/shape_util.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
+#include "tensorflow/core/util/determinism.h"
 #include "tf/overlap_attrs.h"
 #include "xla/hlo/builder/xla_builder.h"
 #include "xla/overlap_ffi.h"
@@ -136,12 +137,15 @@ class ConfusionCountsXlaOp : public XlaOpKernel {
   void Compile(XlaOpKernelContext* ctx) override {
     fastiou::ConfusionArgs a;
     static_cast<fastiou::ConfusionOptions&>(a) = options_;
+    // Under TensorFlow's op determinism the CUDA handler refuses the counts
+    // it cannot repeat bitwise, as the op does (the host handler ignores it).
+    a.deterministic = a.deterministic || tensorflow::OpDeterminismRequired();
     const std::string err = fastiou::validate_confusion(ToShape(ctx->InputShape(0)), ToShape(ctx->InputShape(1)),
                                                         ToShape(ctx->InputShape(2)), &a);
     OP_REQUIRES(ctx, err.empty(), tensorflow::errors::InvalidArgument("fastiou: ", err));
     const xla::Shape counts = xla::ShapeUtil::MakeShape(xla::F64, {3, options_.num_classes});
     ctx->SetOutput(0, Call(ctx, "fastiou_confusion_counts", {ctx->Input(0), ctx->Input(1), ctx->Input(2)}, counts,
-                           BackendConfig(options_)));
+                           BackendConfig(static_cast<const fastiou::ConfusionOptions&>(a))));
   }
 
  private:

@@ -87,6 +87,9 @@ ffi::Error ConfusionCuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi
                          ffi::AnyBuffer y_pred, ffi::AnyBuffer weights, ffi::Result<ffi::AnyBuffer> counts,
                          fastiou::ConfusionOptions options) {
   if (const std::string d = fastiou::cuda_driver_problem(); !d.empty()) return DriverError(d);
+  if (const std::string r = fastiou::confusion_determinism_problem(options); !r.empty()) {
+    return ffi::Error(ffi::ErrorCode::kUnimplemented, "fastiou: " + r);
+  }
   fastiou::ConfusionArgs a;
   bool narrow = false;
   std::string err = PrepareConfusion(y_true, y_pred, weights, *counts, options, &a, &narrow);

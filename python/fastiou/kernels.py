@@ -273,7 +273,8 @@ def _class_rule(rule, name):
 
 
 def confusion_counts(y_true, y_pred, weights=None, *, num_classes, true_rule="index", pred_rule="index",
-                     threshold=0.5, ignore_class=None, integer_weights=False, by_pixel=False):
+                     threshold=0.5, ignore_class=None, integer_weights=False, deterministic=False,
+                     by_pixel=False):
     """The confusion counts of fastiou's IoU metrics, in one pass: a float64
     array of shape (3, num_classes) holding per class the weight of the
     pixels whose target and predicted class are that class (tp), whose
@@ -293,8 +294,11 @@ def confusion_counts(y_true, y_pred, weights=None, *, num_classes, true_rule="in
     stream; counts of unit or integer weights are exact, fractional weights
     are added in a fixed order up to 256 classes, so both are the same on
     every run; past 256 classes fractional weights are added by atomics and
-    can differ in the last bits between runs. by_pixel (CPU arrays): one pixel at a time, by the
-    steps each CUDA thread takes, on one thread (for tests).
+    can differ in the last bits between runs: with deterministic=True those
+    raise NotImplementedError instead (on CPU arrays every count is the same
+    on every run, so deterministic changes nothing). by_pixel (CPU arrays):
+    one pixel at a time, by the steps each CUDA thread takes, on one thread,
+    refusing what the CUDA kernel refuses (for tests).
     """
     for name, x in (("y_true", y_true), ("y_pred", y_pred)):
         if not hasattr(x, "__dlpack__"):
@@ -305,5 +309,5 @@ def confusion_counts(y_true, y_pred, weights=None, *, num_classes, true_rule="in
                                    true_rule=_class_rule(true_rule, "true_rule"), threshold=float(threshold),
                                    integer_weights=bool(integer_weights),
                                    ignore_class=None if ignore_class is None else int(ignore_class),
-                                   stream=_stream(y_pred, y_true, weights), by_pixel=bool(by_pixel))
+                                   deterministic=bool(deterministic), stream=_stream(y_pred, y_true, weights), by_pixel=bool(by_pixel))
     return _to_framework(counts, y_pred)

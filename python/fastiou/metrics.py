@@ -41,6 +41,7 @@ plain keras.ops where XLA compiles for a GPU (the same rules,
 """
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -254,6 +255,7 @@ def confusion_counts(y_true, y_pred, sample_weight=None, *, num_classes, true_ru
             weights, attributes = _kernel_arguments(weights, options)
             return _ops.confusion_counts_op(y_true, y_pred, weights, **attributes)
     elif backend == "jax" and _jax_confusion_counts() is not None:
+        options["deterministic"] = _xla_flags_require_determinism()
         weights, attributes = _kernel_arguments(weights, options)
         return _jax_confusion_counts()(y_true, y_pred, weights, **attributes)
     return plain_confusion_counts(y_true, y_pred, weights, **options)
@@ -263,15 +265,36 @@ def _kernel_arguments(weights, options):
     """The weights input and the attributes (FASTIOU_CONFUSION_OPTIONS of
     csrc/core/confusion.h, in its order) of the fused kernel, for every door: without
     weights an empty float32 stand-in and has_weights False; ignore_class
-    None as has_ignore False."""
+    None as has_ignore False. deterministic (the CUDA handler refuses counts it
+    cannot repeat bitwise) is False unless options say it: TensorFlow's op and
+    its XLA lowering add TensorFlow's op determinism themselves."""
     attributes = dict(num_classes=options["num_classes"], pred_rule=options["pred_rule"],
                       true_rule=options["true_rule"], threshold=options["threshold"],
                       has_weights=weights is not None, integer_weights=options["integer_weights"],
                       has_ignore=options["ignore_class"] is not None,
-                      ignore_class=0 if options["ignore_class"] is None else int(options["ignore_class"]))
+                      ignore_class=0 if options["ignore_class"] is None else int(options["ignore_class"]),
+                      deterministic=bool(options.get("deterministic", False)))
     if weights is None:
         weights = ops.zeros((0, 0), "float32")
     return weights, attributes
+
+
+# XLA's flags that ask a GPU program for the same bits on every run (the
+# first replaced the second in newer XLA releases).
+_XLA_DETERMINISM_FLAGS = ("xla_gpu_exclude_nondeterministic_ops", "xla_gpu_deterministic_ops")
+
+
+def _xla_flags_require_determinism(flags=None):
+    """Whether XLA_FLAGS (or `flags`) turns on one of XLA's GPU determinism
+    flags, as JAX users ask for repeatable GPU results: the last setting of
+    each counts, "--name" alone or "--name=true" (or 1) turns it on."""
+    flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+    setting = {}
+    for word in flags.split():
+        name, _, value = word.lstrip("-").partition("=")
+        if name in _XLA_DETERMINISM_FLAGS:
+            setting[name] = value.lower() in ("", "true", "1")
+    return any(setting.values())
 
 
 def _jax_confusion_counts():
