@@ -264,3 +264,35 @@ def test_confusion_counts_call_matches_the_oracle(rng, x64):
         got = call(jnp.asarray(y_true), jnp.asarray(y_pred), jnp.asarray(w))
         assert got.dtype == (jnp.float64 if x64 else jnp.float32)
         np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+
+
+@pytest.mark.parametrize("K", [256, 257])
+def test_confusion_counts_call_under_determinism(rng, K):
+    """deterministic=True on JAX's default device: the host handler runs
+    every case with the same bits as without it; the CUDA handler (under
+    `make gpu-check`) refuses fractional weights past 256 classes, whose
+    atomics can differ between runs, with the message of
+    csrc/core/confusion.h, and runs 256 classes with the same bits."""
+    from fastiou._backends import jax as jax_backend
+
+    y_true, y_pred, w = confusion_case(rng, batch=2, pixels=3000, num_classes=K, true_rule="index",
+                                       pred_rule="argmax", true_dtype="int32", pred_dtype="float32",
+                                       weights="pixel", fractional=True)
+    want = oracle_counts(y_true, y_pred, w, num_classes=K, true_rule="index", pred_rule="argmax")
+    attributes = dict(num_classes=K, pred_rule=fk.CLASS_RULES["argmax"], true_rule=fk.CLASS_RULES["index"],
+                      threshold=0.5, has_weights=True, integer_weights=False, has_ignore=False, ignore_class=0)
+    args = (jnp.asarray(y_true), jnp.asarray(y_pred), jnp.asarray(w))
+
+    def run(deterministic):
+        call = jax.jit(lambda t, p, w: jax_backend.confusion_counts_call(t, p, w, deterministic=deterministic,
+                                                                         **attributes))
+        return np.asarray(jax.block_until_ready(call(*args)), np.float64)
+
+    with jax.enable_x64(True):
+        plain = run(False)
+        np.testing.assert_allclose(plain, want, rtol=1e-12, atol=1e-9)
+        if jax.default_backend() != "cpu" and K > 256:
+            with pytest.raises(jax.errors.JaxRuntimeError, match=r"over more than 256 classes \(here 257\)"):
+                run(True)
+        else:
+            assert run(True).tobytes() == plain.tobytes()

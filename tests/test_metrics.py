@@ -345,15 +345,17 @@ def test_op_determinism_reaches_the_xla_handler(rng):
     try:
         for enabled in (False, True):
             (tf_config.enable_op_determinism if enabled else tf_config.disable_op_determinism)()
-            fused = tf.function(counts, jit_compile=True)
-            # a device named: finding the default one draws a random number, refused unseeded here
-            # (TensorFlow warns that device_name will go; platform_name alone still draws one)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                hlo = fused.experimental_get_compiler_ir(t, p)(stage="hlo", device_name="/device:CPU:0")
-            config = _backend_config(hlo)
-            assert f"deterministic = {'true' if enabled else 'false'}" in config
-            results[enabled] = (fused(t, p).numpy(), counts(t, p).numpy())
+            # on the CPU, whose kernel runs every case (a GPU's refuses this one under op determinism)
+            with tf.device("/CPU:0"):
+                fused = tf.function(counts, jit_compile=True)
+                # a device named: finding the default one draws a random number, refused unseeded
+                # here (TensorFlow warns that device_name will go; platform_name alone still draws one)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    hlo = fused.experimental_get_compiler_ir(t, p)(stage="hlo", device_name="/device:CPU:0")
+                config = _backend_config(hlo)
+                assert f"deterministic = {'true' if enabled else 'false'}" in config
+                results[enabled] = (fused(t, p).numpy(), counts(t, p).numpy())
     finally:
         (tf_config.enable_op_determinism if was_enabled else tf_config.disable_op_determinism)()
     for lowered, eager in results.values():
@@ -371,6 +373,9 @@ def test_op_determinism_reaches_the_xla_handler(rng):
     ("--xla_gpu_exclude_nondeterministic_ops=false", False),
     ("--xla_gpu_deterministic_ops=true --xla_gpu_deterministic_ops=false", False),
     ("--xla_gpu_deterministic_ops_extra=true", False),
+    ('--xla_gpu_exclude_nondeterministic_ops="true"', True),   # quotes go, as the shell's
+    ("--xla_gpu_exclude_nondeterministic_ops='1' --xla_dump_to=/tmp", True),
+    ("-xla_gpu_exclude_nondeterministic_ops=true", False),     # one dash: no flag to XLA
 ])
 def test_xla_flags_that_require_determinism(flags, required, monkeypatch):
     # the JAX door reads XLA's own flags, as XLA parses them (the last setting wins)

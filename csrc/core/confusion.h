@@ -47,7 +47,7 @@
   X(bool, has_weights, false, flag)         \
   X(bool, integer_weights, false, setting)  \
   X(bool, has_ignore, false, flag)          \
-  X(int64_t, ignore_class, 0, optional)    \
+  X(int64_t, ignore_class, 0, optional)     \
   X(bool, deterministic, false, setting)
 
 namespace fastiou {

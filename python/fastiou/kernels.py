@@ -309,5 +309,6 @@ def confusion_counts(y_true, y_pred, weights=None, *, num_classes, true_rule="in
                                    true_rule=_class_rule(true_rule, "true_rule"), threshold=float(threshold),
                                    integer_weights=bool(integer_weights),
                                    ignore_class=None if ignore_class is None else int(ignore_class),
-                                   deterministic=bool(deterministic), stream=_stream(y_pred, y_true, weights), by_pixel=bool(by_pixel))
+                                   deterministic=bool(deterministic), stream=_stream(y_pred, y_true, weights),
+                                   by_pixel=bool(by_pixel))
     return _to_framework(counts, y_pred)

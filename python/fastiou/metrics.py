@@ -42,6 +42,7 @@ plain keras.ops where XLA compiles for a GPU (the same rules,
 
 import math
 import os
+import shlex
 
 import keras
 import numpy as np
@@ -286,12 +287,20 @@ _XLA_DETERMINISM_FLAGS = ("xla_gpu_exclude_nondeterministic_ops", "xla_gpu_deter
 
 def _xla_flags_require_determinism(flags=None):
     """Whether XLA_FLAGS (or `flags`) turns on one of XLA's GPU determinism
-    flags, as JAX users ask for repeatable GPU results: the last setting of
-    each counts, "--name" alone or "--name=true" (or 1) turns it on."""
+    flags, as JAX users ask for repeatable GPU results, read as XLA reads
+    them: words split as a shell splits them (quotes removed), flags only
+    after "--", "--name" alone or "--name=true" (or 1) on, the last setting of
+    each counting."""
     flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+    try:
+        words = shlex.split(flags)
+    except ValueError:  # an unclosed quote: XLA refuses these flags itself
+        words = flags.split()
     setting = {}
-    for word in flags.split():
-        name, _, value = word.lstrip("-").partition("=")
+    for word in words:
+        if not word.startswith("--"):
+            continue
+        name, _, value = word[2:].partition("=")
         if name in _XLA_DETERMINISM_FLAGS:
             setting[name] = value.lower() in ("", "true", "1")
     return any(setting.values())
