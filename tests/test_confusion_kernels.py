@@ -121,6 +121,55 @@ def test_argmax_edge_values_match_the_oracle(dtype):
     np.testing.assert_array_equal(by_pixel, want)
 
 
+def first_greater(row, lowest):
+    """The argmax of the values as stored, by Python's comparisons: the
+    first largest, never NaN, 0 when none is above `lowest`."""
+    best, at = lowest, 0
+    for c, v in enumerate(row):
+        if v > best:
+            best, at = v, c
+    return at
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_argmax_tiles_whose_largest_values_are_zeros(dtype):
+    """21 channels, so the C++ kernel takes its tiles of pixels side by side:
+    it compares the values as stored and compares a tile again by the
+    argmax's reading (-0.0 below +0.0, subnormals as zeros of their sign)
+    where some pixel's largest value is a zero or a subnormal. Tiles where
+    every pixel's largest value is one, tiles where some are and tiles where
+    none is (zeros, subnormals, the smallest normal numbers and NaN among
+    the other values): every class is the oracle's, and the oracle's classes
+    differ from a comparison of the values as stored at many pixels."""
+    from confusion_oracle import classes
+
+    rng = np.random.default_rng(11)
+    f = np.finfo(dtype)
+    small = np.array([-f.tiny, -f.smallest_subnormal, -0.0, 0.0, f.smallest_subnormal], dtype)
+    low = np.array([np.nan, -np.inf, f.min, -1.0, -f.tiny], dtype)
+    high = np.array([f.tiny, 0.5, 1.0, np.inf], dtype)
+    rows = []
+    for tile in range(96):
+        for lane in range(16):
+            small_largest = tile % 3 == 0 or (tile % 3 == 1 and lane % 5 == 0)
+            row = rng.choice(low, 21)
+            at = rng.choice(21, int(rng.integers(2, 7)), replace=False)
+            row[at] = rng.choice(small if small_largest else np.concatenate([small, high]), len(at))
+            if not small_largest:
+                row[at[0]] = rng.choice(high)
+            rows.append(row)
+    y_pred = np.array(rows, dtype)[None]
+    want_classes = classes(y_pred, "argmax")
+    as_stored = np.array([first_greater(r, f.min) for r in y_pred[0]])
+    assert (as_stored != want_classes[0]).sum() > 50  # the second comparison matters
+    y_true = want_classes[..., None].astype(np.int32)
+    want = oracle_counts(y_true, y_pred, num_classes=21, true_rule="index", pred_rule="argmax")
+    assert want[0].sum() == y_pred.shape[1]
+    fused, by_pixel = run_both(y_true, y_pred, None, num_classes=21, true_rule="index", pred_rule="argmax")
+    np.testing.assert_array_equal(fused, want)
+    np.testing.assert_array_equal(by_pixel, want)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 def test_threshold_reads_subnormals_as_zero(dtype):
     """A logit threshold of 0 (a probability of 0.5 from logits): -0.0 and

@@ -97,6 +97,22 @@ FASTIOU_HD A argmax_key(A v) {
   }
 }
 
+// Whether an argmax over the values as stored (argmax_step without
+// argmax_key) may give another class than argmax_class, told by the largest
+// value it found, best: only where best is a zero or a subnormal. Otherwise
+// best is a normal number, an infinity or argmax_lowest, and the two agree:
+// a zero or subnormal value then lies below best both as stored and as its
+// key (+0.0 or minus the smallest normal number), and every other value is
+// its own key, so the largest key is best, at the same channels.
+template <typename A>
+FASTIOU_HD bool argmax_needs_keys(A best) {
+  if constexpr (std::is_integral_v<A>) {
+    return false;
+  } else {
+    return zero_or_subnormal<A>(bits_of(best));
+  }
+}
+
 // The channel of the largest of n values at x, the first one on ties; 0 when
 // every value is NaN or the lowest finite value (TensorFlow's argmax starts
 // from the lowest value at channel 0, and so does Keras').

@@ -56,16 +56,31 @@ void argmax_classes(const T* x, int64_t channels, int64_t n, int32_t* out) {
     cpu::load_tile(px, C, tile);
     A best[kLanes];
     int32_t at[kLanes];
-    FASTIOU_SIMD
-    for (int l = 0; l < kLanes; ++l) {
-      best[l] = argmax_lowest<A>();
-      at[l] = 0;
-    }
-    for (Channel c = 0; c < C; ++c) {
-      const A* v = tile + int64_t(c) * kLanes;
+    // The values as stored first; a tile where some pixel's largest value is
+    // a zero or a subnormal is compared again by argmax_key.
+    auto argmax_tile = [&](auto keyed) {
       FASTIOU_SIMD
-      for (int l = 0; l < kLanes; ++l) argmax_step(argmax_key(v[l]), c, best[l], at[l]);
-    }
+      for (int l = 0; l < kLanes; ++l) {
+        best[l] = argmax_lowest<A>();
+        at[l] = 0;
+      }
+      for (Channel c = 0; c < C; ++c) {
+        const A* v = tile + int64_t(c) * kLanes;
+        FASTIOU_SIMD
+        for (int l = 0; l < kLanes; ++l) {
+          if constexpr (decltype(keyed)::value) {
+            argmax_step(argmax_key(v[l]), c, best[l], at[l]);
+          } else {
+            argmax_step(v[l], c, best[l], at[l]);
+          }
+        }
+      }
+    };
+    argmax_tile(std::false_type{});
+    int32_t again = 0;
+    FASTIOU_SIMD_REDUCE(|, again)
+    for (int l = 0; l < kLanes; ++l) again |= argmax_needs_keys(best[l]) ? 1 : 0;
+    if (again) argmax_tile(std::true_type{});
     for (int l = 0; l < kLanes; ++l) out[i + l] = at[l];
   }
   for (; i < n; ++i) out[i] = argmax_class(x + i * channels, channels);
