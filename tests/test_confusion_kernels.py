@@ -161,7 +161,7 @@ def test_argmax_tiles_whose_largest_values_are_zeros(dtype):
     y_pred = np.array(rows, dtype)[None]
     want_classes = classes(y_pred, "argmax")
     as_stored = np.array([first_greater(r, f.min) for r in y_pred[0]])
-    assert (as_stored != want_classes[0]).sum() > 50  # the second comparison matters
+    assert (as_stored != want_classes[0]).sum() > 20  # the second comparison matters
     y_true = want_classes[..., None].astype(np.int32)
     want = oracle_counts(y_true, y_pred, num_classes=21, true_rule="index", pred_rule="argmax")
     assert want[0].sum() == y_pred.shape[1]

@@ -100,9 +100,11 @@ FASTIOU_HD A argmax_key(A v) {
 // Whether an argmax over the values as stored (argmax_step without
 // argmax_key) may give another class than argmax_class, told by the largest
 // value it found, best: only where best is a zero or a subnormal. Otherwise
-// best is a normal number, an infinity or argmax_lowest, and the two agree:
-// a zero or subnormal value then lies below best both as stored and as its
-// key (+0.0 or minus the smallest normal number), and every other value is
+// the two agree, whether the CPU reads subnormal inputs as zeros or not.
+// Where best is positive (or +inf), every zero or subnormal value lies below
+// it both as stored and as its key (+0.0 or minus the smallest normal
+// number); where best is negative or argmax_lowest, the pixel holds no zero
+// or subnormal value at all (it would have beaten best). Every other value is
 // its own key, so the largest key is best, at the same channels.
 template <typename A>
 FASTIOU_HD bool argmax_needs_keys(A best) {

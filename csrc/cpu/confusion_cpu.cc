@@ -40,9 +40,10 @@ constexpr int64_t kCopiesUpTo = 4096;
 // channels are a chain of dependent compare-and-selects, so one pixel at a
 // time waits on each step's latency; instead kLanes pixels go side by side,
 // one per vector lane: each tile is read transposed (cpu::load_tile), then
-// every channel is one vector step (argmax_step, argmax_key: the rules of
-// argmax_class, so the classes are the same). The last pixels, fewer than a
-// tile, go one at a time.
+// every channel is one vector step (argmax_step) on the values as stored; a
+// tile where argmax_needs_keys says the reading matters is stepped again
+// through argmax_key (the rules of argmax_class, so the classes are the
+// same). The last pixels, fewer than a tile, go one at a time.
 template <typename T>
 void argmax_classes(const T* x, int64_t channels, int64_t n, int32_t* out) {
   using A = ArgmaxValue<T>;
