@@ -199,6 +199,35 @@ inline void stream_fence(bool stream) {
   if (stream) _mm_sfence();
 }
 
+// Sends a chunk's staged values out by store_values as its tiles are made,
+// so that the streamed lines leave while the next tiles are computed rather
+// than all after the chunk: `ready` values are made, [*sent, ready) wait.
+// Before the last call, only up to the end of the last whole block that one
+// store_values of the whole chunk would stream (blocks of four vectors from
+// out's first aligned vector), so that every call between the first and the
+// last starts and ends on that grid; `last` sends the rest. Each value is
+// sent once, as staged, and the same lines stream as in one store_values of
+// the whole chunk: the same bits, the same stores.
+template <typename TP>
+void stream_ready(TP* out, const TP* staged, int64_t ready, bool last, int64_t* sent) {
+  int64_t end = ready;
+  if (!last) {
+    constexpr uintptr_t kVector = kStreamVectorBytes;
+    constexpr uintptr_t kBlockBytes = 4 * kVector;
+    const uintptr_t base = reinterpret_cast<uintptr_t>(out);
+    if (base % sizeof(TP) != 0) return;  // store_values streams nothing there: all at the end
+    const uintptr_t first = (base + kVector - 1) & ~(kVector - 1);  // store_values' first streamed vector
+    const uintptr_t stop = base + uintptr_t(ready) * sizeof(TP);
+    if (stop < first + kBlockBytes) return;
+    const uintptr_t boundary = first + (stop - first) / kBlockBytes * kBlockBytes;
+    end = int64_t((boundary - base) / sizeof(TP));
+  }
+  if (end <= *sent) return;
+  const TP* from = staged + *sent;
+  store_values(out + *sent, end - *sent, true, [from](int64_t e) { return from[e]; });
+  *sent = end;
+}
+
 // The range guards' register (BadInput): the largest bit pattern of the
 // values a loop has read, as an unsigned integer of their width, kept as a
 // max reduction from 0. Every float in [0, 1] (+0.0 included) has a pattern
@@ -668,7 +697,7 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
 // chunk's first element; gi, gp, gt at its group row of dL/dI, dL/dP, dL/dT.
 // stream: the output takes streaming stores (store_values): the chunk is
 // then made in a staging buffer (in the core's cache) and leaves from there
-// in one store_values, every line whole.
+// as its tiles are made (stream_ready), every line whole.
 template <bool kLogits, bool kWeights, bool kWrtTrue, typename TP, typename TT>
 void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, const TP* w, int64_t pixels,
                      const typename AccOf<TP>::type* gi, const typename AccOf<TP>::type* gp,
@@ -679,6 +708,7 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
   A* p = thread_scratch<A>(2 * values);
   A* d = p + values;
   TP* staged = stream ? thread_scratch<TP, 6>(pixels * C) : nullptr;
+  int64_t sent = 0;  // staged values streamed out (stream_ready)
   // Probabilities need the prediction only for the sigmoid's Jacobian or for
   // the gradient with respect to the target. d's channels past C are moved by
   // store_tile's whole blocks, never stored: zeros.
@@ -710,10 +740,11 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
         }
       }
       store_tile(d, C, t.valid, (stream ? staged : out) + first * C);
+      if (stream) stream_ready(out, staged, (first + t.valid) * C, false, &sent);
     }
   });
   if (stream) {
-    store_values(out, pixels * C, true, [staged](int64_t e) { return staged[e]; });
+    stream_ready(out, staged, pixels * C, true, &sent);
     stream_fence(true);
   }
 }
@@ -742,9 +773,11 @@ void periodic_grad_chunk(const PixelRule& rule, const TT* labels, int64_t pixels
   }
   const TP zero = store_as<TP>(A(0));
   // With streaming stores the chunk is made in a staging buffer (in the
-  // core's cache) and leaves from there in one store_values: every line is
-  // whole when it goes, so none is read for ownership or written twice.
+  // core's cache) and leaves from there as its tiles are made
+  // (stream_ready): every line is whole when it goes, so none is read for
+  // ownership or written twice.
   TP* staged = stream ? thread_scratch<TP, 6>(pixels * C) : nullptr;
+  int64_t sent = 0;  // staged values streamed out (stream_ready)
   PixelTile<A> t;
   for (int64_t first = 0; first < pixels; first += kLanes) {
     read_tile<false>(rule, labels, static_cast<const TP*>(nullptr), first, pixels, 0, &t,
@@ -769,9 +802,10 @@ void periodic_grad_chunk(const PixelRule& rule, const TT* labels, int64_t pixels
     // one, nor a label out of range, which matches no channel).
     for (int l = 0; l < t.valid; ++l)
       if (t.live[l] && t.cls[l] >= 0) o[int64_t(l) * C + t.cls[l]] = v1[t.cls[l]];
+    if (stream) stream_ready(out, staged, (first + t.valid) * C, false, &sent);
   }
   if (stream) {
-    store_values(out, pixels * C, true, [staged](int64_t e) { return staged[e]; });
+    stream_ready(out, staged, pixels * C, true, &sent);
     stream_fence(true);
   }
 }
