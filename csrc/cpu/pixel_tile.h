@@ -146,18 +146,30 @@ inline void prefetch_ahead(const T* at, int64_t values) {
 // take plain stores. Either way every out[i] gets the same value(i), so the
 // bits do not depend on `stream`. Streamed writes are weakly ordered: a chunk
 // that streamed ends with stream_fence.
+// store_values' block: four vectors, in values of type TP.
+template <typename TP>
+constexpr int64_t kStreamBlock = 4 * kStreamVectorBytes / int64_t(sizeof(TP));
+
+// The values store_values writes at out by plain stores before its first
+// aligned vector, where its streamed blocks begin; -1 where it streams
+// nothing (out not at a multiple of the value's size).
+template <typename TP>
+int64_t stream_head(const TP* out) {
+  const uintptr_t misaligned = reinterpret_cast<uintptr_t>(out) % kStreamVectorBytes;
+  if (misaligned % sizeof(TP) != 0) return -1;
+  return misaligned == 0 ? 0 : int64_t(kStreamVectorBytes - misaligned) / int64_t(sizeof(TP));
+}
+
 template <typename TP, typename F, typename P>
 void store_values(TP* out, int64_t n, bool stream, const F& value, const P& prefetch) {
-  constexpr int64_t kBlock = 4 * kStreamVectorBytes / int64_t(sizeof(TP));
+  constexpr int64_t kBlock = kStreamBlock<TP>;
   static_assert(4 * kStreamVectorBytes % sizeof(TP) == 0, "a block is whole values");
   int64_t i = 0;
   if (stream) {
-    // Plain stores up to the first aligned block (none when out cannot reach
-    // an alignment of whole values).
-    const uintptr_t misaligned = reinterpret_cast<uintptr_t>(out) % kStreamVectorBytes;
-    int64_t head = misaligned == 0 ? 0 : int64_t(kStreamVectorBytes - misaligned) / int64_t(sizeof(TP));
-    if (misaligned % sizeof(TP) != 0) head = n;
-    head = std::min(head, n);
+    // Plain stores up to the first aligned block (all of them when out cannot
+    // reach an alignment of whole values).
+    int64_t head = stream_head(out);
+    head = head < 0 ? n : std::min(head, n);
     for (; i < head; ++i) out[i] = value(i);
     alignas(64) TP block[kBlock];
     for (; i + kBlock <= n; i += kBlock) {
@@ -203,24 +215,18 @@ inline void stream_fence(bool stream) {
 // so that the streamed lines leave while the next tiles are computed rather
 // than all after the chunk: `ready` values are made, [*sent, ready) wait.
 // Before the last call, only up to the end of the last whole block that one
-// store_values of the whole chunk would stream (blocks of four vectors from
-// out's first aligned vector), so that every call between the first and the
-// last starts and ends on that grid; `last` sends the rest. Each value is
-// sent once, as staged, and the same lines stream as in one store_values of
-// the whole chunk: the same bits, the same stores.
+// store_values of the whole chunk would stream (kStreamBlock values from
+// stream_head), so that every call between the first and the last starts and
+// ends on that grid; `last` sends the rest. Each value is sent once, as
+// staged, and the same lines stream as in one store_values of the whole
+// chunk: the same bits, the same stores.
 template <typename TP>
 void stream_ready(TP* out, const TP* staged, int64_t ready, bool last, int64_t* sent) {
   int64_t end = ready;
   if (!last) {
-    constexpr uintptr_t kVector = kStreamVectorBytes;
-    constexpr uintptr_t kBlockBytes = 4 * kVector;
-    const uintptr_t base = reinterpret_cast<uintptr_t>(out);
-    if (base % sizeof(TP) != 0) return;  // store_values streams nothing there: all at the end
-    const uintptr_t first = (base + kVector - 1) & ~(kVector - 1);  // store_values' first streamed vector
-    const uintptr_t stop = base + uintptr_t(ready) * sizeof(TP);
-    if (stop < first + kBlockBytes) return;
-    const uintptr_t boundary = first + (stop - first) / kBlockBytes * kBlockBytes;
-    end = int64_t((boundary - base) / sizeof(TP));
+    const int64_t head = stream_head(out);
+    if (head < 0 || ready - head < kStreamBlock<TP>) return;  // nothing streamed yet: later
+    end = head + (ready - head) / kStreamBlock<TP> * kStreamBlock<TP>;
   }
   if (end <= *sent) return;
   const TP* from = staged + *sent;
