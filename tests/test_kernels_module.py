@@ -59,6 +59,32 @@ def test_stats_and_grad_match_float64_oracle(rng, mode, per_image, pred_dtype, w
                                    atol=rtol * np.abs(want_dt).max())
 
 
+def float32_ulps(got, want):
+    """|got - want| in units of float32's spacing at want (float64)."""
+    spacing = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - want) / spacing
+
+
+def test_float32_probabilities_from_logits_within_a_few_ulp(rng):
+    """The float32 kernels compute their own exponential (no libm): each
+    sigmoid and softmax probability, read back as the sum P of a one-pixel
+    image, against float64 NumPy. The softmax's exponent z - max is rounded
+    to float32 as the kernels round it (that rounding, up to about 15 ulp
+    of the result for exponents near -30, is float32's, not the
+    exponential's); the rest is the exponential, the sum of 21 terms and
+    the scaling."""
+    z = np.concatenate([rng.uniform(-80, 80, 20000), rng.uniform(-8, 8, 20000), [0.0]]).astype(np.float32)
+    p = fk.overlap_stats(np.zeros((z.size, 1, 1), np.float32), z.reshape(-1, 1, 1), from_logits=True,
+                         per_image=True)[1][:, 0]
+    assert p[-1] == 0.5
+    assert float32_ulps(p, 1 / (1 + np.exp(-z.astype(np.float64)))).max() <= 4
+    zc = rng.normal(scale=4.0, size=(5000, 1, 21)).astype(np.float32)
+    p = fk.overlap_stats(np.zeros((5000, 1), np.uint8), zc, from_logits=True, softmax=True, per_image=True)[1]
+    exponent = (zc[:, 0] - zc[:, 0].max(-1, keepdims=True)).astype(np.float64)
+    e = np.exp(exponent)
+    assert float32_ulps(p, e / e.sum(-1, keepdims=True)).max() <= 12
+
+
 STREAM_CASES = [
     # (channels, sparse, from_logits, wrt_true): the single-channel path, and
     # the tile path of sparse labels (probabilities: whole tiles of two values

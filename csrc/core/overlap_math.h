@@ -191,30 +191,34 @@ FASTIOU_HD int64_t select(bool c, int64_t a, int64_t b) {
   return static_cast<int64_t>((m & static_cast<uint64_t>(a)) | (~m & static_cast<uint64_t>(b)));
 }
 
-// e^x in float without libm: x = k ln2 + r with |r| <= ln2/2, e^r by its
-// degree-7 Taylor polynomial (truncation error below 1e-8, so the result is
-// within about 2 ulp), times 2^k built in the exponent bits. Branch-free, so
+// e^x in float without libm: x = k ln2 + r with |r| <= ln2/2, e^r as
+// 1 + r q(r) with q of degree 4 (coefficients fitted for the least largest
+// relative error over that interval: 9.2e-8), times 2^k built in the
+// exponent bits. k + 127 is read off the bits of x log2(e) + 1.5 * 2^23 +
+// 127, whose last mantissa bits then hold it, so no float-to-integer
+// conversion is needed. Within 2 ulp of e^x (every 97th float of the range
+// checked against double precision); exactly 1 at 0. Branch-free, so
 // compilers vectorize the loops that call it, and the same code runs on the
-// GPU, which keeps CPU and CUDA results alike. x is clamped to
-// [-87.3, 88.3], where 2^k stays a normal float; NaN passes through.
+// GPU, which keeps CPU and CUDA results alike. x is clamped to [-87.3, 88.3],
+// where 2^k stays a normal float (k + 127 in [1, 254]); NaN passes through.
 FASTIOU_HD float exp_(float x) {
   x = select(x < -87.3f, -87.3f, x);
   x = select(x > 88.3f, 88.3f, x);
-  // Round x / ln2 to the nearest integer by adding and removing 1.5 * 2^23.
-  const float shifter = 12582912.0f;
-  const float k = (x * 1.44269504088896341f + shifter) - shifter;
+  // Rounds x / ln2 to the nearest integer k, plus 127, in y's last bits.
+  const float shifter = 12582912.0f + 127.0f;
+  const float y = x * 1.44269504088896341f + shifter;
+  const float k = y - shifter;
   float r = x - k * 0.693145751953125f;  // ln2 split in two for an exact product
   r = r - k * 1.42860682028622680e-6f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t e = static_cast<int32_t>(k) + 127;
-  return p * bits_to_float(static_cast<uint32_t>(e) << 23);
+  float q = 0.008290254510939121f;
+  q = q * r + 0.04189814254641533f;
+  q = q * r + 0.1666763871908188f;
+  q = q * r + 0.4999914765357971f;
+  q = q * r + 0.9999997019767761f;
+  const float p = q * r + 1.0f;
+  // y's mantissa ends in the 8 bits of k + 127 with a zero above them:
+  // shifted to the exponent field, they are 2^k.
+  return p * bits_to_float(float_to_bits(y) << 23);
 }
 FASTIOU_HD double exp_(double x) { return std::exp(x); }
 

@@ -221,11 +221,20 @@ FASTIOU_HD void dispatch_grad_kind(GradKind k, const F& f) {
   }
 }
 
-// One channel's term of dot = sum_c p_c dL/dp_c, which the softmax's
-// Jacobian needs (kSoftmax only).
+// dL/dp of one channel of a softmax (kSoftmax), which its Jacobian then
+// takes to the logits (softmax_backward): the gradient from probabilities,
+// which needs no probability.
 template <typename A>
-FASTIOU_HD A softmax_dot_term(A p, A t, A w, A g_i, A g_p) {
-  return p * pred_gradient<false>(p, t, w, g_i, g_p);
+FASTIOU_HD A softmax_upstream(A t, A w, A g_i, A g_p) {
+  return pred_gradient<false>(A(0), t, w, g_i, g_p);
+}
+
+// One channel's term of dot = sum_c p_c dL/dp_c, which the softmax's
+// Jacobian needs (kSoftmax only), from the channel's probability p and its
+// dp = softmax_upstream.
+template <typename A>
+FASTIOU_HD A softmax_dot_term(A p, A dp) {
+  return p * dp;
 }
 
 // The gradient of one channel of a pixel that has one: probability p,
@@ -240,7 +249,7 @@ FASTIOU_HD A channel_gradient(A p, A t, A w, A g_i, A g_p, A g_t, A dot) {
   } else if constexpr (K == GradKind::kSigmoid) {
     return pred_gradient<true>(p, t, w, g_i, g_p);
   } else {
-    return softmax_backward(p, pred_gradient<false>(p, t, w, g_i, g_p), dot);
+    return softmax_backward(p, softmax_upstream(t, w, g_i, g_p), dot);
   }
 }
 
@@ -265,7 +274,8 @@ FASTIOU_HD void pixel_gradient(const PixelRule& r, PixelLabel l, const TT* t, co
     A dot = 0;
     if constexpr (K == GradKind::kSoftmax) {
       FASTIOU_SIMD_REDUCE(+, dot)
-      for (Channel c = 0; c < n; ++c) dot += softmax_dot_term(prob(c), target(c), weight(c), gi[c], gp[c]);
+      for (Channel c = 0; c < n; ++c)
+        dot += softmax_dot_term(prob(c), softmax_upstream(target(c), weight(c), gi[c], gp[c]));
     }
     for (Channel c = 0; c < n; ++c)
       store(c, channel_gradient<K>(prob(c), target(c), weight(c), gi[c], gp[c], gt[c], dot));

@@ -508,43 +508,57 @@ void load_tile(const TP* x, Channel C, A* p) {
   }
 }
 
-// The tile's probabilities, transposed: p[c * kLanes + l] for channel c of
-// lane l, from the tile's predictions x (tile_predictions): as stored, the
-// sigmoid of each logit, or the softmax, per lane, from the steps of
-// core/overlap_math.h (softmax_max, softmax_exp, softmax_inverse,
-// softmax_scale).
+// The tile's probabilities, transposed, as p[c * kLanes + l] * scale[l] for
+// channel c of lane l, from the tile's predictions x (tile_predictions): as
+// stored, the sigmoid of each logit (scale 1), or the softmax, per lane, from
+// the steps of core/overlap_math.h (softmax_max, softmax_exp,
+// softmax_inverse; p then holds each channel's exponential and scale the
+// inverse of their sum, which the callers apply with softmax_scale as they
+// read p, instead of a pass of their own). The maximum is taken in two
+// chains, even and odd channels, that meet at the end: the same maximum, as
+// a maximum does not depend on its order (a NaN logit makes every
+// probability of its pixel NaN either way).
 template <bool kLogits, typename TP, typename A>
-void tile_probabilities(const PixelRule& rule, const TP* x, A* p) {
+void tile_probabilities(const PixelRule& rule, const TP* x, A* p, A* scale) {
   const Channel C = static_cast<Channel>(rule.channels);
   load_tile(x, C, p);
+  FASTIOU_SIMD
+  for (int l = 0; l < kLanes; ++l) scale[l] = A(1);
   if constexpr (kLogits) {
     if (rule.softmax) {
-      A m[kLanes], inv[kLanes];
+      A m[kLanes], m_odd[kLanes], sum[kLanes];
       FASTIOU_SIMD
       for (int l = 0; l < kLanes; ++l) {
         m[l] = p[l];
-        inv[l] = 0;
+        m_odd[l] = p[l];
+        sum[l] = 0;
       }
-      for (Channel c = 1; c < C; ++c) {
+      Channel c = 1;
+      for (; c + 2 <= C; c += 2) {
         const A* pc = p + c * kLanes;
         FASTIOU_SIMD
-        for (int l = 0; l < kLanes; ++l) m[l] = softmax_max(m[l], pc[l]);
+        for (int l = 0; l < kLanes; ++l) {
+          m_odd[l] = softmax_max(m_odd[l], pc[l]);
+          m[l] = softmax_max(m[l], pc[l + kLanes]);
+        }
       }
-      for (Channel c = 0; c < C; ++c) {
+      if (c < C) {
+        const A* pc = p + c * kLanes;
+        FASTIOU_SIMD
+        for (int l = 0; l < kLanes; ++l) m_odd[l] = softmax_max(m_odd[l], pc[l]);
+      }
+      FASTIOU_SIMD
+      for (int l = 0; l < kLanes; ++l) m[l] = softmax_max(m[l], m_odd[l]);
+      for (c = 0; c < C; ++c) {
         A* pc = p + c * kLanes;
         FASTIOU_SIMD
         for (int l = 0; l < kLanes; ++l) {
           pc[l] = softmax_exp(pc[l], m[l]);
-          inv[l] += pc[l];
+          sum[l] += pc[l];
         }
       }
       FASTIOU_SIMD
-      for (int l = 0; l < kLanes; ++l) inv[l] = softmax_inverse(inv[l]);
-      for (Channel c = 0; c < C; ++c) {
-        A* pc = p + c * kLanes;
-        FASTIOU_SIMD
-        for (int l = 0; l < kLanes; ++l) pc[l] = softmax_scale(pc[l], inv[l]);
-      }
+      for (int l = 0; l < kLanes; ++l) scale[l] = softmax_inverse(sum[l]);
     } else {
       for (Channel c = 0; c < C; ++c) {
         A* pc = p + c * kLanes;
@@ -664,14 +678,15 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
       for (int l = 0; l < kLanes; ++l) targets[int64_t(l) * C + t.cls[l]] = A(0);
       continue;
     }
-    tile_probabilities<kLogits>(rule, tile_predictions(rule, pred + first * C, t), p);
+    A scale[kLanes];
+    tile_probabilities<kLogits>(rule, tile_predictions(rule, pred + first * C, t), p, scale);
     for (Channel c = 0; c < C; ++c) {
       const int64_t k = int64_t(c) * kLanes;
       FASTIOU_SIMD
       for (int l = 0; l < kLanes; ++l) {
         // Pixels that count nowhere add exact zeros, whatever their prediction.
         const bool on = t.counted[l] != 0;
-        const A pv = select(on, p[k + l], A(0));
+        const A pv = select(on, softmax_scale(p[k + l], scale[l]), A(0));
         if constexpr (kGuard) widen_range(pv, seen[l]);
         accumulate_overlap(pv, ClassTargets<A>{t.cls[l]}(c), select(on, t.weight[l], A(0)), si[k + l], sp[k + l],
                            st[k + l]);
@@ -720,29 +735,48 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
   // store_tile's whole blocks, never stored: zeros.
   constexpr bool kNeedsPred = kLogits || kWrtTrue;
   std::fill(p, p + 2 * values, A(0));
+  // The lanes' softmax scales (tile_probabilities); 1 where p is not read.
+  A scale[kLanes];
+  std::fill(scale, scale + kLanes, A(1));
   PixelTile<A> t;
   dispatch_grad_kind(grad_kind(rule, kWrtTrue), [&](auto kind) {
     constexpr GradKind K = decltype(kind)::value;
     for (int64_t first = 0; first < pixels; first += kLanes) {
       read_tile<kWeights>(rule, labels, w, first, pixels, 0, &t, static_cast<ChunkBad*>(nullptr));
-      if (kNeedsPred) tile_probabilities<kLogits>(rule, tile_predictions(rule, pred + first * C, t), p);
-      A dot[kLanes] = {};
+      if (kNeedsPred) tile_probabilities<kLogits>(rule, tile_predictions(rule, pred + first * C, t), p, scale);
       if constexpr (K == GradKind::kSoftmax) {
+        // channel_gradient's softmax in two walks: the first keeps each
+        // channel's dL/dp (softmax_upstream) in d and adds up the dot, the
+        // second takes d through the Jacobian, so dL/dp is made once.
+        A dot[kLanes] = {};
         for (Channel c = 0; c < C; ++c) {
           const int64_t k = int64_t(c) * kLanes;
           FASTIOU_SIMD
-          for (int l = 0; l < kLanes; ++l)
-            dot[l] += softmax_dot_term(p[k + l], ClassTargets<A>{t.cls[l]}(c), t.weight[l], gi[c], gp[c]);
+          for (int l = 0; l < kLanes; ++l) {
+            const A dp = softmax_upstream(ClassTargets<A>{t.cls[l]}(c), t.weight[l], gi[c], gp[c]);
+            d[k + l] = dp;
+            dot[l] += softmax_dot_term(softmax_scale(p[k + l], scale[l]), dp);
+          }
         }
-      }
-      for (Channel c = 0; c < C; ++c) {
-        const int64_t k = int64_t(c) * kLanes;
-        FASTIOU_SIMD
-        for (int l = 0; l < kLanes; ++l) {
-          // Ignored pixels get exact zeros, whatever their prediction.
-          const A v = channel_gradient<K>(p[k + l], ClassTargets<A>{t.cls[l]}(c), t.weight[l], gi[c], gp[c],
-                                          gt[c], dot[l]);
-          d[k + l] = select(t.live[l] != 0, v, A(0));
+        for (Channel c = 0; c < C; ++c) {
+          const int64_t k = int64_t(c) * kLanes;
+          FASTIOU_SIMD
+          for (int l = 0; l < kLanes; ++l) {
+            // As above: exact zeros for ignored pixels.
+            const A v = softmax_backward(softmax_scale(p[k + l], scale[l]), d[k + l], dot[l]);
+            d[k + l] = select(t.live[l] != 0, v, A(0));
+          }
+        }
+      } else {
+        for (Channel c = 0; c < C; ++c) {
+          const int64_t k = int64_t(c) * kLanes;
+          FASTIOU_SIMD
+          for (int l = 0; l < kLanes; ++l) {
+            // Ignored pixels get exact zeros, whatever their prediction.
+            const A v = channel_gradient<K>(softmax_scale(p[k + l], scale[l]), ClassTargets<A>{t.cls[l]}(c),
+                                            t.weight[l], gi[c], gp[c], gt[c], A(0));
+            d[k + l] = select(t.live[l] != 0, v, A(0));
+          }
         }
       }
       store_tile(d, C, t.valid, (stream ? staged : out) + first * C);
