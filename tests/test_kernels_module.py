@@ -69,7 +69,7 @@ def test_float32_probabilities_from_logits_within_a_few_ulp(rng):
     """The float32 kernels compute their own exponential (no libm): each
     sigmoid and softmax probability, read back as the sum P of a one-pixel
     image, against float64 NumPy. The softmax's exponent z - max is rounded
-    to float32 as the kernels round it (that rounding, up to about 15 ulp
+    to float32 as the kernels round it (that rounding, up to about 20 ulp
     of the result for exponents near -30, is float32's, not the
     exponential's); the rest is the exponential, the sum of 21 terms and
     the scaling."""

@@ -201,8 +201,8 @@ FASTIOU_HD int64_t select(bool c, int64_t a, int64_t b) {
 // (x86-64-v2), over every float of the range against double precision;
 // exactly 1 at 0. Branch-free, so compilers vectorize the loops that call
 // it, and the same code runs on the GPU, which keeps CPU and CUDA results
-// alike. x is clamped to [-87.3, 88.3],
-// where 2^k stays a normal float (k + 127 in [1, 254]); NaN passes through.
+// alike. x is clamped to [-87.3, 88.3], where 2^k stays a normal float
+// (k + 127 in [1, 254]); NaN passes through.
 FASTIOU_HD float exp_(float x) {
   x = select(x < -87.3f, -87.3f, x);
   x = select(x > 88.3f, 88.3f, x);
