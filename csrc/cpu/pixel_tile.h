@@ -138,14 +138,6 @@ inline void prefetch_ahead(const T* at, int64_t values) {
   prefetch_lines(reinterpret_cast<const char*>(at) + kPrefetchBytes, values * int64_t(sizeof(T)));
 }
 
-// Writes out[i] = value(i) for i in [0, n), a block of kBlock values at a
-// time (four vectors); prefetch(i, kBlock) is called before the block of
-// values [i, i + kBlock) (prefetch_ahead of their inputs). With `stream`,
-// each block is computed in a vector loop into a local buffer and each
-// aligned block leaves by streaming stores; the unaligned head and the tail
-// take plain stores. Either way every out[i] gets the same value(i), so the
-// bits do not depend on `stream`. Streamed writes are weakly ordered: a chunk
-// that streamed ends with stream_fence.
 // store_values' block: four vectors, in values of type TP.
 template <typename TP>
 constexpr int64_t kStreamBlock = 4 * kStreamVectorBytes / int64_t(sizeof(TP));
@@ -160,6 +152,14 @@ int64_t stream_head(const TP* out) {
   return misaligned == 0 ? 0 : int64_t(kStreamVectorBytes - misaligned) / int64_t(sizeof(TP));
 }
 
+// Writes out[i] = value(i) for i in [0, n), a block of kBlock values at a
+// time (four vectors); prefetch(i, kBlock) is called before the block of
+// values [i, i + kBlock) (prefetch_ahead of their inputs). With `stream`,
+// each block is computed in a vector loop into a local buffer and each
+// aligned block leaves by streaming stores; the unaligned head and the tail
+// take plain stores. Either way every out[i] gets the same value(i), so the
+// bits do not depend on `stream`. Streamed writes are weakly ordered: a chunk
+// that streamed ends with stream_fence.
 template <typename TP, typename F, typename P>
 void store_values(TP* out, int64_t n, bool stream, const F& value, const P& prefetch) {
   constexpr int64_t kBlock = kStreamBlock<TP>;
@@ -514,10 +514,11 @@ void load_tile(const TP* x, Channel C, A* p) {
 // the steps of core/overlap_math.h (softmax_max, softmax_exp,
 // softmax_inverse; p then holds each channel's exponential and scale the
 // inverse of their sum, which the callers apply with softmax_scale as they
-// read p, instead of a pass of their own). The maximum is taken in two
-// chains, even and odd channels, that meet at the end: the same maximum, as
-// a maximum does not depend on its order (a NaN logit makes every
-// probability of its pixel NaN either way).
+// read p, instead of a pass of their own; probabilities as stored are read
+// without it). The maximum is taken in two chains, even and odd channels,
+// that meet at the end: the same maximum, as a maximum does not depend on
+// its order (a NaN logit makes every probability of its pixel NaN either
+// way).
 template <bool kLogits, typename TP, typename A>
 void tile_probabilities(const PixelRule& rule, const TP* x, A* p, A* scale) {
   const Channel C = static_cast<Channel>(rule.channels);
@@ -686,7 +687,7 @@ void tile_stats_chunk(const PixelRule& rule, const TP* pred, const TT* labels, c
       for (int l = 0; l < kLanes; ++l) {
         // Pixels that count nowhere add exact zeros, whatever their prediction.
         const bool on = t.counted[l] != 0;
-        const A pv = select(on, softmax_scale(p[k + l], scale[l]), A(0));
+        const A pv = select(on, kLogits ? softmax_scale(p[k + l], scale[l]) : p[k + l], A(0));
         if constexpr (kGuard) widen_range(pv, seen[l]);
         accumulate_overlap(pv, ClassTargets<A>{t.cls[l]}(c), select(on, t.weight[l], A(0)), si[k + l], sp[k + l],
                            st[k + l]);
@@ -773,8 +774,9 @@ void tile_grad_chunk(const PixelRule& rule, const TP* pred, const TT* labels, co
           FASTIOU_SIMD
           for (int l = 0; l < kLanes; ++l) {
             // Ignored pixels get exact zeros, whatever their prediction.
-            const A v = channel_gradient<K>(softmax_scale(p[k + l], scale[l]), ClassTargets<A>{t.cls[l]}(c),
-                                            t.weight[l], gi[c], gp[c], gt[c], A(0));
+            const A pv = kLogits ? softmax_scale(p[k + l], scale[l]) : p[k + l];
+            const A v = channel_gradient<K>(pv, ClassTargets<A>{t.cls[l]}(c), t.weight[l], gi[c], gp[c], gt[c],
+                                            A(0));
             d[k + l] = select(t.live[l] != 0, v, A(0));
           }
         }
