@@ -148,7 +148,7 @@ def run_one(shape, impl, inputs, mask_dtype, repeats, measure):
     config = {"inputs": inputs, "from_logits": bool(options["from_logits"]), "shape": list(shape),
               "pred_dtype": str(pred.dtype), "true_dtype": str(truth.dtype),
               "pred_is_probability": bool(pred.min() >= 0.0 and pred.max() <= 1.0), "impl": impl,
-              "cpu_target": fastiou_cpu_target()}
+              "cpu_target": fastiou_cpu_target(), "settings": measure_settings()}
     del pred, truth
     for _ in range(2):
         finish(step(y_true, y_pred))
@@ -232,17 +232,47 @@ def child(args):
     print("RESULT " + json.dumps(result))
 
 
-def spawn(shape, impl, inputs, mask_dtype, repeats, measure):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    if impl.endswith("jax"):
-        env.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+# The settings of a memory child. A fixed mmap threshold returns big freed
+# buffers to the OS at once, so resident memory follows the live tensors.
+# oneDNN's ops (on by default where the CPU has AVX-512) keep freed buffers in
+# a pool of their own, which hides every allocation from resident memory.
+# Neither is fit for timing: with the fixed threshold every mask-sized
+# temporary is a fresh mapping whose pages fault in on every call (Keras'
+# MeanIoU under XLA takes about twice as long), so time children run with
+# glibc's and TensorFlow's defaults, as a user's process does.
+MEMORY_PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def child_env(measure, **extra):
+    """The environment of a child measuring `measure` ("time", "memory" or
+    "bandwidth"): the caller's, quiet, plus `extra`; MEMORY_PROBE_ENV's
+    settings for memory, none of them (whatever the caller's shell set)
+    otherwise."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra)
+    for key in MEMORY_PROBE_ENV:
+        env.pop(key, None)
     if measure == "memory":
-        # A fixed mmap threshold returns big freed buffers to the OS at once,
-        # so resident memory follows the live tensors. oneDNN's ops (on by
-        # default where the CPU has AVX-512) keep freed buffers in a pool of
-        # their own, which hides every allocation from resident memory.
-        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-        env["TF_ENABLE_ONEDNN_OPTS"] = "0"
+        env.update(MEMORY_PROBE_ENV)
+    return env
+
+
+def measure_settings():
+    """What a child reports of MEMORY_PROBE_ENV's settings (None where unset)."""
+    return {key: os.environ.get(key) for key in MEMORY_PROBE_ENV}
+
+
+def check_measure_settings(config, measure, what):
+    """Raises unless a child measuring `measure` ran with the settings
+    child_env gives it."""
+    want = {key: (value if measure == "memory" else None) for key, value in MEMORY_PROBE_ENV.items()}
+    got = (config or {}).get("settings")
+    if got != want:
+        raise RuntimeError(f"benchmark child for {what} measured {measure} with {got}, not {want}")
+
+
+def spawn(shape, impl, inputs, mask_dtype, repeats, measure):
+    extra = dict(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu") if impl.endswith("jax") else {}
+    env = child_env(measure, **extra)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--impl", impl, "--input", inputs,
            "--mask-dtype", mask_dtype, "--repeats", str(repeats), "--measure", measure,
            "--shape", *map(str, shape)]
@@ -254,6 +284,7 @@ def spawn(shape, impl, inputs, mask_dtype, repeats, measure):
             result = json.loads(line[len("RESULT "):])
             if measure != "bandwidth":
                 check_config(result.get("config"), shape, impl, inputs)
+                check_measure_settings(result.get("config"), measure, f"{impl} {shape}")
             return result
     raise RuntimeError(f"{impl} {shape} failed:\n{proc.stderr[-3000:]}")
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """update_state time and peak extra memory: fastiou.metrics vs keras.metrics.
 
-Each case runs in a child process of its own (as benchmarks/bench_losses.py
-does, whose memory probe and copy bandwidth it reuses): it builds its inputs,
-warms the traced update up, times it (median), then resets the peak-RSS
-counter, runs one more update and reads the new peak. The child reports the
+Each case runs in two child processes of its own, as in
+benchmarks/bench_losses.py (whose memory probe, settings and copy bandwidth
+it reuses); each builds its inputs and warms the traced update up. The first,
+with glibc's and TensorFlow's defaults (as a user's process runs), times the
+update (median); the second, with bench_losses.MEMORY_PROBE_ENV (freed big
+buffers returned to the OS at once, oneDNN's pool off), resets the peak-RSS
+counter, runs one more update and reads the new peak. Each child reports the
 configuration it ran (metric, shape, dtypes, whether y_pred holds
-probabilities) and the parent checks it against the row. The share of the
+probabilities, its allocator settings) and the parent checks it against the
+row. The share of the
 memory limit is (bytes of y_true and y_pred, each read once) / (copy
 bandwidth measured in the same run) / time, so a row over 100% means the
 yardstick is wrong, not that the kernel beats memory.
@@ -22,8 +26,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_losses import (_reset_peak_rss, _rss_kib, copy_bandwidth, fastiou_cpu_target,  # noqa: E402
-                          median_time)
+from bench_losses import (_reset_peak_rss, _rss_kib, check_measure_settings, child_env,  # noqa: E402
+                          copy_bandwidth, fastiou_cpu_target, measure_settings, median_time)
 
 # name: (metric, shape of y_pred, inputs)
 CASES = {
@@ -53,7 +57,7 @@ def make_metric(impl, metric, channels, inputs):
     return module.MeanIoU(channels, sparse_y_pred=False)
 
 
-def run_one(metric, shape, impl, inputs, repeats):
+def run_one(metric, shape, impl, inputs, repeats, measure):
     import numpy as np
     import tensorflow as tf
 
@@ -69,7 +73,8 @@ def run_one(metric, shape, impl, inputs, repeats):
     config = {"metric": type(m).__module__.split(".")[0] + "." + type(m).__name__, "shape": list(shape),
               "inputs": inputs, "from_logits": bool(getattr(m, "from_logits", False)), "impl": impl,
               "pred_dtype": str(pred.dtype), "true_dtype": str(truth.dtype),
-              "pred_is_probability": bool(pred.min() >= 0.0 and pred.max() <= 1.0)}
+              "pred_is_probability": bool(pred.min() >= 0.0 and pred.max() <= 1.0),
+              "settings": measure_settings()}
     y_true, y_pred = tf.constant(truth), tf.constant(pred)
     nbytes = truth.nbytes + pred.nbytes
     del pred, truth, z
@@ -88,26 +93,27 @@ def run_one(metric, shape, impl, inputs, repeats):
 
     for _ in range(2):
         float(update(y_true, y_pred))
+    if measure == "memory":
+        base = _rss_kib("VmRSS")
+        peak_ok = _reset_peak_rss()
+        float(update(y_true, y_pred))
+        peak = _rss_kib("VmHWM") if peak_ok else None
+        return {"peak_extra_bytes": None if peak is None else (peak - base) * 1024, "input_bytes": nbytes,
+                "result": float(m.result()), "config": config}
     median, _ = median_time(lambda: float(update(y_true, y_pred)), repeats)
-    base = _rss_kib("VmRSS")
-    peak_ok = _reset_peak_rss()
-    float(update(y_true, y_pred))
-    peak = _rss_kib("VmHWM") if peak_ok else None
-    return {"time_s": median, "input_bytes": nbytes,
-            "peak_extra_bytes": None if peak is None else (peak - base) * 1024, "result": float(m.result()),
-            "config": config}
+    return {"time_s": median, "input_bytes": nbytes, "result": float(m.result()), "config": config}
 
 
-def spawn(metric, shape, impl, inputs, repeats):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow",
-               MALLOC_MMAP_THRESHOLD_="131072", TF_ENABLE_ONEDNN_OPTS="0")
+def spawn(metric, shape, impl, inputs, repeats, measure):
+    env = child_env(measure, KERAS_BACKEND="tensorflow")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--metric", metric, "--impl", impl,
-           "--input", inputs, "--repeats", str(repeats), "--shape", *map(str, shape)]
+           "--input", inputs, "--repeats", str(repeats), "--measure", measure, "--shape", *map(str, shape)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT "):])
             check_config(result.get("config"), metric, shape, impl, inputs)
+            check_measure_settings(result.get("config"), measure, f"{impl} {metric} {shape}")
             return result
     raise RuntimeError(f"{impl} {metric} {shape} failed:\n{proc.stderr[-3000:]}")
 
@@ -142,9 +148,11 @@ def main(argv=None):
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--shape", nargs="+", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=["time", "memory"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(run_one(args.metric, tuple(args.shape), args.impl, args.input, args.repeats)))
+        print("RESULT " + json.dumps(run_one(args.metric, tuple(args.shape), args.impl, args.input, args.repeats,
+                                             args.measure)))
         return 0
     bandwidth = copy_bandwidth()["copy_bytes_per_s"]
     print(f"fastiou metrics benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -155,7 +163,10 @@ def main(argv=None):
     for name, (metric, shape, inputs) in (QUICK_CASES if args.quick else CASES).items():
         results = {}
         for impl in args.impls:
-            r = spawn(metric, shape, impl, inputs, args.repeats)
+            r = spawn(metric, shape, impl, inputs, args.repeats, "time")
+            memory = spawn(metric, shape, impl, inputs, args.repeats, "memory")
+            r.update(peak_extra_bytes=memory["peak_extra_bytes"], memory_config=memory["config"],
+                     memory_result=memory["result"])
             results[impl] = r
             r.update(case=name, impl=impl, copy_bytes_per_s=bandwidth,
                      memory_share=r["input_bytes"] / bandwidth / r["time_s"])
@@ -169,6 +180,9 @@ def main(argv=None):
                   f"{peak:>15}{r['result']:>9.4f}")
         fused = [r for r in results.values() if r["impl"].startswith("fused")]
         keras_rows = [r for r in results.values() if not r["impl"].startswith("fused")]
+        for r in results.values():
+            if abs(r["memory_result"] - r["result"]) > 1e-5 * max(1.0, abs(r["result"])):
+                raise RuntimeError(f"{name}: {r['impl']} gave {r['result']} timed, {r['memory_result']} probed")
         for f in fused:
             for k in keras_rows:
                 if abs(f["result"] - k["result"]) > 1e-5 * max(1.0, abs(k["result"])):

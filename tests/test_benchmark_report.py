@@ -82,6 +82,57 @@ def test_a_child_that_ran_something_else_is_refused():
         bench_losses.check_config(dict(ok, cpu_target="x86-64-v1"), (2, 3, 1), "fused", "logits")
 
 
+def test_time_children_run_with_the_defaults_memory_children_with_the_probe(monkeypatch):
+    """A fixed mmap threshold makes every mask-sized temporary fault its pages
+    in on each call, so it would slow the baselines' timed updates: time
+    children run without it (even where the caller's shell sets it), memory
+    children with it, and a child that ran otherwise is refused."""
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4096")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    timed = bench_losses.child_env("time", KERAS_BACKEND="jax")
+    assert "MALLOC_MMAP_THRESHOLD_" not in timed and "TF_ENABLE_ONEDNN_OPTS" not in timed
+    assert timed["KERAS_BACKEND"] == "jax" and timed["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    probed = bench_losses.child_env("memory")
+    assert probed["MALLOC_MMAP_THRESHOLD_"] == "131072" and probed["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    # What a child reports, in the environment each kind gets.
+    for measure, env in (("time", timed), ("memory", probed)):
+        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+        for key in ("MALLOC_MMAP_THRESHOLD_", "TF_ENABLE_ONEDNN_OPTS"):
+            if key in env:
+                monkeypatch.setenv(key, env[key])
+        config = {"settings": bench_losses.measure_settings()}
+        bench_losses.check_measure_settings(config, measure, "row")
+        other = "memory" if measure == "time" else "time"
+        with pytest.raises(RuntimeError, match=f"measured {other}"):
+            bench_losses.check_measure_settings(config, other, "row")
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1")
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    with pytest.raises(RuntimeError, match="measured time"):
+        bench_losses.check_measure_settings({}, "time", "row")
+
+
+@pytest.mark.slow
+def test_metrics_rows_time_with_the_defaults_and_probe_memory_apart(tmp_path):
+    """The metrics benchmark's quick run: each row's time comes from a child
+    with the defaults and its peak memory from one with the probe's
+    settings, each checked by the parent; the two children's results agree
+    with each other and with Keras'."""
+    import json
+
+    import bench_metrics
+
+    out = tmp_path / "metrics.json"
+    bench_metrics.main(["--quick", "--impls", "fused", "keras", "--repeats", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["impl"] for r in rows} == {"fused", "keras"} and len(rows) == 4
+    for r in rows:
+        assert r["config"]["settings"] == {"MALLOC_MMAP_THRESHOLD_": None, "TF_ENABLE_ONEDNN_OPTS": None}
+        assert r["memory_config"]["settings"] == bench_losses.MEMORY_PROBE_ENV
+        assert r["time_s"] > 0 and r["peak_extra_bytes"] is not None
+        assert r["memory_result"] == pytest.approx(r["result"], rel=1e-5)
+
+
 def test_paired_ratios_hand_computed():
     import bench_cpu_levels
 
