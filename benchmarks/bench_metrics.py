@@ -10,10 +10,9 @@ buffers returned to the OS at once, oneDNN's pool off), resets the peak-RSS
 counter, runs one more update and reads the new peak. Each child reports the
 configuration it ran (metric, shape, dtypes, whether y_pred holds
 probabilities, its allocator settings) and the parent checks it against the
-row. The share of the
-memory limit is (bytes of y_true and y_pred, each read once) / (copy
-bandwidth measured in the same run) / time, so a row over 100% means the
-yardstick is wrong, not that the kernel beats memory.
+row. The share of the memory limit is (bytes of y_true and y_pred, each read
+once) / (copy bandwidth measured in the same run) / time, so a row over 100%
+means the yardstick is wrong, not that the kernel beats memory.
 
     python benchmarks/bench_metrics.py [--quick] [--json PATH] [--impls fused keras ...]
 """
