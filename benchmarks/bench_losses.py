@@ -324,7 +324,9 @@ def run_cpu_cases(cases, inputs, impls, mask_dtype, repeats, bandwidth):
                     print(f"  [{done}/{total}] {case} {inp} {impl}...", end="\r", file=sys.stderr,
                           flush=True)
                 results[impl] = spawn(shape, impl, inp, mask_dtype, repeats, "time")
-                results[impl].update(spawn(shape, impl, inp, mask_dtype, repeats, "memory"))
+                memory = spawn(shape, impl, inp, mask_dtype, repeats, "memory")
+                # The row's config stays the time child's; the memory child's beside it.
+                results[impl].update(peak_extra_bytes=memory["peak_extra_bytes"], memory_config=memory["config"])
             base = results.get(BASELINE)
             for impl, r in results.items():
                 r.update(case=case, shape=list(shape), inputs=inp, impl=impl, device="cpu",
