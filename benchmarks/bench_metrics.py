@@ -97,10 +97,15 @@ def run_one(metric, shape, impl, inputs, repeats, measure):
         peak_ok = _reset_peak_rss()
         float(update(y_true, y_pred))
         peak = _rss_kib("VmHWM") if peak_ok else None
-        return {"peak_extra_bytes": None if peak is None else (peak - base) * 1024, "input_bytes": nbytes,
-                "result": float(m.result()), "config": config}
+        return {"peak_extra_bytes": None if peak is None else (peak - base) * 1024, "result": float(m.result()),
+                "config": config}
     median, _ = median_time(lambda: float(update(y_true, y_pred)), repeats)
     return {"time_s": median, "input_bytes": nbytes, "result": float(m.result()), "config": config}
+
+
+def same_result(got, want):
+    """Whether two rows' result() agree (Keras counts in float32)."""
+    return abs(got - want) <= 1e-5 * max(1.0, abs(want))
 
 
 def spawn(metric, shape, impl, inputs, repeats, measure):
@@ -180,11 +185,11 @@ def main(argv=None):
         fused = [r for r in results.values() if r["impl"].startswith("fused")]
         keras_rows = [r for r in results.values() if not r["impl"].startswith("fused")]
         for r in results.values():
-            if abs(r["memory_result"] - r["result"]) > 1e-5 * max(1.0, abs(r["result"])):
+            if not same_result(r["memory_result"], r["result"]):
                 raise RuntimeError(f"{name}: {r['impl']} gave {r['result']} timed, {r['memory_result']} probed")
         for f in fused:
             for k in keras_rows:
-                if abs(f["result"] - k["result"]) > 1e-5 * max(1.0, abs(k["result"])):
+                if not same_result(f["result"], k["result"]):
                     raise RuntimeError(f"{name}: {f['impl']} gave {f['result']}, {k['impl']} {k['result']}")
     if args.json:
         with open(args.json, "w") as f:
